@@ -1,0 +1,28 @@
+"""The ops of impresslearn: the contract between Python and the kernels (DESIGN section 3).
+
+Every op has a pure-PyTorch reference (``*_reference``), kernels registered with
+``torch.library``, and a functional API that picks the backend by the rule in
+``impresslearn._backends``: ``backend=``, else ``IMPRESSLEARN_BACKEND``, else automatic.
+"""
+
+from ._checks import keep_count, num_planes
+from .bank import append_mask, pack_masks, set_mask_, unpack_masks
+from .combine import combine_masks, combine_masks_alpha_grad
+from .linear import impress_conv2d, impress_linear
+from .topk import edge_popup_weight, topk_mask, topk_mask_into_
+
+__all__ = [
+    "append_mask",
+    "combine_masks",
+    "combine_masks_alpha_grad",
+    "edge_popup_weight",
+    "impress_conv2d",
+    "impress_linear",
+    "keep_count",
+    "num_planes",
+    "pack_masks",
+    "set_mask_",
+    "topk_mask",
+    "topk_mask_into_",
+    "unpack_masks",
+]
