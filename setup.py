@@ -80,7 +80,7 @@ def _extensions(with_cpu: bool, with_cuda: bool):
         extra_link_args=["-fopenmp"],
     )
     if with_cuda:
-        kwargs["sources"] += sorted(glob.glob("csrc/cuda/*.cu"))
+        kwargs["sources"] += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
         kwargs["define_macros"].append(("WITH_CUDA", "1"))
         kwargs["extra_compile_args"]["nvcc"] = _flags("nvcc_flags.txt")
         return [cpp_extension.CUDAExtension(**kwargs)]

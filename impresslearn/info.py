@@ -64,7 +64,7 @@ def _missing_reason(backend: str) -> str:
     return "not implemented"
 
 
-def main() -> None:
+def main(args=None) -> None:
     print(report())
 
 
