@@ -1,0 +1,347 @@
+"""Masked layers of a frozen random backbone (DESIGN section 1).
+
+``ImpressLinear`` and ``ImpressConv2d`` are ``nn.Linear`` / ``nn.Conv2d`` without bias whose
+frozen weight ``W_i`` is generated from a seed on the CPU. Each holds its byte-plane bank
+(``uint8[ceil(K/8), n_i]``, DESIGN section 2) and is driven by one *mask source* at a time:
+
+``ScoresSource``       edge-popup scores being trained: ``W' = W * topk(|S|, k_i)``.
+``CoefficientSource``  coefficients over the bank: ``W_eff = W * sum_k alpha[k] B[k]``. A basis
+                       task is a one-hot ``alpha``, a new task its column of ``A_t``, the GN
+                       superposition the column of ``alpha' = A^T beta`` (one combine, whatever
+                       the number of stored tasks). Optional coefficients over a second bank of
+                       *extra* masks that are not basis masks: the hybrid last-layer masks.
+
+Layers are thin: ``forward`` calls the functional ops of :mod:`impresslearn.ops` and nothing
+else, so every backend drops in unchanged. The layer never decides *which* coefficients to
+use; the learner binds a source before each forward.
+
+``MultitaskNonAffineBN`` is SupSup's non-affine BatchNorm with one slot of running statistics
+per stored task (a shared one makes every task but the last fail, SupSup issue #11).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+from .ops import num_planes
+
+INITS = ("signed_constant", "kaiming_normal")
+
+
+# ----------------------------------------------------------------------------- backbone init
+
+
+def backbone_weight(shape: torch.Size | tuple[int, ...], generator: torch.Generator, init: str) -> torch.Tensor:
+    """A frozen weight drawn on the CPU from ``generator`` (float32), so a seed fixes it bit for bit.
+
+    ``kaiming_normal``: N(0, gain / sqrt(fan_in)) with the ReLU gain (paper footnote 2).
+    ``signed_constant``: sign(kaiming_normal) * gain / sqrt(fan_in) (SupSup's default).
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    shape = tuple(shape)
+    fan_in = math.prod(shape[1:])
+    std = math.sqrt(2.0) / math.sqrt(fan_in)  # calculate_gain("relu") = sqrt(2)
+    normal = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if init == "kaiming_normal":
+        return normal * std
+    return torch.sign(normal) * std
+
+
+def edge_popup_scores(shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Initial edge-popup scores: kaiming-uniform with a = sqrt(5) (nn.Linear's default), on the CPU."""
+    scores = torch.empty(tuple(shape), dtype=torch.float32)
+    nn.init.kaiming_uniform_(scores, a=math.sqrt(5), generator=generator)
+    return scores
+
+
+# ----------------------------------------------------------------------------- mask sources
+
+
+@dataclass(frozen=True)
+class ScoresSource:
+    """Edge-popup: the mask is ``topk(|scores|, keep_count(n, density))``, trained straight-through."""
+
+    scores: torch.Tensor
+    density: float
+
+
+@dataclass(frozen=True)
+class CoefficientSource:
+    """``W * (sum_k alpha[k] B[k] + sum_h extra_alpha[h] E[h])``.
+
+    ``alpha`` has ``K'`` entries over the first ``K'`` bank masks (a task learned when the bank
+    held ``K'`` masks keeps using exactly those planes, so adding masks later cannot change its
+    outputs by a single bit). ``extra_alpha`` likewise covers the first ``H'`` extra masks.
+    Either may be None, not both.
+    """
+
+    alpha: torch.Tensor | None
+    extra_alpha: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.alpha is None and self.extra_alpha is None:
+            raise ValueError("a CoefficientSource needs alpha, extra_alpha, or both")
+
+
+class _ImpressMixin:
+    """Bank, extra bank, frozen weight and mask source shared by the linear and conv layers."""
+
+    weight: torch.Tensor
+
+    def _init_impress(self) -> None:
+        self.weight.requires_grad_(False)
+        n = self.weight.numel()
+        self.register_buffer("bank", torch.zeros(0, n, dtype=torch.uint8, device=self.weight.device))
+        self.register_buffer("extra_bank", torch.zeros(0, n, dtype=torch.uint8, device=self.weight.device))
+        self.num_masks = 0
+        self.num_extra = 0
+        self.backend: str | None = None
+        self.source: ScoresSource | CoefficientSource | None = None
+
+    # -- backbone -------------------------------------------------------------------------
+    def reset_backbone_(self, generator: torch.Generator, init: str) -> None:
+        """Regenerate ``W_i`` from ``generator`` (CPU), then move it to the layer's device."""
+        with torch.no_grad():
+            self.weight.copy_(backbone_weight(self.weight.shape, generator, init))
+
+    # -- sources --------------------------------------------------------------------------
+    def use_scores(self, scores: torch.Tensor, density: float) -> None:
+        if scores.shape != self.weight.shape:
+            raise ValueError(f"scores have shape {tuple(scores.shape)} but the weight has {tuple(self.weight.shape)}")
+        self.source = ScoresSource(scores, density)
+
+    def use_coefficients(self, alpha: torch.Tensor | None, extra_alpha: torch.Tensor | None = None) -> None:
+        if alpha is not None and not 1 <= alpha.shape[0] <= self.num_masks:
+            raise ValueError(f"alpha has {alpha.shape[0]} coefficients but the bank holds {self.num_masks} masks")
+        if extra_alpha is not None and not 1 <= extra_alpha.shape[0] <= self.num_extra:
+            raise ValueError(
+                f"extra_alpha has {extra_alpha.shape[0]} coefficients but the layer holds {self.num_extra} extra masks"
+            )
+        self.source = CoefficientSource(alpha, extra_alpha)
+
+    def clear_source(self) -> None:
+        self.source = None
+
+    def _terms(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(bank planes, coefficients) pairs of a CoefficientSource, each ready for combine_masks."""
+        src = self.source
+        terms = []
+        if src.alpha is not None:
+            terms.append((self.bank[: num_planes(src.alpha.shape[0])], src.alpha.contiguous()))
+        if src.extra_alpha is not None:
+            terms.append((self.extra_bank[: num_planes(src.extra_alpha.shape[0])], src.extra_alpha.contiguous()))
+        return terms
+
+    def effective_weight(self) -> torch.Tensor:
+        """``W_eff`` of the bound source (for inspection and tests; forward may fuse it away)."""
+        src = self._require_source()
+        if isinstance(src, ScoresSource):
+            return ops.edge_popup_weight(self.weight, src.scores, src.density, backend=self.backend)
+        parts = [ops.combine_masks(self.weight, bank, a, backend=self.backend) for bank, a in self._terms()]
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+    def _require_source(self):
+        if self.source is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no mask source bound: an ImpressLearner binds one "
+                "(scores, a task's coefficients or a superposition) before each forward"
+            )
+        return self.source
+
+    # -- banks ----------------------------------------------------------------------------
+    def _grown(self, bank: torch.Tensor, count: int) -> torch.Tensor:
+        # a new byte plane every 8 masks; the other planes are untouched
+        if count % 8 == 0:
+            bank = torch.cat([bank, bank.new_zeros(1, bank.shape[1])])
+        return bank
+
+    def add_mask_from_scores(self, scores: torch.Tensor, density: float, *, extra: bool = False) -> int:
+        """Append ``topk(|scores|, k_i)`` to the bank (or the extra bank) as its next mask; returns its index."""
+        if scores.shape != self.weight.shape:
+            raise ValueError(f"scores have shape {tuple(scores.shape)} but the weight has {tuple(self.weight.shape)}")
+        k = ops.keep_count(self.weight.numel(), density)
+        scores = scores.detach().to(self.weight.device).contiguous()
+        count = self.num_extra if extra else self.num_masks
+        bank = self._grown(self.extra_bank if extra else self.bank, count)
+        ops.topk_mask_into_(bank, count, scores, k, backend=self.backend)
+        self._store(bank, count + 1, extra)
+        return count
+
+    def add_mask(self, mask: torch.Tensor, *, extra: bool = False) -> int:
+        """Append a bool mask (shaped like the weight, or flat) as the next mask; returns its index."""
+        if mask.dtype != torch.bool or mask.numel() != self.weight.numel():
+            raise ValueError(
+                f"mask must be bool with {self.weight.numel()} elements, got {mask.dtype} of shape {tuple(mask.shape)}"
+            )
+        count = self.num_extra if extra else self.num_masks
+        bank = ops.append_mask(
+            self.extra_bank if extra else self.bank,
+            count,
+            mask.reshape(-1).to(self.weight.device).contiguous(),
+            backend=self.backend,
+        )
+        self._store(bank, count + 1, extra)
+        return count
+
+    def load_banks_(self, bank: torch.Tensor, num_masks: int, extra_bank: torch.Tensor, num_extra: int) -> None:
+        """Install banks read from a checkpoint (shapes checked against the weight)."""
+        n = self.weight.numel()
+        for name, b, count in (("bank", bank, num_masks), ("extra_bank", extra_bank, num_extra)):
+            if b.dtype != torch.uint8 or b.dim() != 2 or b.shape != (num_planes(count), n):
+                raise ValueError(
+                    f"{name} of {type(self).__name__} must be uint8[{num_planes(count)}, {n}] for {count} masks, "
+                    f"got {b.dtype} of shape {tuple(b.shape)}"
+                )
+        self._store(bank.to(self.weight.device).contiguous(), num_masks, False)
+        self._store(extra_bank.to(self.weight.device).contiguous(), num_extra, True)
+
+    def masks(self, *, extra: bool = False) -> torch.Tensor:
+        """The stored masks unpacked, ``bool[K, *weight.shape]`` (for inspection and tests)."""
+        count = self.num_extra if extra else self.num_masks
+        if count == 0:
+            return torch.zeros(0, *self.weight.shape, dtype=torch.bool, device=self.weight.device)
+        bank = self.extra_bank if extra else self.bank
+        return ops.unpack_masks(bank, count, backend=self.backend).view(count, *self.weight.shape)
+
+    def _store(self, bank: torch.Tensor, count: int, extra: bool) -> None:
+        if extra:
+            self.extra_bank, self.num_extra = bank, count
+        else:
+            self.bank, self.num_masks = bank, count
+
+    def _impress_repr(self) -> str:
+        return f", masks={self.num_masks}, extra_masks={self.num_extra}"
+
+
+class ImpressLinear(_ImpressMixin, nn.Linear):
+    """``nn.Linear`` (no bias) over a frozen random weight and a byte-plane bank of masks."""
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
+        self._init_impress()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        src = self._require_source()
+        if isinstance(src, ScoresSource):
+            return F.linear(x, ops.edge_popup_weight(self.weight, src.scores, src.density, backend=self.backend))
+        terms = self._terms()
+        if len(terms) == 1:
+            bank, alpha = terms[0]
+            return ops.impress_linear(x, self.weight, bank, alpha, backend=self.backend)
+        return F.linear(x, self.effective_weight())
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._impress_repr()
+
+
+class ImpressConv2d(_ImpressMixin, nn.Conv2d):
+    """``nn.Conv2d`` (no bias, zero padding) over a frozen random weight and a byte-plane bank."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+            bias=False, padding_mode="zeros", device=device, dtype=dtype,
+        )  # fmt: skip
+        if isinstance(self.padding, str):
+            raise ValueError("ImpressConv2d takes explicit integer padding, not 'same'/'valid'")
+        self._init_impress()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        src = self._require_source()
+        conv = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        if isinstance(src, ScoresSource):
+            w = ops.edge_popup_weight(self.weight, src.scores, src.density, backend=self.backend)
+            return F.conv2d(x, w, None, **conv)
+        terms = self._terms()
+        if len(terms) == 1:
+            bank, alpha = terms[0]
+            return ops.impress_conv2d(x, self.weight, bank, alpha, backend=self.backend, **conv)
+        return F.conv2d(x, self.effective_weight(), None, **conv)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._impress_repr()
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+
+class MultitaskNonAffineBN(nn.Module):
+    """Non-affine BatchNorm with one slot of running statistics per stored task (SupSup).
+
+    ``task_slot`` picks the slot the forward uses: in training mode the batch is normalised by
+    its own statistics and that slot's running statistics are updated; in eval mode the slot's
+    running statistics normalise. ``task_slot = None`` normalises by the batch statistics and
+    updates nothing: what the GN superposition uses, since a mixture of tasks has no slot.
+    Works for ``[N, C]`` and ``[N, C, H, W]`` inputs.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, device=None):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(0, num_features, device=device))
+        self.register_buffer("running_var", torch.zeros(0, num_features, device=device))
+        self.task_slot: int | None = None
+
+    @property
+    def num_slots(self) -> int:
+        return self.running_mean.shape[0]
+
+    def add_slot(self) -> int:
+        """A fresh slot (mean 0, variance 1) for a new task; returns its index."""
+        c = self.num_features
+        self.running_mean = torch.cat([self.running_mean, self.running_mean.new_zeros(1, c)])
+        self.running_var = torch.cat([self.running_var, self.running_var.new_ones(1, c)])
+        return self.num_slots - 1
+
+    def load_slots_(self, running_mean: torch.Tensor, running_var: torch.Tensor) -> None:
+        if running_mean.shape != running_var.shape or running_mean.dim() != 2 or running_mean.shape[1] != self.num_features:
+            raise ValueError(
+                f"BN statistics must be [slots, {self.num_features}], got {tuple(running_mean.shape)} "
+                f"and {tuple(running_var.shape)}"
+            )
+        device = self.running_mean.device
+        self.running_mean = running_mean.to(device, torch.float32).contiguous()
+        self.running_var = running_var.to(device, torch.float32).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slot = self.task_slot
+        if slot is None:
+            return F.batch_norm(x, None, None, None, None, True, 0.0, self.eps)
+        if not 0 <= slot < self.num_slots:
+            raise IndexError(f"BN task slot {slot} out of range: {self.num_slots} slots")
+        # basic indexing gives views, so training-mode updates land in the slot in place
+        return F.batch_norm(
+            x, self.running_mean[slot], self.running_var[slot], None, None, self.training, self.momentum, self.eps
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, slots={self.num_slots}"
+
+
+def impress_layers(model: nn.Module) -> list[ImpressLinear | ImpressConv2d]:
+    """The masked layers of ``model`` in module order: layer ``i`` of the notation is entry ``i``."""
+    return [m for m in model.modules() if isinstance(m, _ImpressMixin)]
+
+
+def multitask_bns(model: nn.Module) -> list[MultitaskNonAffineBN]:
+    return [m for m in model.modules() if isinstance(m, MultitaskNonAffineBN)]
