@@ -72,16 +72,17 @@ if compiled_op("pack_masks_cpp") is not None:
 
 _triton_bank = triton_module("bank")
 if _triton_bank is not None:
+    from ..kernels._launch import triton_op  # torch.library.triton_op, opaque under TRITON_INTERPRET
 
-    @torch.library.triton_op("impresslearn::pack_masks_triton", mutates_args=())
+    @triton_op("impresslearn::pack_masks_triton", mutates_args=())
     def _pack_masks_triton(masks: torch.Tensor) -> torch.Tensor:
         return _triton_bank.pack_masks(masks)
 
-    @torch.library.triton_op("impresslearn::unpack_masks_triton", mutates_args=())
+    @triton_op("impresslearn::unpack_masks_triton", mutates_args=())
     def _unpack_masks_triton(bank: torch.Tensor, num_masks: int) -> torch.Tensor:
         return _triton_bank.unpack_masks(bank, num_masks)
 
-    @torch.library.triton_op("impresslearn::set_mask_triton", mutates_args=("bank",))
+    @triton_op("impresslearn::set_mask_triton", mutates_args=("bank",))
     def _set_mask_triton(bank: torch.Tensor, index: int, mask: torch.Tensor) -> None:
         _triton_bank.set_mask_(bank, index, mask)
 
