@@ -88,12 +88,13 @@ if compiled_op("combine_masks_cpp") is not None:
 
 _triton_combine = triton_module("combine")
 if _triton_combine is not None:
+    from ..kernels._launch import triton_op  # torch.library.triton_op, opaque under TRITON_INTERPRET
 
-    @torch.library.triton_op("impresslearn::combine_masks_triton", mutates_args=())
+    @triton_op("impresslearn::combine_masks_triton", mutates_args=())
     def _combine_masks_triton(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         return _triton_combine.combine_masks(weight, bank, alpha)
 
-    @torch.library.triton_op("impresslearn::combine_masks_alpha_grad_triton", mutates_args=())
+    @triton_op("impresslearn::combine_masks_alpha_grad_triton", mutates_args=())
     def _combine_masks_alpha_grad_triton(
         grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int
     ) -> torch.Tensor:
