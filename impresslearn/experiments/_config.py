@@ -1,0 +1,383 @@
+"""Experiment configuration: frozen dataclasses validated in ``__post_init__``, loaded from YAML.
+
+A config names the scenario, the model, the densities, seeds and basis kinds/counts to sweep,
+one optimiser per phase (paper Table 3: mask learning by edge-popup, alpha learning by Eq. 1-2)
+and which evaluations to run. ``load_config(path, overrides=..., quick=...)`` reads the YAML,
+applies the file's own ``quick:`` section when asked, then ``--set key=value`` overrides
+(dotted keys, values parsed as YAML), and builds the dataclasses; any unknown key or bad value
+raises ``ConfigError`` naming the key, before anything is trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+BASIS_KINDS = ("heterogeneous", "homogeneous", "random", "mixture")
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+INITS = ("signed_constant", "kaiming_normal")
+GN_METHODS = ("oneshot", "binary")
+PAPER_DENSITIES = (0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the problem."""
+
+
+def _require(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _positive_int(value: Any, key: str, allow_none: bool = False) -> None:
+    if allow_none and value is None:
+        return
+    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
+             f"must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
+
+
+def _tuple(value: Any, key: str) -> tuple:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise ConfigError(f"{key}: must be a list, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """Which task sequence, and how much of each task's data (``None``: all of it)."""
+
+    name: str
+    num_tasks: int
+    seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    test_batch_size: int = 1000
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.name, str) and bool(self.name), "scenario.name", "must be a non-empty string")
+        _positive_int(self.num_tasks, "scenario.num_tasks")
+        _require(isinstance(self.seed, int), "scenario.seed", f"must be an integer, got {self.seed!r}")
+        _positive_int(self.train_subset, "scenario.train_subset", allow_none=True)
+        _positive_int(self.test_subset, "scenario.test_subset", allow_none=True)
+        _positive_int(self.test_batch_size, "scenario.test_batch_size")
+        _require(isinstance(self.kwargs, Mapping), "scenario.kwargs", "must be a mapping")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model (``impresslearn.models.create_model``) and its backbone init scheme."""
+
+    name: str
+    init: str = "signed_constant"
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.name, str) and bool(self.name), "model.name", "must be a non-empty string")
+        _require(self.init in INITS, "model.init", f"must be one of {INITS}, got {self.init!r}")
+        _require(isinstance(self.kwargs, Mapping), "model.kwargs", "must be a mapping")
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """Optimiser of one training phase (paper Table 3): mask learning or alpha learning."""
+
+    optimizer: str = "rmsprop"
+    lr: float = 0.002
+    epochs: int = 1
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lam: float = 0.0
+    prefix: str = "train"  # only used in error messages
+
+    def __post_init__(self) -> None:
+        p = self.prefix
+        _require(self.optimizer in OPTIMIZERS, f"{p}.optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0, f"{p}.lr",
+                 f"must be a positive number, got {self.lr!r}")
+        _positive_int(self.epochs, f"{p}.epochs")
+        _positive_int(self.batch_size, f"{p}.batch_size")
+        for name in ("momentum", "weight_decay", "lam"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, f"{p}.{name}",
+                     f"must be a non-negative number, got {value!r}")
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("prefix")
+        return d
+
+
+@dataclass(frozen=True)
+class BasisSpec:
+    """The impression sets to sweep: kinds x counts |M|.
+
+    heterogeneous: one mask per basis task (tasks 0..N-1, one seed for the whole set, as the paper);
+    homogeneous: N masks of task 0, each with its own popup seed / data order (same backbone);
+    random: N uniform random masks at density s (no training);
+    mixture: round(N * mixture_homogeneous) homogeneous masks of task 0, the rest heterogeneous.
+    """
+
+    kinds: tuple = ("heterogeneous",)
+    counts: tuple = (5, 10)
+    mixture_homogeneous: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds", _tuple(self.kinds, "basis.kinds"))
+        object.__setattr__(self, "counts", _tuple(self.counts, "basis.counts"))
+        _require(len(self.kinds) > 0, "basis.kinds", "must not be empty")
+        for kind in self.kinds:
+            _require(kind in BASIS_KINDS, "basis.kinds", f"unknown basis kind {kind!r}; choose from {BASIS_KINDS}")
+        _require(len(set(self.kinds)) == len(self.kinds), "basis.kinds", f"has duplicates: {list(self.kinds)}")
+        _require(len(self.counts) > 0, "basis.counts", "must not be empty")
+        for c in self.counts:
+            _positive_int(c, "basis.counts[]")
+        _require(0.0 <= self.mixture_homogeneous <= 1.0, "basis.mixture_homogeneous",
+                 f"must lie in [0, 1], got {self.mixture_homogeneous!r}")
+
+    def heterogeneous_tasks(self, kind: str, count: int) -> int:
+        """How many distinct basis tasks (0..n-1) an impression set of this kind and size uses."""
+        if kind == "heterogeneous":
+            return count
+        if kind == "mixture":
+            return max(1, count - round(count * self.mixture_homogeneous))
+        if kind == "homogeneous":
+            return 1
+        return 0
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Which evaluations run (each is its own kind of run in a sweep)."""
+
+    new_tasks: bool = True        # ImpressLearn accuracy on new tasks per (kind, count)
+    supsup: bool = True           # SupSup benchmark: one edge-popup mask per new task
+    incorrect_mask: bool = True   # a basis mask evaluated on the new tasks (should be chance)
+    basis_gn: bool = False        # fit alpha on unnamed basis tasks: which mask is picked
+    basis_gn_max_tasks: int = 25  # paper: tasks 1..min(|M|, 25)
+    basis_gn_kinds: tuple = ("heterogeneous",)
+    hybrid: bool = False          # also run every impress run with a new mask in the last layer
+    gn: bool = False              # GN task inference over many alpha tasks
+    gn_num_tasks: int = 250
+    gn_basis_count: int = 10
+    gn_basis_kind: str = "heterogeneous"
+    gn_methods: tuple = ("oneshot",)
+    gn_batch_size: int = 128
+    gn_batches_per_task: int = 1
+    gn_with_supsup: bool = False  # GN among SupSup masks (one per task) too, for Fig. 6
+    label_free_matrix: bool = True  # accuracy matrix without task labels (task inferred per batch)
+    full_matrix: bool = False     # evaluate every learned task after each new one (R is T x T)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "basis_gn_kinds", _tuple(self.basis_gn_kinds, "evaluate.basis_gn_kinds"))
+        object.__setattr__(self, "gn_methods", _tuple(self.gn_methods, "evaluate.gn_methods"))
+        for name in ("new_tasks", "supsup", "incorrect_mask", "basis_gn", "hybrid", "gn", "gn_with_supsup",
+                     "label_free_matrix", "full_matrix"):
+            _require(isinstance(getattr(self, name), bool), f"evaluate.{name}", "must be true or false")
+        for name in ("basis_gn_max_tasks", "gn_num_tasks", "gn_basis_count", "gn_batch_size", "gn_batches_per_task"):
+            _positive_int(getattr(self, name), f"evaluate.{name}")
+        for kind in self.basis_gn_kinds:
+            _require(kind in ("heterogeneous", "mixture"), "evaluate.basis_gn_kinds",
+                     f"basis-GN needs masks from distinct basis tasks (heterogeneous or mixture), got {kind!r}")
+        _require(self.gn_basis_kind in BASIS_KINDS, "evaluate.gn_basis_kind",
+                 f"must be one of {BASIS_KINDS}, got {self.gn_basis_kind!r}")
+        for m in self.gn_methods:
+            _require(m in GN_METHODS, "evaluate.gn_methods", f"unknown method {m!r}; choose from {GN_METHODS}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment of the paper (or its Fashion-MNIST stand-in), a sweep over its axes."""
+
+    name: str
+    scenario: ScenarioSpec
+    model: ModelSpec
+    densities: tuple = (0.1,)
+    seeds: tuple = (0,)
+    basis: BasisSpec = field(default_factory=BasisSpec)
+    num_new_tasks: int = 10
+    mask_train: PhaseConfig = field(default_factory=lambda: PhaseConfig(prefix="mask_train"))
+    alpha_train: PhaseConfig = field(default_factory=lambda: PhaseConfig(prefix="alpha_train"))
+    evaluate: EvalSpec = field(default_factory=EvalSpec)
+    description: str = ""
+    paper_figure: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "densities", _tuple(self.densities, "densities"))
+        object.__setattr__(self, "seeds", _tuple(self.seeds, "seeds"))
+        _require(isinstance(self.name, str) and bool(self.name) and "/" not in self.name, "name",
+                 f"must be a non-empty string without '/', got {self.name!r}")
+        _require(len(self.densities) > 0, "densities", "must not be empty")
+        for s in self.densities:
+            _require(isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 < s <= 1.0, "densities",
+                     f"each density is the fraction of weights kept, in (0, 1]; got {s!r}")
+        _require(len(set(self.densities)) == len(self.densities), "densities", "has duplicates")
+        _require(len(self.seeds) > 0, "seeds", "must not be empty")
+        for s in self.seeds:
+            _require(isinstance(s, int) and not isinstance(s, bool) and s >= 0, "seeds",
+                     f"each seed is a non-negative integer; got {s!r}")
+        _require(len(set(self.seeds)) == len(self.seeds), "seeds", "has duplicates")
+        _require(isinstance(self.num_new_tasks, int) and self.num_new_tasks >= 0, "num_new_tasks",
+                 f"must be a non-negative integer, got {self.num_new_tasks!r}")
+        # New tasks follow every basis task of every impression set, so all sets are scored on
+        # the same new tasks and a basis task is never also a "new" one.
+        needed = self.first_new_task + self.num_new_tasks
+        _require(needed <= self.scenario.num_tasks, "scenario.num_tasks",
+                 f"{self.scenario.num_tasks} tasks cannot hold {self.first_new_task} heterogeneous basis tasks "
+                 f"(largest count in basis.counts) plus num_new_tasks={self.num_new_tasks} new tasks; "
+                 f"need at least {needed}")
+        ev = self.evaluate
+        if ev.gn:
+            gn_basis = self.basis.heterogeneous_tasks(ev.gn_basis_kind, ev.gn_basis_count)
+            _require(ev.gn_num_tasks + gn_basis <= self.scenario.num_tasks, "evaluate.gn_num_tasks",
+                     f"GN needs {gn_basis} basis tasks + {ev.gn_num_tasks} alpha tasks but the scenario has "
+                     f"only scenario.num_tasks={self.scenario.num_tasks}")
+        if ev.new_tasks or ev.supsup or ev.incorrect_mask:
+            _require(self.num_new_tasks > 0, "num_new_tasks",
+                     "must be > 0 when evaluate.new_tasks, supsup or incorrect_mask is on")
+
+    @property
+    def first_new_task(self) -> int:
+        return max(self.basis.heterogeneous_tasks(k, c) for k in self.basis.kinds for c in self.basis.counts)
+
+    @property
+    def new_task_indices(self) -> tuple:
+        return tuple(range(self.first_new_task, self.first_new_task + self.num_new_tasks))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for phase in ("mask_train", "alpha_train"):
+            d[phase].pop("prefix")
+        return _plain(d)
+
+    def config_hash(self) -> str:
+        return stable_hash(self.to_dict())
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists, mappings -> sorted dicts: one JSON form per value (stable hashes)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in sorted(obj.items())}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """SHA-256 of the canonical JSON of ``obj`` (sorted keys, tuples as lists), truncated."""
+    text = json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+# ----------------------------------------------------------------------------- loading
+
+_SECTIONS = {
+    "scenario": ScenarioSpec,
+    "model": ModelSpec,
+    "basis": BasisSpec,
+    "mask_train": PhaseConfig,
+    "alpha_train": PhaseConfig,
+    "evaluate": EvalSpec,
+}
+_TOP_LEVEL = {f.name for f in dataclasses.fields(ExperimentConfig)} | {"quick"}
+
+
+def _build(cls: type, data: Any, key: str, **extra: Any):
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{key}: must be a mapping, got {data!r}")
+    known = {f.name for f in dataclasses.fields(cls)} - set(extra)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    try:
+        return cls(**data, **extra)
+    except TypeError as exc:  # a missing required field
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
+    """Build and validate an ``ExperimentConfig`` from a plain dict (as read from YAML)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config: must be a mapping at the top level, got {type(data).__name__}")
+    unknown = sorted(set(data) - _TOP_LEVEL)
+    if unknown:
+        raise ConfigError(f"config: unknown top-level key(s) {unknown}; known keys: {sorted(_TOP_LEVEL)}")
+    for required in ("name", "scenario", "model"):
+        if required not in data:
+            raise ConfigError(f"{required}: missing (required)")
+    kwargs = {k: v for k, v in data.items() if k != "quick"}
+    for section, cls in _SECTIONS.items():
+        if section in kwargs:
+            extra = {"prefix": section} if cls is PhaseConfig else {}
+            kwargs[section] = _build(cls, kwargs[section] or {}, section, **extra)
+    return ExperimentConfig(**kwargs)
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """``data['a']['b'] = value`` for ``key='a.b'``; refuses to create unknown sections silently."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"alpha_train.lr=0.01"`` -> ``("alpha_train.lr", 0.01)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def resolve_dict(data: Mapping[str, Any], overrides: list[str] | tuple = (), quick: bool = False) -> dict:
+    """Apply the ``quick:`` section (if asked) and ``--set`` overrides to a raw config dict."""
+    data = copy.deepcopy(dict(data))
+    quick_section = data.pop("quick", None) or {}
+    if quick:
+        if not isinstance(quick_section, Mapping):
+            raise ConfigError("quick: must be a mapping of dotted keys to values")
+        for key, value in quick_section.items():
+            set_dotted(data, key, value)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(data, key, value)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple = (), quick: bool = False) -> ExperimentConfig:
+    """Read a YAML config, apply quick/overrides, validate. Errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    try:
+        return config_from_dict(resolve_dict(data, overrides, quick))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,108 @@
+"""Box plots in the style of the paper's figures (matplotlib, Agg backend, PNG beside the results).
+
+Left panel: accuracy on the new tasks by impression set: ``X`` = incorrect mask, ``SupSup`` =
+one mask per task, ``N`` heterogeneous, ``N^`` homogeneous, ``rN`` random, ``mN`` mixture, a
+trailing ``h`` = hybrid. Each box holds one point per (seed, density): the run's mean over the
+new tasks, as in the paper ("averages over all these settings and sparsities").
+Right panel: basis-GN accuracy by impression-set size next to the true basis mask's accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+KIND_MARK = {"heterogeneous": "{n}", "homogeneous": "{n}^", "random": "r{n}", "mixture": "m{n}"}
+KIND_ORDER = ("heterogeneous", "homogeneous", "random", "mixture")
+
+
+def category(spec: dict) -> str | None:
+    kind = spec["run_kind"]
+    if kind == "incorrect_mask":
+        return "X"
+    if kind == "supsup":
+        return "SupSup"
+    if kind == "impress":
+        label = KIND_MARK[spec["basis_kind"]].format(n=spec["count"])
+        return label + ("h" if spec.get("hybrid") else "")
+    return None
+
+
+def _sort_key(spec: dict):
+    kind = spec["run_kind"]
+    order = {"incorrect_mask": 0, "supsup": 1, "impress": 2}.get(kind, 9)
+    return (order, KIND_ORDER.index(spec["basis_kind"]) if spec.get("basis_kind") in KIND_ORDER else 0,
+            bool(spec.get("hybrid")), spec.get("count") or 0)
+
+
+def grouped_accuracies(records: list[dict], key: str = "mean_accuracy") -> "OrderedDict[str, list[float]]":
+    groups: OrderedDict[str, list[float]] = OrderedDict()
+    for rec in sorted(records, key=lambda r: _sort_key(r["spec"])):
+        cat = category(rec["spec"])
+        value = rec["result"].get(key)
+        if cat is None or value is None:
+            continue
+        groups.setdefault(cat, []).append(100.0 * value)
+    return groups
+
+
+def basis_gn_groups(records: list[dict]):
+    fit: OrderedDict[str, list[float]] = OrderedDict()
+    ref: OrderedDict[str, list[float]] = OrderedDict()
+    for rec in sorted((r for r in records if r["spec"]["run_kind"] == "basis_gn"), key=lambda r: r["spec"]["count"]):
+        label = KIND_MARK[rec["spec"]["basis_kind"]].format(n=rec["spec"]["count"])
+        fit.setdefault(label, []).append(100.0 * rec["result"]["mean_accuracy"])
+        ref.setdefault(label, []).append(100.0 * rec["result"]["mean_reference_accuracy"])
+    return fit, ref
+
+
+def plot_experiment(out_dir: str | Path) -> list[Path]:
+    """Draw the figures of one results directory; returns the PNG paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    payload = json.loads((out_dir / "results.json").read_text())
+    records = payload["runs"]
+    name = payload["experiment"]
+    written = []
+    groups = grouped_accuracies(records)
+    if groups:
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(groups) + 2), 4))
+        ax.boxplot(list(groups.values()), tick_labels=list(groups.keys()), showmeans=True)
+        ax.set_ylabel("accuracy on new tasks (%)")
+        ax.set_xlabel("impression set (X: incorrect mask, N: heterogeneous, N^: homogeneous, rN: random, h: hybrid)",
+                      fontsize=7)
+        ax.set_title(f"{name}: new tasks")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / "accuracy_by_impressions.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    fit, ref = basis_gn_groups(records)
+    if fit:
+        labels = list(fit.keys())
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(labels) + 2), 4))
+        pos = list(range(len(labels)))
+        b1 = ax.boxplot(list(fit.values()), positions=[p - 0.18 for p in pos], widths=0.3, patch_artist=True)
+        b2 = ax.boxplot(list(ref.values()), positions=[p + 0.18 for p in pos], widths=0.3, patch_artist=True)
+        for patch in b1["boxes"]:
+            patch.set_facecolor("#8ecae6")
+        for patch in b2["boxes"]:
+            patch.set_facecolor("#ffb703")
+        ax.set_xticks(pos, labels)
+        ax.legend([b1["boxes"][0], b2["boxes"][0]], ["basis-GN (alpha fit)", "true basis mask"], fontsize=8)
+        ax.set_ylabel("accuracy on basis tasks (%)")
+        ax.set_xlabel("impression-set size")
+        ax.set_title(f"{name}: basis-GN")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / "basis_gn.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,427 @@
+"""Executes one run of a sweep with the real method (``ImpressLearner``) on real data.
+
+Run kinds (see ``_sweep.expand``):
+
+``supsup``          one edge-popup mask per new task, evaluated on it (the SupSup GG benchmark)
+``incorrect_mask``  basis mask 0 evaluated on every new task (the paper's "X": should be chance)
+``impress``         an impression set (kind x count) + alpha learned per new task (Eq. 1-2),
+                    accuracy with task labels and with the task inferred per test batch (GN)
+``basis_gn``        alpha fitted on each unnamed basis task: which mask it picks, its accuracy
+``gn``              many alpha tasks, then GN task identification from one test batch each
+
+Trained masks are the expensive part, and the same mask recurs across runs (a count-10 set
+holds the count-5 set's masks; the SupSup masks of the new tasks are the same in every run of a
+seed). Every trained mask is therefore cached, in memory and under ``<out>/cache/masks/``, by a
+hash of what determines it bit for bit: scenario, model, backbone seed, density, mask-training
+config, task index and popup seed. A resumed sweep reuses the masks of the killed one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._config import stable_hash
+
+log = logging.getLogger(__name__)
+
+# Popup seeds: the heterogeneous set uses the run seed for every task (paper A.1: one seed
+# generates the whole set); homogeneous mask j of task 0 uses a distinct seed per mask.
+_HOMOGENEOUS_SEED_STRIDE = 100_003
+
+
+def _popup_seed(seed: int, j: int) -> int:
+    return seed if j == 0 else seed * _HOMOGENEOUS_SEED_STRIDE + j
+
+
+def basis_sources(kind: str, count: int, seed: int, mixture_homogeneous: float = 0.5) -> list[tuple[int, int]]:
+    """(task index, popup seed) of each mask of an impression set, in bank order.
+
+    Bank index b of a heterogeneous or mixture set is basis task b's own mask, so basis-GN
+    knows the right answer; homogeneous extras follow.
+    """
+    if kind == "heterogeneous":
+        return [(t, _popup_seed(seed, 0)) for t in range(count)]
+    if kind == "homogeneous":
+        return [(0, _popup_seed(seed, j)) for j in range(count)]
+    if kind == "mixture":
+        n_hom = round(count * mixture_homogeneous)
+        n_het = max(1, count - n_hom)
+        het = [(t, _popup_seed(seed, 0)) for t in range(n_het)]
+        return het + [(0, _popup_seed(seed, j)) for j in range(1, count - n_het + 1)]
+    raise ValueError(f"basis kind {kind!r} has no trained sources")
+
+
+# ----------------------------------------------------------------------------- context
+
+
+class RunContext:
+    """What runs of one sweep share: scenario objects, learners per backbone, the mask cache."""
+
+    def __init__(self, out_dir: Path, data_root: str | None = None, device: str = "cpu", backend: str | None = None):
+        self.out_dir = Path(out_dir)
+        self.data_root = data_root
+        self.device = device
+        self.backend = backend
+        self.cache_dir = self.out_dir / "cache" / "masks"
+        self._scenarios: dict[str, Any] = {}
+        self._masks: dict[str, dict] = {}
+        self._trainers: dict[str, Any] = {}
+        self.trained_masks = 0  # masks trained by edge-popup in this process (tests check sharing)
+
+    # --- data
+    def scenario(self, params: dict):
+        spec = params["scenario"]
+        key = stable_hash(spec)
+        if key not in self._scenarios:
+            from ..scenarios import create_scenario
+
+            kwargs = dict(spec.get("kwargs") or {})
+            self._scenarios[key] = create_scenario(
+                spec["name"], num_tasks=spec["num_tasks"], root=self.data_root, seed=spec["seed"],
+                train_subset=spec["train_subset"], test_subset=spec["test_subset"], **kwargs)
+        return self._scenarios[key]
+
+    def loaders(self, params: dict, task_index: int, batch_size: int, seed: int):
+        from ..scenarios import BatchLoader
+
+        task = self.scenario(params).task(task_index)
+        train = BatchLoader(task.train, batch_size=batch_size, shuffle=True, seed=seed)
+        test = BatchLoader(task.test, batch_size=params["scenario"]["test_batch_size"], shuffle=False)
+        return task, train, test
+
+    # --- models and learners
+    def new_learner(self, params: dict, seed: int, density: float):
+        from .. import ImpressLearner
+        from ..models import create_model
+
+        scenario = self.scenario(params)
+        model_spec = params["model"]
+        kwargs = dict(model_spec.get("kwargs") or {})
+        kwargs.setdefault("num_classes", scenario.num_classes)
+        if model_spec["name"].startswith("lenet"):
+            kwargs.setdefault("in_features", _prod(scenario.input_shape))
+        elif "in_channels" not in kwargs and model_spec["name"].startswith("resnet"):
+            kwargs["in_channels"] = scenario.input_shape[0]
+        model = create_model(model_spec["name"], seed=seed, init=model_spec["init"], **kwargs)
+        return ImpressLearner(model, density=density, device=self.device, backend=self.backend)
+
+    # --- the mask cache
+    def mask_key(self, params: dict, seed: int, density: float, task_index: int, popup_seed: int) -> str:
+        return stable_hash({
+            "scenario": params["scenario"], "model": params["model"], "mask_train": params["mask_train"],
+            "backbone_seed": seed, "density": density, "task": task_index, "popup_seed": popup_seed,
+        }, length=20)
+
+    def mask(self, params: dict, seed: int, density: float, task_index: int, popup_seed: int) -> dict:
+        """``{"masks": [bool tensor per layer], "accuracy": own-task test accuracy}``, trained once."""
+        key = self.mask_key(params, seed, density, task_index, popup_seed)
+        if key in self._masks:
+            return self._masks[key]
+        path = self.cache_dir / f"{key}.pt"
+        if path.is_file():
+            try:
+                entry = torch.load(path, weights_only=True)
+                self._masks[key] = entry
+                return entry
+            except Exception as exc:  # a damaged cache file is retrained, never trusted
+                log.warning("%s: unreadable mask cache entry (%s); retraining", path, exc)
+        entry = self._train_mask(params, seed, density, task_index, popup_seed)
+        _atomic_torch_save(entry, path)
+        self._masks[key] = entry
+        return entry
+
+    def _train_mask(self, params: dict, seed: int, density: float, task_index: int, popup_seed: int) -> dict:
+        # One learner per backbone collects every mask trained on it; masks are then copied out
+        # as plain bool tensors, so assembling an impression set never retrains.
+        tkey = stable_hash({"p": {k: params[k] for k in ("scenario", "model")}, "seed": seed, "density": density})
+        if tkey not in self._trainers:
+            self._trainers = {tkey: self.new_learner(params, seed, density)}  # keep one backbone in memory
+        learner = self._trainers[tkey]
+        phase = params["mask_train"]
+        task, train, test = self.loaders(params, task_index, phase["batch_size"], seed=popup_seed)
+        name = f"mask/{task_index}/{popup_seed}"
+        index = learner.learn_basis_mask(name, train, train_config(phase, popup_seed))
+        accuracy = float(learner.evaluate(name, test))
+        self.trained_masks += 1
+        return {"masks": export_mask(learner, index), "accuracy": accuracy, "task": task_index,
+                "popup_seed": popup_seed}
+
+    def learner_with(self, params: dict, seed: int, density: float, sources: list[tuple[int, int]]):
+        """A fresh learner on backbone ``seed`` whose bank holds the masks of ``sources`` in order."""
+        entries = [self.mask(params, seed, density, t, ps) for t, ps in sources]
+        learner = self.new_learner(params, seed, density)
+        if entries:
+            import_masks(learner, [e["masks"] for e in entries], names=[f"mask/{t}/{ps}" for t, ps in sources])
+        return learner, entries
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def train_config(phase: dict, seed: int):
+    from .. import TrainConfig
+
+    return TrainConfig(epochs=phase["epochs"], lr=phase["lr"], optimizer=phase["optimizer"],
+                       momentum=phase["momentum"], weight_decay=phase["weight_decay"], lam=phase["lam"], seed=seed)
+
+
+# ----------------------------------------------------------------------------- learner adapters
+# Everything that reaches into the learner beyond the public API of /work/notes/api.md is here.
+
+
+def export_mask(learner, index: int) -> list[torch.Tensor]:
+    """Mask ``index`` of the learner's bank as one bool tensor per masked layer (weight shape)."""
+    from ..layers import impress_layers
+
+    out = []
+    for layer in impress_layers(learner.model):
+        masks = layer.masks()  # bool [K, n]
+        out.append(masks[index].reshape(layer.weight.shape).clone())
+    return out
+
+
+def import_masks(learner, masks: list[list[torch.Tensor]], names: list[str] | None = None) -> list[int]:
+    """Append already-trained masks (one list of per-layer bool tensors per mask) to the bank."""
+    return list(learner.add_masks(masks))
+
+
+# ----------------------------------------------------------------------------- evaluation helpers
+
+
+def _accuracy(value) -> float:
+    return float(value)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(sum(values) / len(values)) if values else None
+
+
+# ----------------------------------------------------------------------------- run kinds
+
+
+def run_supsup(run, ctx: RunContext) -> dict:
+    p = run.params
+    accs = []
+    for t in p["new_tasks"]:
+        entry = ctx.mask(p, run.seed, run.density, t, _popup_seed(run.seed, 0))
+        accs.append(entry["accuracy"])
+    learner = ctx.new_learner(p, run.seed, run.density)
+    n_weights = sum(m.numel() for m in entry["masks"])
+    k = sum(int(m.sum()) for m in entry["masks"])
+    return {
+        "tasks": p["new_tasks"], "accuracies": accs, "mean_accuracy": _mean(accs),
+        "accuracy_matrix": [accs],  # a SupSup mask never changes once stored: one row, BWT = 0
+        "chance": 1.0 / ctx.scenario(p).num_classes,
+        "mask_bits": n_weights, "mask_ones": k,
+        "bytes_per_task": (n_weights + 7) // 8,  # one bit per weight, as stored in a bank plane
+        "num_layers": len(entry["masks"]),
+        "learner_layers": learner.num_layers,
+    }
+
+
+def run_incorrect_mask(run, ctx: RunContext) -> dict:
+    p = run.params
+    learner, entries = ctx.learner_with(p, run.seed, run.density, [(0, _popup_seed(run.seed, 0))])
+    accs = []
+    for t in p["new_tasks"]:
+        _, _, test = ctx.loaders(p, t, 128, seed=run.seed)
+        accs.append(_accuracy(learner.evaluate_mask(0, test)))
+    return {"tasks": p["new_tasks"], "accuracies": accs, "mean_accuracy": _mean(accs),
+            "own_task_accuracy": entries[0]["accuracy"], "chance": 1.0 / ctx.scenario(p).num_classes}
+
+
+def _impression_learner(run, ctx: RunContext):
+    p = run.params
+    if run.basis_kind == "random":
+        learner = ctx.new_learner(p, run.seed, run.density)
+        learner.add_random_masks(run.count, seed=run.seed)
+        return learner
+    sources = basis_sources(run.basis_kind, run.count, run.seed, p.get("mixture_homogeneous", 0.5))
+    learner, _ = ctx.learner_with(p, run.seed, run.density, sources)
+    return learner
+
+
+def run_impress(run, ctx: RunContext) -> dict:
+    p = run.params
+    learner = _impression_learner(run, ctx)
+    tasks = p["new_tasks"]
+    names = [f"new/{t}" for t in tasks]
+    test_loaders = {}
+    n = len(tasks)
+    matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
+    t0 = time.perf_counter()
+    for i, (t, name) in enumerate(zip(tasks, names)):
+        _, train, test = ctx.loaders(p, t, p["alpha_train"]["batch_size"], seed=run.seed)
+        test_loaders[name] = test
+        learner.learn_alpha(name, train, train_config(p["alpha_train"], run.seed), hybrid=run.hybrid)
+        cols = range(i + 1) if p.get("full_matrix") else [i]
+        for j in cols:
+            matrix[i][j] = _accuracy(learner.evaluate(names[j], test_loaders[names[j]]))
+    alpha_time = time.perf_counter() - t0
+    # Final row: every task again after all are learned (no forgetting: equals the diagonal).
+    final = [_accuracy(learner.evaluate(nm, test_loaders[nm])) for nm in names]
+    matrix[-1] = final
+    result: dict[str, Any] = {
+        "tasks": tasks, "accuracies": final, "mean_accuracy": _mean(final),
+        "diagonal": [matrix[i][i] for i in range(n)],
+        "accuracy_matrix": matrix, "alpha_seconds": round(alpha_time, 3),
+        "num_masks": learner.num_masks, "num_layers": learner.num_layers,
+        "bytes_per_task": _jsonable_bytes(learner.bytes_per_task(names[0])),
+    }
+    if p.get("label_free_matrix", True):
+        no_labels, hits = [], []
+        for name in names:
+            acc, hit = _label_free(learner, names, name, test_loaders[name])
+            no_labels.append(acc)
+            hits.append(hit)
+        result["accuracies_no_labels"] = no_labels
+        result["mean_accuracy_no_labels"] = _mean(no_labels)
+        result["accuracy_matrix_no_labels"] = [no_labels]
+        result["identification_rate"] = _mean(hits)
+    return result
+
+
+def _label_free(learner, candidates: list[str], true_name: str, test_loader, method: str = "oneshot"):
+    correct = total = hits = batches = 0
+    for x, y in test_loader:
+        name = learner.infer_task(x, method=method, candidates=candidates)
+        correct += _accuracy(learner.evaluate(name, [(x, y)])) * len(y)
+        total += len(y)
+        hits += int(name == true_name)
+        batches += 1
+    return correct / max(total, 1), hits / max(batches, 1)
+
+
+def _jsonable_bytes(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value
+
+
+def run_basis_gn(run, ctx: RunContext) -> dict:
+    p = run.params
+    learner = _impression_learner(run, ctx)
+    sources = basis_sources(run.basis_kind, run.count, run.seed, p.get("mixture_homogeneous", 0.5))
+    n = p["basis_gn_tasks"]
+    picks, accs, refs = [], [], []
+    for b in range(n):
+        _, train, test = ctx.loaders(p, b, p["alpha_train"]["batch_size"], seed=run.seed)
+        res = learner.basis_gn(train, test, train_config(p["alpha_train"], run.seed))
+        picks.append(int(res["picked"]))
+        accs.append(_accuracy(res["accuracy"]))
+        refs.append(ctx.mask(p, run.seed, run.density, *sources[b])["accuracy"])
+    return {
+        "tasks": list(range(n)), "picked": picks, "accuracies": accs, "reference_accuracies": refs,
+        "pick_rate": _mean([float(pk == b) for b, pk in enumerate(picks)]),
+        "mean_accuracy": _mean(accs), "mean_reference_accuracy": _mean(refs),
+        "better_or_equal_rate": _mean([float(a >= r - 1e-9) for a, r in zip(accs, refs)]),
+    }
+
+
+def run_gn(run, ctx: RunContext) -> dict:
+    p = run.params
+    learner = _impression_learner(run, ctx)
+    n_basis = 0 if run.basis_kind == "random" else max(t for t, _ in basis_sources(
+        run.basis_kind, run.count, run.seed, p.get("mixture_homogeneous", 0.5))) + 1
+    tasks = list(range(n_basis, n_basis + p["gn_num_tasks"]))
+    names = [f"gn/{t}" for t in tasks]
+    cfg = train_config(p["alpha_train"], run.seed)
+    from tqdm.auto import tqdm
+
+    accs = []
+    batches: dict[str, list] = {}
+    for t, name in zip(tqdm(tasks, desc="GN: alpha tasks", leave=False, unit="task"), names):
+        _, train, test = ctx.loaders(p, t, p["alpha_train"]["batch_size"], seed=run.seed)
+        learner.learn_alpha(name, train, cfg)
+        accs.append(_accuracy(learner.evaluate(name, test)))
+        batches[name] = _first_batches(ctx, p, t, p["gn_batch_size"], p["gn_batches_per_task"])
+    result: dict[str, Any] = {"tasks": tasks, "accuracies": accs, "mean_accuracy": _mean(accs),
+                              "num_stored_tasks": len(names)}
+    for method in p["gn_methods"]:
+        hits, gn_accs = [], []
+        t0 = time.perf_counter()
+        for name in names:
+            for x, y in batches[name]:
+                picked = learner.infer_task(x, method=method)
+                hits.append(float(picked == name))
+                gn_accs.append(_accuracy(learner.evaluate(picked, [(x, y)])))
+        result[f"identification_rate_{method}"] = _mean(hits)
+        result[f"gn_accuracy_{method}"] = _mean(gn_accs)
+        result[f"gn_seconds_{method}"] = round(time.perf_counter() - t0, 3)
+    result["identification_rate"] = result[f"identification_rate_{p['gn_methods'][0]}"]
+    result["mean_accuracy_no_labels"] = result[f"gn_accuracy_{p['gn_methods'][0]}"]
+    if p.get("gn_with_supsup"):
+        # SupSup GG/GN: one edge-popup mask per task; GN picks among those masks.
+        sources = [(t, _popup_seed(run.seed, 0)) for t in tasks]
+        sup, entries = ctx.learner_with(p, run.seed, run.density, sources)
+        sup_names = [f"mask/{t}/{ps}" for t, ps in sources]
+        hits, gn_accs = [], []
+        for name, sname in zip(names, sup_names):
+            for x, y in batches[name]:
+                picked = sup.infer_task(x, method=p["gn_methods"][0])
+                hits.append(float(picked == sname))
+                gn_accs.append(_accuracy(sup.evaluate(picked, [(x, y)])))
+        result["supsup_gg_accuracy"] = _mean([e["accuracy"] for e in entries])
+        result["supsup_identification_rate"] = _mean(hits)
+        result["supsup_gn_accuracy"] = _mean(gn_accs)
+    return result
+
+
+def _first_batches(ctx: RunContext, p: dict, t: int, batch_size: int, count: int) -> list:
+    from ..scenarios import BatchLoader
+
+    task = ctx.scenario(p).task(t)
+    out = []
+    # A shuffled batch: the first test images of a split task may all share a class.
+    for x, y in BatchLoader(task.test, batch_size=batch_size, shuffle=True, seed=t):
+        out.append((x, y))
+        if len(out) >= count:
+            break
+    return out
+
+
+RUNNERS = {
+    "supsup": run_supsup,
+    "incorrect_mask": run_incorrect_mask,
+    "impress": run_impress,
+    "basis_gn": run_basis_gn,
+    "gn": run_gn,
+}
+
+
+def execute_run(run, context: dict) -> dict:
+    """The default executor of ``run_sweep``: builds (once) a ``RunContext`` in ``context``."""
+    ctx = context.get("runner")
+    if ctx is None:
+        ctx = context["runner"] = RunContext(context["out_dir"], data_root=context.get("data_root"),
+                                             device=context.get("device", "cpu"), backend=context.get("backend"))
+    torch.manual_seed(run.seed)
+    return RUNNERS[run.run_kind](run, ctx)

@@ -1,0 +1,205 @@
+"""``impresslearn report DIR [DIR ...]``: render results directories into markdown tables + plots.
+
+Each DIR is an output folder of ``impresslearn run`` (``results.json`` or ``accounting.json``).
+Plots are (re)drawn and copied next to the markdown (``--assets``) and linked relatively.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+from ._plots import KIND_MARK, basis_gn_groups, category, grouped_accuracies, plot_experiment
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="+", help="output directories of `impresslearn run`")
+    parser.add_argument("--out", default="docs/results.md", help="markdown file to write")
+    parser.add_argument("--assets", default=None, help="folder for the plots (default: <out without .md>/)")
+    parser.add_argument("--intro", default=None, help="markdown file to put first (discussion, scale)")
+    parser.add_argument("--title", default="Results")
+
+
+def _pct(x) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    m = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{100 * m:.1f}"
+    return f"{100 * m:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _scale(config: dict) -> str:
+    sc, mt, at = config["scenario"], config["mask_train"], config["alpha_train"]
+    parts = [
+        f"scenario `{sc['name']}` ({sc['num_tasks']} tasks; train subset {sc['train_subset'] or 'all'}, "
+        f"test subset {sc['test_subset'] or 'all'} per task)",
+        f"model `{config['model']['name']}` {config['model'].get('kwargs') or ''}".rstrip(),
+        f"densities {config['densities']}", f"seeds {config['seeds']}",
+        f"masks: {mt['optimizer']} lr {mt['lr']}, {mt['epochs']} epoch(s), batch {mt['batch_size']}",
+        f"alpha: {at['optimizer']} lr {at['lr']} lam {at['lam']}, {at['epochs']} epoch(s), batch {at['batch_size']}",
+        f"{config['num_new_tasks']} new tasks",
+    ]
+    return "; ".join(parts) + "."
+
+
+def new_task_table(records: list[dict]) -> str:
+    groups: dict[str, dict[str, list]] = {}
+    for rec in records:
+        cat = category(rec["spec"])
+        if cat is None:
+            continue
+        g = groups.setdefault(cat, {"acc": [], "nolab": [], "ident": [], "bytes": [], "n": 0})
+        res = rec["result"]
+        g["n"] += 1
+        g["acc"].append(res.get("mean_accuracy"))
+        g["nolab"].append(res.get("mean_accuracy_no_labels"))
+        g["ident"].append(res.get("identification_rate"))
+        b = res.get("bytes_per_task")
+        if isinstance(b, dict):
+            b = b.get("total", b.get("bytes"))
+        g["bytes"].append(b)
+    order = list(grouped_accuracies(records, "mean_accuracy").keys())
+    rows = []
+    for cat in order:
+        g = groups[cat]
+        bytes_ = [b for b in g["bytes"] if isinstance(b, (int, float))]
+        rows.append([cat, g["n"], _mean_sd(g["acc"]), _mean_sd(g["nolab"]), _mean_sd(g["ident"]),
+                     f"{statistics.fmean(bytes_):,.0f}" if bytes_ else ""])
+    return _table(["impressions", "runs", "acc. with task label (%)", "acc. task inferred (%)",
+                   "task identified (%)", "bytes / task"], rows)
+
+
+def by_density_table(records: list[dict]) -> str:
+    cats: dict[str, dict[float, list]] = {}
+    densities = sorted({r["spec"]["density"] for r in records})
+    for rec in records:
+        cat = category(rec["spec"])
+        if cat is None or rec["result"].get("mean_accuracy") is None:
+            continue
+        cats.setdefault(cat, {}).setdefault(rec["spec"]["density"], []).append(rec["result"]["mean_accuracy"])
+    order = list(grouped_accuracies(records).keys())
+    rows = [[c] + [_mean_sd(cats[c].get(d, [])) for d in densities] for c in order]
+    return _table(["impressions"] + [f"s={d:g}" for d in densities], rows)
+
+
+def basis_gn_table(records: list[dict]) -> str:
+    rows = []
+    for rec in sorted((r for r in records if r["spec"]["run_kind"] == "basis_gn"),
+                      key=lambda r: (r["spec"]["count"], r["spec"]["density"], r["spec"]["seed"])):
+        s, res = rec["spec"], rec["result"]
+        rows.append([KIND_MARK[s["basis_kind"]].format(n=s["count"]), f"{s['density']:g}", s["seed"],
+                     len(res["tasks"]), _pct(res["pick_rate"]), _pct(res["mean_accuracy"]),
+                     _pct(res["mean_reference_accuracy"]), _pct(res["better_or_equal_rate"])])
+    return _table(["impressions", "density", "seed", "basis tasks", "right mask picked (%)", "alpha-fit acc. (%)",
+                   "true mask acc. (%)", "fit >= true mask (%)"], rows)
+
+
+def gn_table(records: list[dict]) -> str:
+    rows = []
+    for rec in (r for r in records if r["spec"]["run_kind"] == "gn"):
+        s, res = rec["spec"], rec["result"]
+        for m in s["gn_methods"]:
+            rows.append([f"{s['basis_kind']} x{s['count']}", f"{s['density']:g}", s["seed"], res["num_stored_tasks"],
+                         m, _pct(res[f"identification_rate_{m}"]), _pct(res["mean_accuracy"]),
+                         _pct(res[f"gn_accuracy_{m}"]), res[f"gn_seconds_{m}"]])
+        if "supsup_identification_rate" in res:
+            rows.append([f"SupSup (1 mask/task)", f"{s['density']:g}", s["seed"], res["num_stored_tasks"],
+                         s["gn_methods"][0], _pct(res["supsup_identification_rate"]), _pct(res["supsup_gg_accuracy"]),
+                         _pct(res["supsup_gn_accuracy"]), ""])
+    return _table(["basis", "density", "seed", "stored tasks", "GN method", "task identified (%)",
+                   "acc. task given (%)", "acc. task inferred (%)", "GN seconds"], rows)
+
+
+def accounting_table(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        out.append([r["dataset"], r["max_tasks"], f"`{r['model']}`", f"{r['weights']:,}", f"{r['mask_kB']:.1f}",
+                    r["basis_size"], r["layers"], r["alpha_per_task"], f"{r['phi_kB']:.2f}", f"{r['compression']:.2f}",
+                    f"{r['bn_stats_kB_per_task']:.2f}", f"{r['compression_with_bn']:.2f}", f"{r['bank_plane_kB']:.1f}"])
+    return _table(["data set", "max tasks", "model", "O (weights)", "mask (kB)", "|M|", "layers", "|alpha|",
+                   "Phi (kB)", "Cx", "BN stats / task (kB)", "Cx with BN", "our bank plane / mask (kB)"], out)
+
+
+def render_dir(directory: Path, assets: Path, out_file: Path) -> str:
+    directory = Path(directory)
+    if (directory / "accounting.json").is_file():
+        payload = json.loads((directory / "accounting.json").read_text())
+        text = [f"## {payload['experiment']}", ""]
+        if payload.get("description"):
+            text += [payload["description"], ""]
+        text += [accounting_table(payload["rows"]), ""]
+        return "\n".join(text)
+    payload = json.loads((directory / "results.json").read_text())
+    records, config = payload["runs"], payload["config"]
+    name = payload["experiment"]
+    text = [f"## {name}", ""]
+    if config.get("paper_figure"):
+        text += [f"Paper: {config['paper_figure']}.", ""]
+    if config.get("description"):
+        text += [config["description"].strip(), ""]
+    text += [f"Scale: {_scale(config)}", ""]
+    if not payload.get("complete", True):
+        text += ["**Incomplete sweep**: only the finished runs are shown.", ""]
+    if any(category(r["spec"]) for r in records):
+        text += ["New tasks (each run's mean over the new tasks; mean ± sd over runs):", "", new_task_table(records), ""]
+        if len({r["spec"]["density"] for r in records}) > 1:
+            text += ["By density (accuracy with task label, %):", "", by_density_table(records), ""]
+    if any(r["spec"]["run_kind"] == "basis_gn" for r in records):
+        text += ["basis-GN (alpha fitted on an unnamed basis task):", "", basis_gn_table(records), ""]
+    if any(r["spec"]["run_kind"] == "gn" for r in records):
+        text += ["GN task inference among stored alpha tasks (one test batch per task):", "", gn_table(records), ""]
+    pngs = plot_experiment(directory)
+    if pngs:
+        target = assets / name
+        target.mkdir(parents=True, exist_ok=True)
+        for png in pngs:
+            shutil.copy2(png, target / png.name)
+            rel = os.path.relpath(target / png.name, out_file.parent)
+            text += [f"![{name}: {png.stem}]({rel})", ""]
+    return "\n".join(text)
+
+
+def render(directories: list[Path], out_file: Path, assets: Path | None = None, intro: str | None = None,
+           title: str = "Results") -> str:
+    out_file = Path(out_file)
+    assets = Path(assets) if assets else out_file.with_suffix("")
+    parts = [f"# {title}", ""]
+    if intro:
+        parts += [intro.strip(), ""]
+    for d in directories:
+        parts.append(render_dir(Path(d), assets, out_file))
+    text = "\n".join(parts).rstrip() + "\n"
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(text)
+    return text
+
+
+def main(args: argparse.Namespace) -> int:
+    missing = [d for d in args.results
+               if not (Path(d) / "results.json").is_file() and not (Path(d) / "accounting.json").is_file()]
+    if missing:
+        print(f"impresslearn report: no results.json or accounting.json in {missing}", file=sys.stderr)
+        return 2
+    intro = Path(args.intro).read_text() if args.intro else None
+    render([Path(d) for d in args.results], Path(args.out), Path(args.assets) if args.assets else None, intro,
+           args.title)
+    print(f"wrote {args.out}")
+    return 0
