@@ -7,6 +7,8 @@
 
 #ifdef WITH_CPU
 #include "cpu/bank.h"
+#include "cpu/combine.h"
+#include "cpu/topk.h"
 #endif
 
 namespace {
@@ -15,6 +17,78 @@ namespace {
 namespace cpu = impresslearn::cpu;
 
 void expect(bool ok, const char* what) { TORCH_CHECK(ok, "impresslearn: ", what); }
+
+// The kernels' element type for a torch dtype; fp32, fp16 and bf16 only.
+cpu::Dtype element_type(const at::Tensor& t, const char* op) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return cpu::Dtype::f32;
+    case at::kHalf: return cpu::Dtype::f16;
+    case at::kBFloat16: return cpu::Dtype::bf16;
+    default: TORCH_CHECK(false, "impresslearn: ", op, " takes float32, float16 or bfloat16, got ", t.scalar_type());
+  }
+}
+
+bool is_flat_cpu(const at::Tensor& t) { return t.dim() == 1 && t.is_contiguous() && t.is_cpu(); }
+
+bool is_bank_for(const at::Tensor& bank, int64_t n) {
+  return bank.dim() == 2 && bank.scalar_type() == at::kByte && bank.is_contiguous() && bank.is_cpu() &&
+         bank.size(1) == n;
+}
+
+// The kernels run their own OpenMP regions; torch.set_num_threads must govern them too.
+int threads() { return static_cast<int>(at::get_num_threads()); }
+
+at::Tensor combine_masks_cpp(const at::Tensor& weight, const at::Tensor& bank, const at::Tensor& alpha) {
+  expect(is_flat_cpu(weight), "combine_masks_cpp takes a contiguous 1-D CPU weight");
+  const cpu::Dtype dtype = element_type(weight, "combine_masks_cpp");
+  const int64_t n = weight.size(0);
+  expect(is_bank_for(bank, n), "combine_masks_cpp takes a contiguous CPU uint8[G, n] bank covering the weight");
+  expect(is_flat_cpu(alpha) && alpha.scalar_type() == at::kFloat, "combine_masks_cpp takes a contiguous fp32 alpha[K]");
+  const int64_t k = alpha.size(0);
+  expect(k >= 1 && (k + 7) / 8 == bank.size(0), "alpha[K] and the bank disagree: ceil(K/8) != bank planes");
+  auto out = at::empty_like(weight);
+  cpu::combine_masks(weight.data_ptr(), dtype, bank.data_ptr<uint8_t>(), alpha.data_ptr<float>(), k, n,
+                     out.data_ptr(), threads());
+  return out;
+}
+
+at::Tensor combine_masks_alpha_grad_cpp(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& bank,
+                                        int64_t num_masks) {
+  expect(is_flat_cpu(grad) && is_flat_cpu(weight) && grad.size(0) == weight.size(0),
+         "combine_masks_alpha_grad_cpp takes contiguous 1-D CPU grad and weight of one length");
+  const cpu::Dtype grad_dtype = element_type(grad, "combine_masks_alpha_grad_cpp");
+  const cpu::Dtype weight_dtype = element_type(weight, "combine_masks_alpha_grad_cpp");
+  const int64_t n = weight.size(0);
+  expect(is_bank_for(bank, n), "combine_masks_alpha_grad_cpp takes a contiguous CPU uint8[G, n] bank covering the weight");
+  expect(num_masks >= 1 && (num_masks + 7) / 8 == bank.size(0), "num_masks does not match the bank's planes");
+  auto out = at::empty({num_masks}, weight.options().dtype(at::kFloat));
+  cpu::combine_masks_alpha_grad(grad.data_ptr(), grad_dtype, weight.data_ptr(), weight_dtype, bank.data_ptr<uint8_t>(),
+                                num_masks, n, out.data_ptr<float>(), threads());
+  return out;
+}
+
+void check_topk_args(const at::Tensor& scores, int64_t k, const char* op) {
+  expect(is_flat_cpu(scores), "topk_mask takes contiguous 1-D CPU scores");
+  element_type(scores, op);
+  expect(k >= 1 && k <= scores.size(0), "topk_mask needs 1 <= k <= number of scores");
+  expect(scores.size(0) < (int64_t(1) << 32), "topk_mask_cpp counts in 32 bits: at most 2^32 - 1 scores");
+}
+
+at::Tensor topk_mask_cpp(const at::Tensor& scores, int64_t k) {
+  check_topk_args(scores, k, "topk_mask_cpp");
+  auto mask = at::empty({scores.size(0)}, scores.options().dtype(at::kBool));
+  cpu::topk_mask(scores.data_ptr(), element_type(scores, "topk_mask_cpp"), scores.size(0), k, mask.data_ptr<bool>(),
+                 threads());
+  return mask;
+}
+
+void topk_mask_into_cpp(at::Tensor& bank, int64_t index, const at::Tensor& scores, int64_t k) {
+  check_topk_args(scores, k, "topk_mask_into_cpp");
+  expect(is_bank_for(bank, scores.size(0)), "topk_mask_into_cpp takes a contiguous CPU uint8[G, n] bank covering the scores");
+  expect(index >= 0 && index < 8 * bank.size(0), "mask index out of range");
+  cpu::topk_mask_into(scores.data_ptr(), element_type(scores, "topk_mask_into_cpp"), scores.size(0), k,
+                      bank.data_ptr<uint8_t>(), index, threads());
+}
 
 at::Tensor pack_masks_cpp(const at::Tensor& masks) {
   expect(masks.dim() == 2 && masks.scalar_type() == at::kBool && masks.is_contiguous() && masks.is_cpu(),
@@ -51,6 +125,10 @@ TORCH_LIBRARY(impresslearn, m) {
   m.def("pack_masks_cpp(Tensor masks) -> Tensor");
   m.def("unpack_masks_cpp(Tensor bank, int num_masks) -> Tensor");
   m.def("set_mask_cpp(Tensor(a!) bank, int index, Tensor mask) -> ()");
+  m.def("combine_masks_cpp(Tensor weight, Tensor bank, Tensor alpha) -> Tensor");
+  m.def("combine_masks_alpha_grad_cpp(Tensor grad, Tensor weight, Tensor bank, int num_masks) -> Tensor");
+  m.def("topk_mask_cpp(Tensor scores, int k) -> Tensor");
+  m.def("topk_mask_into_cpp(Tensor(a!) bank, int index, Tensor scores, int k) -> ()");
 #endif
 }
 
@@ -59,12 +137,17 @@ TORCH_LIBRARY_IMPL(impresslearn, CPU, m) {
   m.impl("pack_masks_cpp", &pack_masks_cpp);
   m.impl("unpack_masks_cpp", &unpack_masks_cpp);
   m.impl("set_mask_cpp", &set_mask_cpp);
+  m.impl("combine_masks_cpp", &combine_masks_cpp);
+  m.impl("combine_masks_alpha_grad_cpp", &combine_masks_alpha_grad_cpp);
+  m.impl("topk_mask_cpp", &topk_mask_cpp);
+  m.impl("topk_mask_into_cpp", &topk_mask_into_cpp);
 }
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef WITH_CPU
   m.attr("WITH_CPU") = true;
+  m.attr("CPU_ISA") = impresslearn::cpu::isa_name(impresslearn::cpu::best_isa());
 #else
   m.attr("WITH_CPU") = false;
 #endif

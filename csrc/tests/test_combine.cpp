@@ -1,0 +1,185 @@
+// combine forward / alpha gradient against a double-precision naive formula, on odd
+// shapes, every dtype, both ISAs and 1 vs 2 threads; plus the fp16/bf16 conversions.
+#include <cmath>
+#include <cstring>
+
+#include "cpu/combine.h"
+#include "tests/check.h"
+
+using namespace impresslearn;
+using cpu::Dtype;
+using cpu::Isa;
+
+static bool bit(const std::vector<uint8_t>& bank, int64_t n, int64_t k, int64_t j) {
+  return (bank[(k / 8) * n + j] >> (k % 8)) & 1;
+}
+
+// Every half: exact decode (checked against ldexp) and encode(decode(h)) == h.
+static void test_half_conversions() {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const double sign = (h & 0x8000) ? -1.0 : 1.0;
+    const float f = cpu::half_to_float(uint16_t(h));
+    if (e == 31) {
+      CHECK(m == 0 ? std::isinf(f) && std::signbit(f) == bool(h & 0x8000) : std::isnan(f));
+      if (m == 0) CHECK(cpu::float_to_half(f) == h);
+      else CHECK(std::isnan(cpu::half_to_float(cpu::float_to_half(f))));
+      continue;
+    }
+    const double want = e == 0 ? sign * std::ldexp(double(m), -24) : sign * std::ldexp(double(1024 + m), e - 25);
+    CHECK(double(f) == want);
+    CHECK(std::signbit(f) == bool(h & 0x8000));
+    CHECK(cpu::float_to_half(f) == h);
+  }
+  // Round to nearest even at halfway points, and overflow to inf.
+  CHECK(cpu::float_to_half(1.0f + 0x1.0p-11f) == 0x3C00);                // tie -> even (1.0)
+  CHECK(cpu::float_to_half(1.0f + 3 * 0x1.0p-11f) == 0x3C02);            // tie -> even (1 + 2^-9)
+  CHECK(cpu::float_to_half(1.0f + 0x1.0p-11f + 0x1.0p-20f) == 0x3C01);   // above the tie -> up
+  CHECK(cpu::float_to_half(65520.0f) == 0x7C00);                          // rounds past max half
+  CHECK(cpu::float_to_half(65519.0f) == 0x7BFF);
+  CHECK(cpu::float_to_half(0x1.0p-25f) == 0x0000);                        // tie with 0 -> even (0)
+  CHECK(cpu::float_to_half(0x1.8p-25f) == 0x0001);                        // above -> smallest subnormal
+  CHECK(cpu::float_to_half(-0.0f) == 0x8000);
+}
+
+static void test_bf16_conversions() {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = cpu::bf16_to_float(uint16_t(h));
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    CHECK(bits == h << 16);
+    if (!std::isnan(f)) CHECK(cpu::float_to_bf16(f) == h);
+    else CHECK(std::isnan(cpu::bf16_to_float(cpu::float_to_bf16(f))));
+  }
+  CHECK(cpu::float_to_bf16(1.0f + 0x1.0p-8f) == 0x3F80);               // tie -> even
+  CHECK(cpu::float_to_bf16(1.0f + 3 * 0x1.0p-8f) == 0x3F82);           // tie -> even
+  CHECK(cpu::float_to_bf16(1.0f + 0x1.0p-8f + 0x1.0p-20f) == 0x3F81);  // above -> up
+  CHECK(std::isnan(cpu::bf16_to_float(cpu::float_to_bf16(std::nanf("")))));
+}
+
+struct Case {
+  int64_t k, n;
+  std::vector<uint8_t> bank;
+  std::vector<float> alpha, weight, grad;
+};
+
+static Case make_case(int64_t k, int64_t n, unsigned seed) {
+  Case c{k, n, {}, {}, {}, {}};
+  const int64_t planes = (k + 7) / 8;
+  auto bits = test::random_bits(planes * 8 * n, 0.3, seed);
+  c.bank.assign(planes * n, 0);
+  for (int64_t m = 0; m < planes * 8; ++m)
+    for (int64_t j = 0; j < n; ++j)
+      if (bits[m * n + j]) c.bank[(m / 8) * n + j] |= uint8_t(1u << (m % 8));  // bits past K set on purpose
+  std::mt19937 gen(seed + 1);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (int64_t i = 0; i < k; ++i) c.alpha.push_back(dist(gen));
+  for (int64_t j = 0; j < n; ++j) c.weight.push_back(dist(gen));
+  for (int64_t j = 0; j < n; ++j) c.grad.push_back(dist(gen));
+  return c;
+}
+
+template <class T, class Enc>
+static std::vector<T> encode(const std::vector<float>& x, Enc enc) {
+  std::vector<T> out;
+  for (float v : x) out.push_back(enc(v));
+  return out;
+}
+
+static void test_forward(const Case& c, Dtype dtype) {
+  const int64_t n = c.n;
+  std::vector<uint16_t> w16;
+  const void* w = c.weight.data();
+  std::vector<float> wf = c.weight;  // the weight as the kernel sees it
+  if (dtype != Dtype::f32) {
+    w16 = dtype == Dtype::f16 ? encode<uint16_t>(c.weight, cpu::float_to_half) : encode<uint16_t>(c.weight, cpu::float_to_bf16);
+    for (int64_t j = 0; j < n; ++j) wf[j] = dtype == Dtype::f16 ? cpu::half_to_float(w16[j]) : cpu::bf16_to_float(w16[j]);
+    w = w16.data();
+  }
+  const size_t elem = dtype == Dtype::f32 ? 4 : 2;
+  std::vector<uint8_t> first;
+  for (Isa isa : {Isa::portable, Isa::avx2}) {
+    if (isa == Isa::avx2 && cpu::best_isa() != Isa::avx2) continue;
+    for (int threads : {1, 2}) {
+      std::vector<uint8_t> out(n * elem, 0xCD);
+      cpu::combine_masks(w, dtype, c.bank.data(), c.alpha.data(), c.k, n, out.data(), threads, isa);
+      if (first.empty()) first = out;
+      CHECK(out == first);  // bit-identical across ISAs and thread counts
+    }
+  }
+  // Against the formula in double; fp32 accumulation of up to K terms, then one
+  // rounding to the output dtype.
+  const double out_eps = dtype == Dtype::f32 ? 0x1.0p-24 : dtype == Dtype::f16 ? 0x1.0p-11 : 0x1.0p-8;
+  for (int64_t j = 0; j < n; ++j) {
+    double coeff = 0.0, mag = 0.0;
+    for (int64_t k = 0; k < c.k; ++k)
+      if (bit(c.bank, n, k, j)) coeff += c.alpha[k], mag += std::fabs(c.alpha[k]);
+    const double want = double(wf[j]) * coeff;
+    float got;
+    if (dtype == Dtype::f32) std::memcpy(&got, first.data() + 4 * j, 4);
+    else {
+      uint16_t h;
+      std::memcpy(&h, first.data() + 2 * j, 2);
+      got = dtype == Dtype::f16 ? cpu::half_to_float(h) : cpu::bf16_to_float(h);
+    }
+    // fp16 outputs below 2^-14 are subnormal: half their spacing (2^-25) is absolute.
+    const double subnormal = dtype == Dtype::f16 ? 0x1.0p-25 : 0.0;
+    const double tol = std::fabs(wf[j]) * mag * c.k * 0x1.0p-24 + std::fabs(want) * out_eps + subnormal + 1e-30;
+    CHECK(std::fabs(double(got) - want) <= tol);
+  }
+}
+
+static void test_alpha_grad(const Case& c) {
+  const int64_t n = c.n;
+  std::vector<float> want_abs(c.k, 0.0f);
+  std::vector<std::vector<float>> results;
+  for (Isa isa : {Isa::portable, Isa::avx2}) {
+    if (isa == Isa::avx2 && cpu::best_isa() != Isa::avx2) continue;
+    std::vector<float> one(c.k, -7.0f), two(c.k, -7.0f);
+    cpu::combine_masks_alpha_grad(c.grad.data(), Dtype::f32, c.weight.data(), Dtype::f32, c.bank.data(), c.k, n,
+                                  one.data(), 1, isa);
+    cpu::combine_masks_alpha_grad(c.grad.data(), Dtype::f32, c.weight.data(), Dtype::f32, c.bank.data(), c.k, n,
+                                  two.data(), 2, isa);
+    CHECK(one == two);  // deterministic in the thread count
+    results.push_back(one);
+  }
+  for (int64_t k = 0; k < c.k; ++k) {
+    double want = 0.0, mag = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+      const double u = double(float(c.grad[j] * c.weight[j]));
+      if (bit(c.bank, n, k, j)) want += u, mag += std::fabs(u);
+    }
+    // fp32 partial sums of at most 512 terms per lane, fp64 beyond: error << 512 eps * sum|u|
+    const double tol = mag * 512 * 0x1.0p-24 + std::fabs(want) * 0x1.0p-24 + 1e-30;
+    for (const auto& r : results) CHECK(std::fabs(double(r[k]) - want) <= tol);
+  }
+  // Half-precision inputs: the kernel multiplies the decoded values in fp32.
+  auto g16 = encode<uint16_t>(c.grad, cpu::float_to_bf16);
+  auto w16 = encode<uint16_t>(c.weight, cpu::float_to_half);
+  std::vector<float> mixed(c.k);
+  cpu::combine_masks_alpha_grad(g16.data(), Dtype::bf16, w16.data(), Dtype::f16, c.bank.data(), c.k, n, mixed.data(), 2);
+  for (int64_t k = 0; k < c.k; ++k) {
+    double want = 0.0, mag = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+      const double u = double(cpu::bf16_to_float(g16[j]) * cpu::half_to_float(w16[j]));
+      if (bit(c.bank, n, k, j)) want += u, mag += std::fabs(u);
+    }
+    CHECK(std::fabs(double(mixed[k]) - want) <= mag * 512 * 0x1.0p-24 + 1e-30);
+  }
+}
+
+int main() {
+  test_half_conversions();
+  test_bf16_conversions();
+  const int64_t ks[] = {1, 7, 8, 9, 64, 250};
+  const int64_t ns[] = {1, 13, 1000, 4099, 70001};
+  unsigned seed = 0;
+  for (int64_t k : ks)
+    for (int64_t n : ns) {
+      if (k * n > 3000000) continue;  // keep the naive double reference quick
+      const Case c = make_case(k, n, seed++);
+      for (Dtype d : {Dtype::f32, Dtype::f16, Dtype::bf16}) test_forward(c, d);
+      test_alpha_grad(c);
+    }
+  return test::finish("test_combine");
+}
