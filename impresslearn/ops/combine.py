@@ -83,8 +83,9 @@ if compiled_op("combine_masks_cpp") is not None:
     def _(grad, weight, bank, num_masks):
         return weight.new_empty((num_masks,), dtype=torch.float32)
 
-    _FWD["cpp"] = torch.ops.impresslearn.combine_masks_cpp
-    _BWD["cpp"] = torch.ops.impresslearn.combine_masks_alpha_grad_cpp
+    # register_autograd wants the OpOverload (.default), not the overload packet
+    _FWD["cpp"] = torch.ops.impresslearn.combine_masks_cpp.default
+    _BWD["cpp"] = torch.ops.impresslearn.combine_masks_alpha_grad_cpp.default
 
 _triton_combine = triton_module("combine")
 if _triton_combine is not None:
