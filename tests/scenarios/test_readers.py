@@ -178,3 +178,19 @@ def test_split_imagenet_too_many_tasks_and_missing(tmp_path):
     with pytest.raises(DataNotFoundError, match="cannot be downloaded automatically") as info:
         create_scenario("split_imagenet", root=tmp_path / "none")
     assert str(tmp_path / "none") in str(info.value)
+
+
+def test_download_true_fetches_into_root_then_reads_the_torchvision_layout(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(dataset, root):  # stands in for torchvision's downloader (no network in tests)
+        calls.append((dataset, root))
+        make_mnist(root)
+
+    monkeypatch.setattr(_readers, "_download_torchvision", fake_download)
+    with pytest.raises(DataNotFoundError):
+        create_scenario("split_mnist", root=tmp_path / "data")  # download=False: never fetches
+    assert calls == []
+    sc = create_scenario("split_mnist", root=tmp_path / "data", download=True)
+    assert calls == [("mnist", tmp_path / "data")]
+    assert len(sc.task(0).train) == 12
