@@ -173,3 +173,12 @@ def check_num_tasks(name: str, num_tasks: int, max_tasks: int | None = None) -> 
     if max_tasks is not None and num_tasks > max_tasks:
         raise ValueError(f"{name}: at most {max_tasks} tasks, asked for {num_tasks}")
     return int(num_tasks)
+
+
+def check_subsets(name: str, train_subset: int | None, test_subset: int | None, subset_mode: str) -> None:
+    """Refuse bad subset options at construction, before any task is built."""
+    for label, value in (("train_subset", train_subset), ("test_subset", test_subset)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name}: {label} must be a positive int or None, got {value!r}")
+    if subset_mode not in ("first", "random"):
+        raise ValueError(f"{name}: subset_mode must be 'first' or 'random', got {subset_mode!r}")

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._base import InMemoryDataset, Scenario, check_num_tasks, derive_seed, subset_indices
+from ._base import InMemoryDataset, Scenario, check_num_tasks, check_subsets, derive_seed, subset_indices
 from ._readers import load_cifar100
 from ._registry import register_scenario
 
@@ -63,6 +63,7 @@ class SplitCIFAR100(Scenario):
                  augment: bool = True, cache_size: int = 4):
         super().__init__(cache_size=cache_size)
         self.num_tasks = check_num_tasks(self.name, num_tasks)
+        check_subsets(self.name, train_subset, test_subset, subset_mode)
         order = list(range(100)) if class_order is None else [int(c) for c in class_order]
         if sorted(order) != list(range(100)):
             raise ValueError(f"{self.name}: class_order must be a permutation of 0..99")

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from ._base import DataNotFoundError, Scenario, check_num_tasks, derive_seed
+from ._base import DataNotFoundError, Scenario, check_num_tasks, check_subsets, derive_seed
 from ._readers import _roots
 from ._registry import register_scenario
 
@@ -77,6 +77,7 @@ class SplitImageNet(Scenario):
                  subset_mode: str = "first", classes_per_task: int = 10, image_size: int = 224,
                  cache_size: int = 4):
         super().__init__(cache_size=cache_size)
+        check_subsets(self.name, train_subset, test_subset, subset_mode)
         self.root = self._find_root(root, download)
         self.wnids = sorted(e.name for e in os.scandir(self.root / "train") if e.is_dir())
         if classes_per_task < 2:

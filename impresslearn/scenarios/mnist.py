@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._base import InMemoryDataset, Scenario, check_num_tasks, derive_seed, subset_indices
+from ._base import InMemoryDataset, Scenario, check_num_tasks, check_subsets, derive_seed, subset_indices
 from ._readers import load_mnist_like
 from ._registry import register_scenario
 
@@ -47,6 +47,7 @@ class MnistLikeScenario(Scenario):
         if num_tasks is None:
             num_tasks = self.default_num_tasks
         self.num_tasks = check_num_tasks(self.name, num_tasks)
+        check_subsets(self.name, train_subset, test_subset, subset_mode)
         self.seed = int(seed)
         self.root = root
         self.mean, self.std = NORMALIZATION[dataset]

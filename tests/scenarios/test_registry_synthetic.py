@@ -71,3 +71,14 @@ def test_task_index_is_checked():
         sc.task(1.0)
     with pytest.raises(ValueError, match="num_tasks"):
         create_scenario("synthetic", num_tasks=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(train_subset=0), "train_subset must be a positive int"),
+    (dict(test_subset=2.5), "test_subset must be a positive int"),
+    (dict(subset_mode="last"), "subset_mode must be 'first' or 'random'"),
+])
+def test_bad_subset_options_fail_at_construction(tmp_path, kwargs, message):
+    # Checked before looking for files: the error is about the option, not missing data.
+    with pytest.raises(ValueError, match=message):
+        create_scenario("permuted_mnist", root=tmp_path, **kwargs)
