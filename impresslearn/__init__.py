@@ -7,7 +7,8 @@ as a small matrix of per-layer coefficients that mix them.
 
 from . import ops
 from ._backends import BackendUnavailable
+from .learner import ImpressLearner, TaskRecord, TrainConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "ops", "__version__"]
+__all__ = ["BackendUnavailable", "ImpressLearner", "TaskRecord", "TrainConfig", "ops", "__version__"]
