@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .. import _backends
 from . import _checks
+from ._registry import triton_module
 from .combine import combine_masks
 
 # ----------------------------------------------------------------------------- reference
@@ -31,9 +32,54 @@ def impress_linear_reference(x, weight, bank, alpha):
 # ----------------------------------------------------------------------------- kernels
 
 _IMPLS = {"reference": impress_linear_reference}
-_FUSED_MAX_BATCH = 0  # rows of x up to which the fused kernel runs; set with the kernel
+# Rows of x up to which the fused Triton kernel runs; above it combine + cuBLAS wins.
+# Why 64: kernels/linear.py (the fused GEMM stays bandwidth-bound up to ~9 (4 + G) rows).
+FUSED_MAX_ROWS = 64
 
-_backends.register(_backends.OpSpec("impress_linear", _IMPLS, {"cuda": ("triton",)}))
+_triton_linear = triton_module("linear")
+if _triton_linear is not None:
+    from ..kernels._launch import triton_op  # torch.library.triton_op, opaque under TRITON_INTERPRET
+
+    @triton_op("impresslearn::impress_linear_triton", mutates_args=())
+    def _impress_linear_triton(x: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        return _triton_linear.linear_forward(x, weight, bank, alpha)
+
+    @triton_op("impresslearn::impress_linear_grad_input_triton", mutates_args=())
+    def _impress_linear_grad_input_triton(
+        grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor
+    ) -> torch.Tensor:
+        return _triton_linear.linear_grad_input(grad, weight, bank, alpha)
+
+    @triton_op("impresslearn::impress_linear_grad_params_triton", mutates_args=())
+    def _impress_linear_grad_params_triton(
+        grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor,
+        weight_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return _triton_linear.linear_grad_params(grad, x, weight, bank, alpha, weight_grad)
+
+    def _linear_setup_context(ctx, inputs, output):
+        x, weight, bank, alpha = inputs
+        ctx.save_for_backward(x, weight, bank, alpha)
+
+    def _linear_backward(ctx, grad):
+        x, weight, bank, alpha = ctx.saved_tensors
+        grad = grad.contiguous()
+        need_x, need_w, _, need_alpha = ctx.needs_input_grad
+        grad_x = grad_w = grad_alpha = None
+        if need_x:
+            grad_x = _impress_linear_grad_input_triton(grad, weight, bank, alpha)
+        if need_w or need_alpha:
+            grad_w, grad_alpha = _impress_linear_grad_params_triton(grad, x, weight, bank, alpha, need_w)
+            grad_w = grad_w if need_w else None
+            grad_alpha = grad_alpha if need_alpha else None
+        return grad_x, grad_w, None, grad_alpha
+
+    torch.library.register_autograd(_impress_linear_triton, _linear_backward, setup_context=_linear_setup_context)
+    _IMPLS["triton"] = _impress_linear_triton
+
+_backends.register(
+    _backends.OpSpec("impress_linear", _IMPLS, {"cuda": ("triton",)}, {"triton": (torch.float32, torch.float16, torch.bfloat16)})
+)
 
 
 # ----------------------------------------------------------------------------- functional API
@@ -48,13 +94,18 @@ def impress_linear(
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x has {x.shape[-1]} features but the weight expects {weight.shape[1]}")
     rows = x.numel() // max(1, x.shape[-1])
-    if "triton" in _IMPLS and rows <= _FUSED_MAX_BATCH:
+    fusable = 1 <= rows <= FUSED_MAX_ROWS and x.dtype == weight.dtype and alpha.dtype != torch.float64
+    if "triton" in _IMPLS and fusable:
         try:
             name = _backends.select("impress_linear", x.device, backend, weight.dtype)
         except _backends.BackendUnavailable:
-            name = None
+            name = None  # combine_masks below raises for a backend that cannot run at all
         if name == "triton":
-            return _IMPLS["triton"](x, weight, bank, alpha)
+            _checks.check_bank(bank, n=weight.numel())
+            _checks.check_alpha(alpha, bank)
+            _checks.check_same_device(x=x, weight=weight, bank=bank, alpha=alpha)
+            y = _IMPLS["triton"](x.reshape(rows, x.shape[-1]).contiguous(), weight, bank, alpha.float())
+            return y.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, combine_masks(weight, bank, alpha, backend=backend))
 
 
