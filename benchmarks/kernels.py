@@ -1,0 +1,358 @@
+"""Kernel throughput tables (DESIGN section 6): each case names its reference,
+baselines and candidates; one run times them all on the same machine.
+
+    python benchmarks/kernels.py            # full sizes (DESIGN targets), 2 threads
+    python benchmarks/kernels.py --quick    # small sizes, a smoke run of seconds
+    python benchmarks/kernels.py --threads 1 --out DIR --only topk
+
+Prints the device, versions and threads, then per case and implementation the
+median and p20/p80 time, the bytes that implementation must move, GB/s, and the
+speedup over the case's reference and baselines; writes the same rows to
+DIR/kernels.csv and DIR/kernels.json (kernels_quick.* for --quick).
+
+Implementations are timed round-robin (one call of each per round) so that load
+from other processes on a shared machine falls on all of them alike.
+
+GPU rows come from benchmarks/gpu_cases.py (``gpu_cases(quick) -> list``) when that
+file exists and CUDA is available. Its objects are read by duck typing: ``name``,
+``setup()``, ``reference``, ``baselines``, ``candidates`` (callables that take the
+object ``setup()`` returned, or nothing), ``bytes_moved`` (an int, a dict by
+implementation name, or a callable of the inputs giving either), optional
+``sizes``, ``target``, ``reference_name``, ``repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import inspect
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Case:
+    """One benchmark: inputs built once by ``setup``, then every implementation timed on them."""
+
+    name: str
+    sizes: dict
+    setup: Callable[[], Any]
+    reference: Callable[[Any], Any]
+    candidates: dict[str, Callable[[Any], Any]]
+    baselines: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    # bytes each implementation must move at least (by name; "*" for any other)
+    bytes_moved: Callable[[Any], dict[str, int]] | dict[str, int] | int = 0
+    reference_name: str = "reference"
+    target: str = ""
+    # speedups the case should reach: {(candidate, reference or baseline name): ratio}
+    targets: dict[tuple[str, str], float] = field(default_factory=dict)
+    repeats: int = 10
+    device: str = "cpu"
+
+
+# ----------------------------------------------------------------------------- CPU cases
+
+
+def _combine_setup(n: int, k: int, p: float = 0.1):
+    def setup():
+        from impresslearn.ops.bank import pack_masks_reference, unpack_masks_reference
+
+        g = torch.Generator().manual_seed(0)
+        # masks of density p, as edge-popup leaves them (byte statistics matter to the
+        # kernels); drawn one row at a time to keep the peak memory at the bool masks
+        masks = torch.empty(k, n, dtype=torch.bool)
+        for i in range(k):
+            torch.lt(torch.rand(n, generator=g), p, out=masks[i])
+        bank = pack_masks_reference(masks)
+        del masks
+        masks_float = unpack_masks_reference(bank, k).float()  # B_float, precomputed once
+        return dict(
+            bank=bank,
+            b_float=masks_float,
+            alpha=torch.rand(k, generator=g) / k,
+            weight=torch.randn(n, generator=g),
+            grad=torch.randn(n, generator=g),
+            k=k,
+        )
+
+    return setup
+
+
+def _combine_bytes(n: int, k: int) -> dict[str, int]:
+    """Forward: read the weight and the masks, write W_eff. Alpha grad: read grad, weight, masks."""
+    planes = (k + 7) // 8
+    return {"dense": 4 * k * n + 8 * n, "cpp": planes * n + 8 * n}
+
+
+def _storage(n: int, k: int) -> dict:
+    return dict(bank_MB=round((k + 7) // 8 * n / 1e6, 1), B_float_MB=round(4 * k * n / 1e6, 1))
+
+
+def _topk_setup(n: int, density: float):
+    def setup():
+        g = torch.Generator().manual_seed(0)
+        bound = 1.0 / np.sqrt(300.0)  # kaiming-uniform scores, as edge-popup initialises them
+        scores = (torch.rand(n, generator=g) * 2 - 1) * bound
+        k = max(1, int(np.floor(density * n + 0.5)))
+        return dict(scores=scores, scores_np=scores.numpy(), k=k, n=n)
+
+    return setup
+
+
+def _getsubnet(x):
+    """SupSup's GetSubnet: sort all |scores|, keep the top k."""
+    _, idx = x["scores"].abs().flatten().sort()
+    out = torch.zeros(x["n"], dtype=torch.bool)
+    out[idx[x["n"] - x["k"] :]] = True
+    return out
+
+
+def _torch_topk(x):
+    idx = torch.topk(x["scores"].abs(), x["k"], sorted=False).indices
+    out = torch.zeros(x["n"], dtype=torch.bool)
+    out[idx] = True
+    return out
+
+
+def _numpy_partition(x):
+    """The cheapest numpy route: the k-th largest |x| by introselect, then a compare (ties not broken)."""
+    absval = np.abs(x["scores_np"])
+    threshold = np.partition(absval, x["n"] - x["k"])[x["n"] - x["k"]]
+    return absval >= threshold
+
+
+def cpu_cases(quick: bool) -> list[Case]:
+    n_comb, k_comb = (1 << 16, 64) if quick else (4 * 1024 * 1024, 256)
+    n_topk = 1 << 18 if quick else 25_000_000
+    ops = torch.ops.impresslearn
+    combine_fwd = Case(
+        name="combine_fwd",
+        sizes=dict(n=n_comb, K=k_comb, **_storage(n_comb, k_comb)),
+        setup=_combine_setup(n_comb, k_comb),
+        reference=lambda x: (x["alpha"] @ x["b_float"]) * x["weight"],
+        reference_name="dense",
+        candidates={"cpp": lambda x: ops.combine_masks_cpp(x["weight"], x["bank"], x["alpha"])},
+        bytes_moved=_combine_bytes(n_comb, k_comb),
+        target=">= 10x dense alpha @ B_float; bank 32x smaller than B_float",
+        targets={("cpp", "dense"): 10.0},
+        repeats=7 if quick else 15,
+    )
+    combine_bwd = Case(
+        name="combine_alpha_grad",
+        sizes=dict(n=n_comb, K=k_comb),
+        setup=_combine_setup(n_comb, k_comb),
+        reference=lambda x: x["b_float"] @ (x["grad"] * x["weight"]),
+        reference_name="dense",
+        candidates={"cpp": lambda x: ops.combine_masks_alpha_grad_cpp(x["grad"], x["weight"], x["bank"], x["k"])},
+        bytes_moved=_combine_bytes(n_comb, k_comb),
+        target=">= 8x dense B_float @ g",
+        targets={("cpp", "dense"): 8.0},
+        repeats=7 if quick else 15,
+    )
+    topk = Case(
+        name="topk_mask",
+        sizes=dict(n=n_topk, density=0.1),
+        setup=_topk_setup(n_topk, 0.1),
+        reference=_getsubnet,
+        reference_name="sort (GetSubnet)",
+        baselines={"torch.topk": _torch_topk, "numpy.partition": _numpy_partition},
+        candidates={"cpp": lambda x: ops.topk_mask_cpp(x["scores"], x["k"])},
+        # read the scores, write a bool mask; the cpp kernel reads the scores twice
+        bytes_moved=lambda x: {"cpp": 9 * x["n"], "*": 5 * x["n"]},
+        target=">= 30x sort, >= 6x torch.topk, faster than numpy.partition",
+        targets={("cpp", "sort (GetSubnet)"): 30.0, ("cpp", "torch.topk"): 6.0, ("cpp", "numpy.partition"): 1.0},
+        repeats=5 if quick else 7,
+    )
+    return [combine_fwd, combine_bwd, topk]
+
+
+def load_gpu_cases(quick: bool) -> list:
+    path = HERE / "gpu_cases.py"
+    if not path.exists() or not torch.cuda.is_available():
+        return []
+    spec = importlib.util.spec_from_file_location("impresslearn_bench_gpu_cases", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.gpu_cases(quick))
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _call(fn: Callable, inputs: Any) -> Any:
+    try:
+        takes_input = len(inspect.signature(fn).parameters) > 0
+    except (TypeError, ValueError):  # builtins without a signature
+        takes_input = True
+    return fn(inputs) if takes_input else fn()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _bytes_for(case: Any, inputs: Any, name: str) -> int:
+    spec = getattr(case, "bytes_moved", 0)
+    if callable(spec):
+        spec = spec(inputs)
+    if isinstance(spec, dict):
+        for key in (name, "*"):
+            if key in spec:
+                return int(spec[key])
+        return 0
+    return int(spec or 0)
+
+
+def run_case(case: Any, quick: bool) -> list[dict]:
+    device = getattr(case, "device", "cuda" if case in _GPU else "cpu")
+    ref_name = getattr(case, "reference_name", "reference")
+    impls = {ref_name: case.reference, **getattr(case, "baselines", {}), **case.candidates}
+    repeats = getattr(case, "repeats", 10)
+    inputs = case.setup()
+    times: dict[str, list[float]] = {name: [] for name in impls}
+    for fn in impls.values():  # warm-up: first-touch allocations, lazy init, caches
+        _call(fn, inputs)
+    _sync(device)
+    for _ in range(repeats):
+        for name, fn in impls.items():
+            _sync(device)
+            start = time.perf_counter()
+            _call(fn, inputs)
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    rows = []
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, ts in times.items():
+        q = np.percentile(ts, [20, 80])
+        nbytes = _bytes_for(case, inputs, name)
+        role = "reference" if name == ref_name else "candidate" if name in case.candidates else "baseline"
+        row = dict(
+            case=case.name,
+            sizes=json.dumps(getattr(case, "sizes", {}), sort_keys=True),
+            impl=name,
+            role=role,
+            median_ms=med[name] * 1e3,
+            p20_ms=q[0] * 1e3,
+            p80_ms=q[1] * 1e3,
+            bytes=nbytes,
+            gb_per_s=nbytes / med[name] / 1e9 if nbytes else float("nan"),
+            speedup_vs_reference=med[ref_name] / med[name],
+        )
+        if role == "candidate":
+            for other in impls:
+                if other != name and other not in case.candidates:
+                    row[f"speedup_vs[{other}]"] = med[other] / med[name]
+        rows.append(row)
+    del inputs
+    return rows
+
+
+_GPU: list = []
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _environment(threads: int) -> dict:
+    from impresslearn import _extension
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ext = _extension.extension()
+    env = dict(
+        cpu=cpu,
+        cores=os.cpu_count(),
+        threads=threads,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        numpy=np.__version__,
+        cpu_isa=getattr(ext, "CPU_ISA", "n/a") if ext is not None else "no _C",
+        openblas_env={k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
+    )
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def _print_table(case: Any, rows: list[dict]) -> None:
+    sizes = ", ".join(f"{k}={v}" for k, v in getattr(case, "sizes", {}).items())
+    print(f"\n{case.name} ({sizes})  target: {getattr(case, 'target', '') or '-'}")
+    print(f"  {'impl':<18}{'median ms':>11}{'p20 ms':>10}{'p80 ms':>10}{'MB moved':>10}{'GB/s':>8}{'vs ref':>9}")
+    for r in rows:
+        gbs = f"{r['gb_per_s']:.1f}" if r["gb_per_s"] == r["gb_per_s"] else "-"
+        print(
+            f"  {r['impl']:<18}{r['median_ms']:>11.2f}{r['p20_ms']:>10.2f}{r['p80_ms']:>10.2f}"
+            f"{r['bytes'] / 1e6:>10.1f}{gbs:>8}{r['speedup_vs_reference']:>8.1f}x"
+        )
+    for r in rows:
+        extra = {k[len("speedup_vs[") : -1]: v for k, v in r.items() if k.startswith("speedup_vs[")}
+        if not extra:
+            continue
+        parts = []
+        for other, ratio in extra.items():
+            want = getattr(case, "targets", {}).get((r["impl"], other))
+            mark = "" if want is None else (f" (target {want:g}x: {'met' if ratio >= want else 'MISSED'})")
+            parts.append(f"{ratio:.1f}x vs {other}{mark}")
+        print(f"  {r['impl']}: " + "; ".join(parts))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of seconds")
+    parser.add_argument("--threads", type=int, default=2, help="torch and kernel threads (default 2)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the CSV and JSON")
+    parser.add_argument("--only", default="", help="run only cases whose name contains this")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    env = _environment(args.threads)
+    print("impresslearn kernel benchmarks" + (" (--quick)" if args.quick else ""))
+    for key, value in env.items():
+        print(f"  {key}: {value}")
+    cases = cpu_cases(args.quick)
+    gpu = load_gpu_cases(args.quick)
+    _GPU.extend(gpu)
+    all_rows = []
+    for case in cases + gpu:
+        if args.only and args.only not in case.name:
+            continue
+        rows = run_case(case, args.quick)
+        _print_table(case, rows)
+        all_rows.extend(rows)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "kernels_quick" if args.quick else "kernels"
+    columns = sorted({k for r in all_rows for k in r}, key=lambda k: (k.startswith("speedup_vs["), k))
+    base = ["case", "sizes", "impl", "role", "median_ms", "p20_ms", "p80_ms", "bytes", "gb_per_s", "speedup_vs_reference"]
+    columns = base + [c for c in columns if c not in base]
+    with open(args.out / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(all_rows)
+    (args.out / f"{stem}.json").write_text(json.dumps(dict(environment=env, rows=all_rows), indent=2) + "\n")
+    print(f"\nwrote {args.out / (stem + '.csv')} and {args.out / (stem + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
