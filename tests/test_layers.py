@@ -1,0 +1,215 @@
+"""Impress layers: backbone init, banks, every mask source's outputs and gradients, per-task BN."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from impresslearn import ops
+from impresslearn.layers import (
+    ImpressConv2d,
+    ImpressLinear,
+    MultitaskNonAffineBN,
+    backbone_weight,
+    edge_popup_scores,
+)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _masks(k, shape, p=0.4, seed=1):
+    return torch.rand(k, *shape, generator=_gen(seed)) < p
+
+
+def _layer_with_masks(layer, k, seed=1, dtype=torch.float64):
+    layer.reset_backbone_(_gen(0), "kaiming_normal")
+    masks = _masks(k, layer.weight.shape, seed=seed)
+    for m in masks:
+        layer.add_mask(m)
+    return layer.to(dtype), masks.to(dtype)
+
+
+# ----------------------------------------------------------------------------- backbone
+
+
+def test_backbone_same_seed_same_bits_and_init_scales():
+    a = backbone_weight((300, 784), _gen(3), "signed_constant")
+    b = backbone_weight((300, 784), _gen(3), "signed_constant")
+    assert torch.equal(a, b)
+    assert not torch.equal(a, backbone_weight((300, 784), _gen(4), "signed_constant"))
+    std = math.sqrt(2.0 / 784)
+    assert torch.allclose(a.abs(), torch.full_like(a, std))  # signed constant: +-gain/sqrt(fan_in)
+    k = backbone_weight((300, 784), _gen(3), "kaiming_normal")
+    assert abs(k.std().item() - std) < 0.02 * std
+    assert torch.equal(torch.sign(k), torch.sign(a))  # same draw, different scaling
+    with pytest.raises(ValueError, match="init must be one of"):
+        backbone_weight((2, 2), _gen(0), "xavier")
+
+
+def test_scores_are_kaiming_uniform():
+    s = edge_popup_scores((100, 50), _gen(0))
+    bound = 1 / math.sqrt(50)  # kaiming_uniform(a=sqrt(5)) bound = 1/sqrt(fan_in)
+    assert s.abs().max() <= bound and s.abs().max() > 0.9 * bound
+    assert torch.equal(s, edge_popup_scores((100, 50), _gen(0)))
+
+
+# ----------------------------------------------------------------------------- banks
+
+
+def test_bank_grows_by_planes_and_keeps_masks():
+    layer = ImpressLinear(7, 5)
+    masks = _masks(17, layer.weight.shape)
+    for i, m in enumerate(masks):
+        assert layer.add_mask(m) == i
+        assert layer.bank.shape == (ops.num_planes(i + 1), 35)
+    assert torch.equal(layer.masks(), masks)
+
+
+@pytest.mark.parametrize("density", [0.05, 0.1, 0.5])
+def test_add_mask_from_scores_keeps_exactly_k(density):
+    layer = ImpressConv2d(3, 5, 3)
+    scores = torch.randn(layer.weight.shape)
+    idx = layer.add_mask_from_scores(scores, density)
+    mask = layer.masks()[idx]
+    k = ops.keep_count(layer.weight.numel(), density)
+    assert int(mask.sum()) == k
+    assert torch.equal(mask.reshape(-1), ops.topk_mask(scores, k, backend="reference").reshape(-1))
+
+
+def test_no_source_and_bad_coefficients_raise():
+    layer, _ = _layer_with_masks(ImpressLinear(4, 3), 2)
+    with pytest.raises(RuntimeError, match="no mask source"):
+        layer(torch.randn(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="bank holds 2 masks"):
+        layer.use_coefficients(torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="extra masks"):
+        layer.use_coefficients(None, torch.ones(1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="bool"):
+        layer.add_mask(torch.ones(12))
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def test_coefficient_source_matches_dense_formula_and_gradcheck():
+    layer, masks = _layer_with_masks(ImpressLinear(6, 5), 9)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    alpha = torch.randn(9, dtype=torch.float64, requires_grad=True)
+
+    def f(x, alpha):
+        layer.use_coefficients(alpha)
+        return layer(x)
+
+    dense = F.linear(x, layer.weight * torch.einsum("k,koi->oi", alpha, masks))
+    torch.testing.assert_close(f(x, alpha), dense)
+    assert torch.autograd.gradcheck(f, (x, alpha))
+    # K' < K: a task learned on the first K' masks reads only those
+    a5 = alpha[:5]
+    torch.testing.assert_close(f(x, a5), F.linear(x, layer.weight * torch.einsum("k,koi->oi", a5, masks[:5])))
+
+
+def test_extra_masks_source_gradcheck():
+    layer, masks = _layer_with_masks(ImpressLinear(5, 4), 3)
+    extra = _masks(2, layer.weight.shape, seed=9)
+    for m in extra:
+        layer.add_mask(m, extra=True)
+    extra = extra.double()
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    alpha = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    beta = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+    def f(x, alpha, beta):
+        layer.use_coefficients(alpha, beta)
+        return layer(x)
+
+    coeff = torch.einsum("k,koi->oi", alpha, masks) + torch.einsum("h,hoi->oi", beta, extra)
+    torch.testing.assert_close(f(x, alpha, beta), F.linear(x, layer.weight * coeff))
+    assert torch.autograd.gradcheck(f, (x, alpha, beta))
+    # a fixed extra mask alone (hybrid last layer)
+    layer.use_coefficients(None, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight * extra[1]))
+
+
+def test_superposition_source_gradcheck_in_beta():
+    """alpha' = A^T beta over T stored tasks is one combine; its gradient in beta is exact."""
+    layer, masks = _layer_with_masks(ImpressLinear(5, 4), 4)
+    tasks = torch.randn(6, 4, dtype=torch.float64)  # A[T, K] of this layer
+    x = torch.randn(3, 5, dtype=torch.float64)
+
+    def f(beta):
+        layer.use_coefficients(tasks.t() @ beta)
+        return layer(x)
+
+    beta = torch.full((6,), 1 / 6, dtype=torch.float64, requires_grad=True)
+    dense = sum(beta[t] * F.linear(x, layer.weight * torch.einsum("k,koi->oi", tasks[t], masks)) for t in range(6))
+    torch.testing.assert_close(f(beta), dense)
+    assert torch.autograd.gradcheck(f, (beta,))
+
+
+def test_conv_coefficient_source_gradcheck():
+    layer, masks = _layer_with_masks(ImpressConv2d(2, 3, 3, stride=2, padding=1), 3)
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    alpha = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, alpha):
+        layer.use_coefficients(alpha)
+        return layer(x)
+
+    dense = F.conv2d(x, layer.weight * torch.einsum("k,kocij->ocij", alpha, masks), stride=2, padding=1)
+    torch.testing.assert_close(f(x, alpha), dense)
+    assert torch.autograd.gradcheck(f, (x, alpha))
+
+
+@pytest.mark.parametrize("cls", ["linear", "conv"])
+def test_scores_source_straight_through_gradient(cls):
+    """Edge-popup: forward W * topk(|S|); backward dL/dS = (dL/dW' * W) * sign(S) (dense formula)."""
+    layer = ImpressLinear(6, 4) if cls == "linear" else ImpressConv2d(2, 3, 3, padding=1)
+    layer.reset_backbone_(_gen(0), "kaiming_normal")
+    layer.double()
+    scores = torch.randn(layer.weight.shape, dtype=torch.float64, requires_grad=True)
+    layer.use_scores(scores, 0.3)
+    x = torch.randn(3, 6, dtype=torch.float64) if cls == "linear" else torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    out = layer(x)
+    g = torch.randn_like(out)
+    (grad_s,) = torch.autograd.grad(out, scores, g)
+
+    k = ops.keep_count(scores.numel(), 0.3)
+    mask = ops.topk_mask(scores.detach(), k, backend="reference")
+    w_masked = (layer.weight * mask).requires_grad_(True)
+    ref = F.linear(x, w_masked) if cls == "linear" else F.conv2d(x, w_masked, padding=1)
+    torch.testing.assert_close(out, ref)
+    (grad_w,) = torch.autograd.grad(ref, w_masked, g)
+    torch.testing.assert_close(grad_s, grad_w * layer.weight * torch.sign(scores.detach()))
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+
+def test_multitask_bn_keeps_a_slot_per_task():
+    bn = MultitaskNonAffineBN(3)
+    assert bn.add_slot() == 0 and bn.add_slot() == 1
+    a = torch.randn(64, 3, 4, 4) * 2 + 5
+    b = torch.randn(64, 3, 4, 4) * 0.5 - 3
+    bn.train()
+    for slot, data in ((0, a), (1, b)):
+        bn.task_slot = slot
+        for _ in range(60):
+            bn(data)
+    assert torch.allclose(bn.running_mean[0], torch.full((3,), 5.0), atol=0.3)
+    assert torch.allclose(bn.running_mean[1], torch.full((3,), -3.0), atol=0.3)
+    bn.eval()
+    bn.task_slot = 0
+    out_a = bn(a)
+    assert out_a.mean().abs() < 0.2  # task 0 normalised by its own statistics
+    bn.task_slot = 1
+    assert bn(a).mean() > 5  # task 1's statistics do not fit task 0's data: why a shared BN fails
+    bn.task_slot = None
+    before = bn.running_mean.clone()
+    torch.testing.assert_close(bn(b), F.batch_norm(b, None, None, training=True))
+    assert torch.equal(bn.running_mean, before)  # batch statistics update nothing
+    bn.task_slot = 5
+    with pytest.raises(IndexError, match="slot 5"):
+        bn(a)
