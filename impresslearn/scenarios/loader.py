@@ -73,8 +73,8 @@ class BatchLoader:
             idx = order[start : start + self.batch_size]
             if not self.shuffle:  # a contiguous slice is a view: no copy
                 x, y = x_all[start : start + len(idx)], y_all[start : start + len(idx)]
-            else:
-                x, y = x_all[idx], y_all[idx]
+            else:  # index_select: several times faster than advanced indexing for a row gather
+                x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
             if self._batch_transform is not None:
                 x = self._batch_transform(x, g)
             if self.pin_memory:
