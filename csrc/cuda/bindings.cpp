@@ -1,0 +1,77 @@
+// Registers the CUDA kernels of csrc/cuda with torch.library as impresslearn::<op>_cuda.
+// Compiled only in CUDA builds (setup.py globs csrc/cuda/*.cpp with the .cu files).
+// The Python op layer (impresslearn/ops/_checks.py) has checked shapes, dtypes,
+// devices and ranges; the checks here only keep memory safe.
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "topk.h"
+
+namespace {
+
+namespace kernels = impresslearn::cuda;
+
+kernels::ScoreBits score_bits(const at::Tensor& scores) {
+  switch (scores.scalar_type()) {
+    case at::kFloat:
+      return kernels::ScoreBits::k32;
+    case at::kHalf:
+    case at::kBFloat16:
+      return kernels::ScoreBits::k16;
+    default:
+      TORCH_CHECK(false, "impresslearn: topk_mask_cuda takes float32, float16 or bfloat16 scores, got ",
+                  scores.scalar_type());
+  }
+}
+
+void check_scores(const at::Tensor& scores, int64_t k) {
+  TORCH_CHECK(scores.is_cuda() && scores.is_contiguous(), "impresslearn: topk_mask_cuda takes contiguous CUDA scores");
+  TORCH_CHECK(k >= 1 && k <= scores.numel(), "impresslearn: k must be in [1, ", scores.numel(), "], got ", k);
+}
+
+// Scratch memory from PyTorch's caching allocator: no cudaMalloc per call.
+at::Tensor workspace(const at::Tensor& scores) {
+  const auto bytes = static_cast<int64_t>(kernels::topk_workspace_bytes(scores.numel()));
+  return at::empty({bytes}, scores.options().dtype(at::kByte));
+}
+
+at::Tensor topk_mask_cuda(const at::Tensor& scores, int64_t k) {
+  check_scores(scores, k);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  auto mask = at::empty(scores.sizes(), scores.options().dtype(at::kBool));
+  auto scratch = workspace(scores);
+  C10_CUDA_CHECK(kernels::topk_mask(scores.data_ptr(), score_bits(scores), scores.numel(), k,
+                                    reinterpret_cast<uint8_t*>(mask.data_ptr<bool>()), scratch.data_ptr(),
+                                    c10::cuda::getCurrentCUDAStream()));
+  return mask;
+}
+
+void topk_mask_into_cuda(at::Tensor& bank, int64_t index, const at::Tensor& scores, int64_t k) {
+  check_scores(scores, k);
+  TORCH_CHECK(bank.is_cuda() && bank.dim() == 2 && bank.scalar_type() == at::kByte && bank.is_contiguous() &&
+                  bank.size(1) == scores.numel() && bank.device() == scores.device(),
+              "impresslearn: topk_mask_into_cuda takes a contiguous uint8[G, n] bank on the scores' device");
+  TORCH_CHECK(index >= 0 && index < 8 * bank.size(0), "impresslearn: mask index ", index, " out of range");
+  const c10::cuda::CUDAGuard guard(scores.device());
+  auto scratch = workspace(scores);
+  uint8_t* plane = bank.data_ptr<uint8_t>() + (index / 8) * bank.size(1);
+  C10_CUDA_CHECK(kernels::topk_mask_into(scores.data_ptr(), score_bits(scores), scores.numel(), k, plane,
+                                         static_cast<int>(index % 8), scratch.data_ptr(),
+                                         c10::cuda::getCurrentCUDAStream()));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(impresslearn, m) {
+  m.def("topk_mask_cuda(Tensor scores, int k) -> Tensor");
+  m.def("topk_mask_into_cuda(Tensor(a!) bank, int index, Tensor scores, int k) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(impresslearn, CUDA, m) {
+  m.impl("topk_mask_cuda", &topk_mask_cuda);
+  m.impl("topk_mask_into_cuda", &topk_mask_into_cuda);
+}
