@@ -130,6 +130,7 @@ class BasisSpec:
     kinds: tuple = ("heterogeneous",)
     counts: tuple = (5, 10)
     mixture_homogeneous: float = 0.5
+    counts_by_kind: Mapping[str, Any] = field(default_factory=dict)  # per-kind counts, replace ``counts``
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", _tuple(self.kinds, "basis.kinds"))
@@ -141,8 +142,18 @@ class BasisSpec:
         _require(len(self.counts) > 0, "basis.counts", "must not be empty")
         for c in self.counts:
             _positive_int(c, "basis.counts[]")
+        _require(isinstance(self.counts_by_kind, Mapping), "basis.counts_by_kind", "must map a kind to a list of counts")
+        for kind, counts in self.counts_by_kind.items():
+            _require(kind in self.kinds, "basis.counts_by_kind", f"{kind!r} is not one of basis.kinds {list(self.kinds)}")
+            _require(isinstance(counts, (list, tuple)) and len(counts) > 0, f"basis.counts_by_kind.{kind}",
+                     "must be a non-empty list")
+            for c in counts:
+                _positive_int(c, f"basis.counts_by_kind.{kind}[]")
         _require(0.0 <= self.mixture_homogeneous <= 1.0, "basis.mixture_homogeneous",
                  f"must lie in [0, 1], got {self.mixture_homogeneous!r}")
+
+    def counts_for(self, kind: str) -> tuple:
+        return tuple(self.counts_by_kind.get(kind, self.counts))
 
     def heterogeneous_tasks(self, kind: str, count: int) -> int:
         """How many distinct basis tasks (0..n-1) an impression set of this kind and size uses."""
@@ -247,7 +258,7 @@ class ExperimentConfig:
 
     @property
     def first_new_task(self) -> int:
-        return max(self.basis.heterogeneous_tasks(k, c) for k in self.basis.kinds for c in self.basis.counts)
+        return max(self.basis.heterogeneous_tasks(k, c) for k in self.basis.kinds for c in self.basis.counts_for(k))
 
     @property
     def new_task_indices(self) -> tuple:

@@ -99,17 +99,18 @@ class RunContext:
 
     # --- models and learners
     def new_learner(self, params: dict, seed: int, density: float):
-        from .. import ImpressLearner
+        from ..learner import ImpressLearner
         from ..models import create_model
 
         scenario = self.scenario(params)
         model_spec = params["model"]
         kwargs = dict(model_spec.get("kwargs") or {})
         kwargs.setdefault("num_classes", scenario.num_classes)
-        if model_spec["name"].startswith("lenet"):
+        accepted = _factory_kwargs(model_spec["name"])
+        if "in_features" in accepted:
             kwargs.setdefault("in_features", _prod(scenario.input_shape))
-        elif "in_channels" not in kwargs and model_spec["name"].startswith("resnet"):
-            kwargs["in_channels"] = scenario.input_shape[0]
+        if "in_channels" in accepted:
+            kwargs.setdefault("in_channels", scenario.input_shape[0])
         model = create_model(model_spec["name"], seed=seed, init=model_spec["init"], **kwargs)
         return ImpressLearner(model, density=density, device=self.device, backend=self.backend)
 
@@ -163,6 +164,16 @@ class RunContext:
         return learner, entries
 
 
+def _factory_kwargs(name: str) -> set[str]:
+    """Keyword arguments the registered model builder accepts (to size its input to the data)."""
+    import inspect
+
+    from ..models import _registry
+
+    factory = getattr(_registry, "_MODELS", {}).get(name)
+    return set(inspect.signature(factory).parameters) if factory is not None else set()
+
+
 def _prod(shape) -> int:
     n = 1
     for s in shape:
@@ -184,7 +195,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def train_config(phase: dict, seed: int):
-    from .. import TrainConfig
+    from ..learner import TrainConfig
 
     return TrainConfig(epochs=phase["epochs"], lr=phase["lr"], optimizer=phase["optimizer"],
                        momentum=phase["momentum"], weight_decay=phase["weight_decay"], lam=phase["lam"], seed=seed)
@@ -207,7 +218,8 @@ def export_mask(learner, index: int) -> list[torch.Tensor]:
 
 def import_masks(learner, masks: list[list[torch.Tensor]], names: list[str] | None = None) -> list[int]:
     """Append already-trained masks (one list of per-layer bool tensors per mask) to the bank."""
-    return list(learner.add_masks(masks))
+    per_layer = [torch.stack([m[i] for m in masks]) for i in range(len(masks[0]))]
+    return list(learner.add_masks(per_layer))
 
 
 # ----------------------------------------------------------------------------- evaluation helpers
@@ -384,11 +396,18 @@ def run_gn(run, ctx: RunContext) -> dict:
         sup, entries = ctx.learner_with(p, run.seed, run.density, sources)
         sup_names = [f"mask/{t}/{ps}" for t, ps in sources]
         hits, gn_accs = [], []
+        # Each imported mask becomes a stored basis task (one-hot A_t) so GN can pick among them;
+        # the picked mask is then scored alone (evaluate_mask: BN, if any, on batch statistics,
+        # as the imported masks carry no BN slot).
+        for b, sname in enumerate(sup_names):
+            onehot = torch.zeros(b + 1, sup.num_layers)
+            onehot[b] = 1.0
+            sup.register_task(sname, onehot, kind="basis")
         for name, sname in zip(names, sup_names):
             for x, y in batches[name]:
                 picked = sup.infer_task(x, method=p["gn_methods"][0])
                 hits.append(float(picked == sname))
-                gn_accs.append(_accuracy(sup.evaluate(picked, [(x, y)])))
+                gn_accs.append(_accuracy(sup.evaluate_mask(sup_names.index(picked), [(x, y)])))
         result["supsup_gg_accuracy"] = _mean([e["accuracy"] for e in entries])
         result["supsup_identification_rate"] = _mean(hits)
         result["supsup_gn_accuracy"] = _mean(gn_accs)

@@ -102,14 +102,14 @@ def expand(config: ExperimentConfig) -> list[RunSpec]:
                 for kind in config.basis.kinds:
                     extra = dict(mixture if kind == "mixture" else {}, label_free_matrix=ev.label_free_matrix,
                                  full_matrix=ev.full_matrix)
-                    for count in config.basis.counts:
+                    for count in config.basis.counts_for(kind):
                         for hybrid in ((False, True) if ev.hybrid else (False,)):
                             runs.append(RunSpec(run_kind="impress", basis_kind=kind, count=count, hybrid=hybrid,
                                                 shared=shared(common, alpha, new_tasks, extra), **base))
             if ev.basis_gn:
                 for kind in ev.basis_gn_kinds:
                     extra = mixture if kind == "mixture" else {}
-                    for count in config.basis.counts:
+                    for count in config.basis.counts_for(kind):
                         n = min(config.basis.heterogeneous_tasks(kind, count), ev.basis_gn_max_tasks)
                         runs.append(RunSpec(run_kind="basis_gn", basis_kind=kind, count=count,
                                             shared=shared(common, alpha, extra, {"basis_gn_tasks": n}), **base))
