@@ -62,8 +62,10 @@ def mask_coefficients(bank_ptr, table_ptr, alpha_ptr, offs, ok, n, num_planes, n
     Shared with the fused linear kernels, which call it on 2-D weight tiles.
     """
     coeff = tl.zeros(offs.shape, dtype=tl.float32)
+    plane_ptr = bank_ptr  # advanced by n per plane: g * n would overflow int32 past 2**31 bytes
     for g in range(0, num_planes):
-        byte = tl.load(bank_ptr + g * n + offs, mask=ok, other=0).to(tl.int32)
+        byte = tl.load(plane_ptr + offs, mask=ok, other=0).to(tl.int32)
+        plane_ptr += n
         if USE_TABLE:
             coeff += tl.load(table_ptr + g * 256 + byte)
         else:
@@ -94,8 +96,10 @@ def reduce_bits_into(partial_ptr, gw, bank_ptr, offs, ok, n, num_planes, num_mas
     ``gw`` and ``offs`` are 1-D (flattened tiles); shared with the fused linear backward.
     """
     bits = tl.arange(0, 8)
+    plane_ptr = bank_ptr  # advanced by n per plane: g * n would overflow int32 past 2**31 bytes
     for g in range(0, num_planes):
-        byte = tl.load(bank_ptr + g * n + offs, mask=ok, other=0).to(tl.int32)
+        byte = tl.load(plane_ptr + offs, mask=ok, other=0).to(tl.int32)
+        plane_ptr += n
         hit = ((byte[:, None] >> bits[None, :]) & 1) != 0
         sums = tl.sum(tl.where(hit, gw[:, None], 0.0), axis=0)
         k = g * 8 + bits

@@ -49,20 +49,20 @@ _MAX_BLOCK_M = 64
 
 @triton.jit
 def _weff_tile(
-    w_ptr, bank_ptr, table_ptr, alpha_ptr, rows, cols, N, C, num_planes, num_masks,
+    w_ptr, bank_ptr, table_ptr, alpha_ptr, rows, cols, N, C, num_weights, num_planes, num_masks,
     DTYPE: tl.constexpr, USE_TABLE: tl.constexpr,
 ):
     """W_eff[rows, cols] as a [len(rows), len(cols)] tile of DTYPE (zero outside W)."""
     offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
     ok = (rows[:, None] < N) & (cols[None, :] < C)
-    coeff = mask_coefficients(bank_ptr, table_ptr, alpha_ptr, offs, ok, N * C, num_planes, num_masks, USE_TABLE)
+    coeff = mask_coefficients(bank_ptr, table_ptr, alpha_ptr, offs, ok, num_weights, num_planes, num_masks, USE_TABLE)
     w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     return (w * coeff).to(DTYPE)
 
 
 @triton.jit
 def _linear_fwd_kernel(
-    x_ptr, w_ptr, bank_ptr, table_ptr, alpha_ptr, out_ptr, M, N, C, num_planes, num_masks, c_per_split,
+    x_ptr, w_ptr, bank_ptr, table_ptr, alpha_ptr, out_ptr, M, N, C, num_weights, num_planes, num_masks, c_per_split,
     PRECISION: tl.constexpr, USE_TABLE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -76,7 +76,7 @@ def _linear_fwd_kernel(
         rc = c0 + tl.arange(0, BLOCK_C)
         x = tl.load(x_ptr + rm.to(tl.int64)[:, None] * C + rc[None, :],
                     mask=(rm[:, None] < M) & (rc[None, :] < C), other=0.0)
-        weff = _weff_tile(w_ptr, bank_ptr, table_ptr, alpha_ptr, rn, rc, N, C, num_planes, num_masks,
+        weff = _weff_tile(w_ptr, bank_ptr, table_ptr, alpha_ptr, rn, rc, N, C, num_weights, num_planes, num_masks,
                           x.dtype, USE_TABLE)
         acc = tl.dot(x, tl.trans(weff), acc, input_precision=PRECISION)
     out = out_ptr + split.to(tl.int64) * M * N + rm.to(tl.int64)[:, None] * N + rn[None, :]
@@ -85,7 +85,7 @@ def _linear_fwd_kernel(
 
 @triton.jit
 def _linear_grad_x_kernel(
-    g_ptr, w_ptr, bank_ptr, table_ptr, alpha_ptr, out_ptr, M, N, C, num_planes, num_masks, n_per_split,
+    g_ptr, w_ptr, bank_ptr, table_ptr, alpha_ptr, out_ptr, M, N, C, num_weights, num_planes, num_masks, n_per_split,
     PRECISION: tl.constexpr, USE_TABLE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -99,7 +99,7 @@ def _linear_grad_x_kernel(
         rn = n0 + tl.arange(0, BLOCK_N)
         g = tl.load(g_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :],
                     mask=(rm[:, None] < M) & (rn[None, :] < N), other=0.0)
-        weff = _weff_tile(w_ptr, bank_ptr, table_ptr, alpha_ptr, rn, rc, N, C, num_planes, num_masks,
+        weff = _weff_tile(w_ptr, bank_ptr, table_ptr, alpha_ptr, rn, rc, N, C, num_weights, num_planes, num_masks,
                           g.dtype, USE_TABLE)
         acc = tl.dot(g, weff, acc, input_precision=PRECISION)
     out = out_ptr + split.to(tl.int64) * M * C + rm.to(tl.int64)[:, None] * C + rc[None, :]
@@ -109,7 +109,7 @@ def _linear_grad_x_kernel(
 @triton.jit
 def _linear_grad_params_kernel(
     g_ptr, x_ptr, w_ptr, bank_ptr, table_ptr, alpha_ptr, grad_w_ptr, partial_ptr,
-    M, N, C, num_planes, num_masks, tiles_c,
+    M, N, C, num_weights, num_planes, num_masks, tiles_c,
     PRECISION: tl.constexpr, USE_TABLE: tl.constexpr, WEIGHT_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -131,11 +131,11 @@ def _linear_grad_params_kernel(
     ok = (rn[:, None] < N) & (rc[None, :] < C)
     w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     if WEIGHT_GRAD:
-        coeff = mask_coefficients(bank_ptr, table_ptr, alpha_ptr, offs, ok, N * C, num_planes, num_masks, USE_TABLE)
+        coeff = mask_coefficients(bank_ptr, table_ptr, alpha_ptr, offs, ok, num_weights, num_planes, num_masks, USE_TABLE)
         tl.store(grad_w_ptr + offs, (acc * coeff).to(grad_w_ptr.dtype.element_ty), mask=ok)
     size: tl.constexpr = BLOCK_N * BLOCK_C
     reduce_bits_into(partial_ptr + tile.to(tl.int64) * num_masks, tl.reshape(acc * w, (size,)), bank_ptr,
-                     tl.reshape(offs, (size,)), tl.reshape(ok, (size,)), N * C, num_planes, num_masks)
+                     tl.reshape(offs, (size,)), tl.reshape(ok, (size,)), num_weights, num_planes, num_masks)
 
 
 # ----------------------------------------------------------------------------- host launchers
@@ -183,7 +183,7 @@ def linear_forward(x, weight, bank, alpha, *, use_table: bool = True, split: int
     table = coefficient_table(alpha, planes)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, _BLOCK_N), split)
     launch(
-        _linear_fwd_kernel, grid, x, weight, bank, table, alpha, partial, m, n, c, planes, alpha.shape[0], per_split,
+        _linear_fwd_kernel, grid, x, weight, bank, table, alpha, partial, m, n, c, n * c, planes, alpha.shape[0], per_split,
         PRECISION=_precision(x.dtype, x.device), USE_TABLE=use_table,
         BLOCK_M=block_m, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, num_warps=4,
     )
@@ -204,7 +204,7 @@ def linear_grad_input(grad, weight, bank, alpha, *, use_table: bool = True, spli
     table = coefficient_table(alpha, planes)
     grid = (triton.cdiv(m, block_m), triton.cdiv(c, _BLOCK_C), split)
     launch(
-        _linear_grad_x_kernel, grid, grad, weight, bank, table, alpha, partial, m, n, c, planes, alpha.shape[0],
+        _linear_grad_x_kernel, grid, grad, weight, bank, table, alpha, partial, m, n, c, n * c, planes, alpha.shape[0],
         per_split, PRECISION=_precision(grad.dtype, grad.device), USE_TABLE=use_table,
         BLOCK_M=block_m, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, num_warps=4,
     )
@@ -224,7 +224,7 @@ def linear_grad_params(grad, x, weight, bank, alpha, weight_grad: bool, *, use_t
     table = coefficient_table(alpha, planes)
     launch(
         _linear_grad_params_kernel, (tiles,), grad, x, weight, bank, table, alpha, grad_w, partial,
-        m, n, c, planes, k, tiles_c,
+        m, n, c, n * c, planes, k, tiles_c,
         PRECISION=_precision(x.dtype, x.device), USE_TABLE=use_table, WEIGHT_GRAD=weight_grad,
         BLOCK_M=_block_m(m), BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, num_warps=4,
     )
