@@ -1,0 +1,114 @@
+"""Sweeps: expansion, stable ids, resume without repetition, complete result files."""
+
+import csv
+import json
+
+import pytest
+
+from impresslearn.experiments import config_from_dict, expand, run_sweep
+from impresslearn.experiments._sweep import load_finished, run_path
+
+
+def make_config(**extra):
+    data = {"name": "sweep", "scenario": {"name": "synthetic", "num_tasks": 8}, "model": {"name": "lenet300"},
+            "densities": [0.1, 0.2], "seeds": [0, 1],
+            "basis": {"kinds": ["heterogeneous", "homogeneous", "random"], "counts": [2, 4]},
+            "num_new_tasks": 3, "evaluate": {"basis_gn": True, "hybrid": True, "gn": True, "gn_num_tasks": 3,
+                                             "gn_basis_count": 2}}
+    data.update(extra)
+    return config_from_dict(data)
+
+
+def fake_executor(calls, fail_after=None):
+    def execute(run, context):
+        if fail_after is not None and len(calls) >= fail_after:
+            raise KeyboardInterrupt("killed mid-sweep")
+        calls.append(run.run_id)
+        acc = 0.5 + 0.01 * (run.count or 0)
+        return {"tasks": [0, 1], "accuracies": [acc, acc], "mean_accuracy": acc,
+                "accuracy_matrix": [[acc, None], [acc, acc]], "mean_accuracy_no_labels": acc - 0.1,
+                "accuracy_matrix_no_labels": [[acc - 0.1, acc - 0.1]], "identification_rate": 0.9,
+                "pick_rate": 1.0, "mean_reference_accuracy": 0.6, "better_or_equal_rate": 1.0,
+                "num_stored_tasks": 3, "identification_rate_oneshot": 0.9, "gn_accuracy_oneshot": 0.5,
+                "gn_seconds_oneshot": 0.1}
+    return execute
+
+
+def test_expansion_counts_every_axis():
+    config = make_config()
+    runs = expand(config)
+    per_point = 1 + 1 + 3 * 2 * 2 + 2 + 1  # supsup, incorrect, kinds x counts x hybrid, basis-GN, GN
+    assert len(runs) == 2 * 2 * per_point
+    assert len({r.run_id for r in runs}) == len(runs)
+    kinds = [r.run_kind for r in runs]
+    assert kinds.count("impress") == 2 * 2 * 12 and kinds.count("gn") == 4
+
+
+def test_run_ids_are_stable_and_depend_only_on_what_matters():
+    a = {r.label(): r.run_id for r in expand(make_config())}
+    assert a == {r.label(): r.run_id for r in expand(make_config())}
+    renamed = {r.label(): r.run_id for r in expand(make_config(name="other", description="x"))}
+    assert renamed == a  # name and description do not change results
+    faster = {r.label(): r.run_id for r in expand(make_config(alpha_train={"lr": 0.5}))}
+    for label, rid in faster.items():
+        if label.startswith(("supsup", "incorrect_mask")):
+            assert rid == a[label]  # no alpha training in these runs
+        else:
+            assert rid != a[label]
+    more_seeds = {r.label(): r.run_id for r in expand(make_config(seeds=[0, 1, 2]))}
+    assert all(more_seeds[k] == v for k, v in a.items())  # extending a sweep keeps the old runs
+
+
+def test_resume_after_kill_repeats_nothing_and_completes(tmp_path):
+    config = make_config()
+    total = len(expand(config))
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, tmp_path, fake_executor(calls, fail_after=7), progress=False)
+    assert len(calls) == 7
+    finished = [r for r in expand(config) if load_finished(tmp_path, r)]
+    assert len(finished) == 7
+    # A half-written temp file of the killed run must not count and must not break the resume.
+    (tmp_path / "runs" / ".junk.json.tmp").write_text("{")
+    calls2 = []
+    outcome = run_sweep(config, tmp_path, fake_executor(calls2), progress=False)
+    assert not set(calls) & set(calls2), "a finished run was recomputed"
+    assert len(calls2) == total - 7
+    assert sorted(outcome.skipped) == sorted(calls)
+    assert len(outcome.records) == total
+    calls3 = []
+    run_sweep(config, tmp_path, fake_executor(calls3), progress=False)
+    assert calls3 == []
+
+
+def test_damaged_result_file_is_rerun(tmp_path):
+    config = make_config(densities=[0.1], seeds=[0])
+    calls = []
+    run_sweep(config, tmp_path, fake_executor(calls), progress=False)
+    victim = expand(config)[3]
+    run_path(tmp_path, victim).write_text('{"run_id": "trunc')
+    calls2 = []
+    run_sweep(config, tmp_path, fake_executor(calls2), progress=False)
+    assert calls2 == [victim.run_id]
+
+
+def test_max_runs_and_result_files_complete(tmp_path):
+    config = make_config(densities=[0.1], seeds=[0])
+    calls = []
+    outcome = run_sweep(config, tmp_path, fake_executor(calls), progress=False, max_runs=3)
+    assert len(calls) == 3
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["complete"] is False and len(payload["runs"]) == 3
+    outcome = run_sweep(config, tmp_path, fake_executor(calls), progress=False)
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["complete"] is True and len(payload["runs"]) == len(expand(config))
+    for record in payload["runs"]:
+        assert record["status"] == "done" and record["spec"]["seed"] == 0 and "result" in record
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert len(rows) == len(outcome.records)
+    matrix = list(csv.DictReader((tmp_path / "matrices.csv").open()))
+    labels = {row["task_labels"] for row in matrix}
+    assert labels == {"given", "inferred"}
+    # every run stores 3 non-empty entries with labels and 2 without
+    assert len(matrix) == 5 * len(outcome.records)
+    assert (tmp_path / "config.yaml").is_file()
