@@ -21,8 +21,12 @@ def _is_fake(value) -> bool:
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
-    """``wrap_triton(kernel)[grid](*args, **kwargs)``, skipped for fake or meta tensors."""
-    if any(_is_fake(a) for a in args) or any(_is_fake(v) for v in kwargs.values()):
+    """``wrap_triton(kernel)[grid](*args, **kwargs)``; interpreted, skipped for fake or meta tensors.
+
+    Compiled kernels always go through ``wrap_triton``: under tracing it records the
+    launch in the graph (``torch.compile`` needs it), so nothing may be skipped there.
+    """
+    if interpreted() and (any(_is_fake(a) for a in args) or any(_is_fake(v) for v in kwargs.values())):
         return
     torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
 

@@ -39,7 +39,7 @@ import triton.language as tl
 from ._launch import launch
 
 _FWD_BLOCK = 2048  # 16 weights per thread at 4 warps: 16-byte vector loads of each plane
-_BWD_BLOCK = 1024  # [1024, 8] fp32 per plane in registers: 64 per thread at 4 warps
+_BWD_BLOCK = 1024  # 8 fp32 values per thread at 4 warps; [num_programs, K] partials stay small
 
 
 @triton.jit
@@ -91,19 +91,20 @@ def _combine_fwd_kernel(
 
 @triton.jit
 def reduce_bits_into(partial_ptr, gw, bank_ptr, offs, ok, n, num_planes, num_masks):
-    """partial[8g + b] = sum over the block of gw where bit b of bank[g, offs] is set.
+    """partial[8g + b] = sum of gw where bit b of bank[g, offs] is set (gw, offs, ok: one shape).
 
-    ``gw`` and ``offs`` are 1-D (flattened tiles); shared with the fused linear backward.
+    One full-tile reduction per bit keeps the live registers at the tile's size (a
+    [tile, 8] product would spill for the 64 x 64 tiles of the fused linear backward).
+    Shared with the fused linear backward.
     """
-    bits = tl.arange(0, 8)
     plane_ptr = bank_ptr  # advanced by n per plane: g * n would overflow int32 past 2**31 bytes
     for g in range(0, num_planes):
         byte = tl.load(plane_ptr + offs, mask=ok, other=0).to(tl.int32)
         plane_ptr += n
-        hit = ((byte[:, None] >> bits[None, :]) & 1) != 0
-        sums = tl.sum(tl.where(hit, gw[:, None], 0.0), axis=0)
-        k = g * 8 + bits
-        tl.store(partial_ptr + k, sums, mask=k < num_masks)
+        for b in tl.static_range(8):
+            k = g * 8 + b
+            total = tl.sum(tl.where(((byte >> b) & 1) != 0, gw, 0.0))
+            tl.store(partial_ptr + k, total, mask=k < num_masks)
 
 
 @triton.jit

@@ -133,9 +133,8 @@ def _linear_grad_params_kernel(
     if WEIGHT_GRAD:
         coeff = mask_coefficients(bank_ptr, table_ptr, alpha_ptr, offs, ok, num_weights, num_planes, num_masks, USE_TABLE)
         tl.store(grad_w_ptr + offs, (acc * coeff).to(grad_w_ptr.dtype.element_ty), mask=ok)
-    size: tl.constexpr = BLOCK_N * BLOCK_C
-    reduce_bits_into(partial_ptr + tile.to(tl.int64) * num_masks, tl.reshape(acc * w, (size,)), bank_ptr,
-                     tl.reshape(offs, (size,)), tl.reshape(ok, (size,)), num_weights, num_planes, num_masks)
+    reduce_bits_into(partial_ptr + tile.to(tl.int64) * num_masks, acc * w, bank_ptr, offs, ok,
+                     num_weights, num_planes, num_masks)
 
 
 # ----------------------------------------------------------------------------- host launchers
