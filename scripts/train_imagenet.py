@@ -145,9 +145,8 @@ def init_distributed() -> Dist:
         rank, world, local_rank = 0, 1, 0
         device = torch.device("cuda", 0) if cuda else torch.device("cpu")
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
-    if not cuda:
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    # CPU threads: torchrun sets OMP_NUM_THREADS=1 per process unless told otherwise; set
+    # OMP_NUM_THREADS=<cores / nproc-per-node> for CPU runs (docs/imagenet.md).
     return Dist(rank, world, local_rank, device)
 
 
@@ -274,6 +273,11 @@ def new_tasks(args, scenario) -> list[int]:
     first = args.num_basis if args.basis == "heterogeneous" else 1
     last = scenario.num_tasks if args.num_new is None else min(scenario.num_tasks, first + args.num_new)
     return list(range(first, last))
+
+
+def task_index(name: str) -> int:
+    """The data task of a learner task name: ``split_imagenet/7`` or ``split_imagenet/0#mask3``."""
+    return int(name.split("/")[-1].split("#")[0])
 
 
 class _Shard(torch.utils.data.Dataset):
@@ -606,6 +610,13 @@ def main(argv=None) -> int:
             results["tasks"] = {k: v for k, v in previous.get("tasks", {}).items() if k in learner.tasks}
             results["memory"] = previous.get("memory", {})
         progress = Progress(args, env, learner, results)
+        # A crash between the checkpoint and the results file loses at most the last accuracy:
+        # measure it again rather than leave a hole.
+        for name, rec in learner.tasks.items():
+            if name not in results["tasks"]:
+                t = task_index(name)
+                acc = evaluate(learner, name, scenario.task(t).test, args, env)
+                results["tasks"][name] = dict(kind=rec.kind, task=t, accuracy=acc)
 
         train_basis(args, env, scenario, learner, progress)
         mem = memory_report(learner, learner.num_masks)

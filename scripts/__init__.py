@@ -1,0 +1,1 @@
+"""Large-scale training scripts (launched with torchrun); importable for tests."""
