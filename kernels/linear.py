@@ -42,8 +42,12 @@ import triton.language as tl
 from ._launch import launch
 from .combine import coefficient_table, mask_coefficients, reduce_bits_into
 
+# Tiles chosen from ptxas reports for sm_90 (no GPU was at hand to time them): with
+# BLOCK_C = 64 the forward used 255 registers and spilled 128-760 bytes per thread at
+# 4 warps; BLOCK_C = 32 keeps the forward and grad_x free of spills (the grad_params
+# kernel spills <= 24 bytes). Retune with benchmarks/gpu_cases.py on a GPU.
 _BLOCK_N = 64
-_BLOCK_C = 64
+_BLOCK_C = 32
 _MAX_BLOCK_M = 64
 
 

@@ -18,7 +18,7 @@ from impresslearn.ops.combine import TOLERANCES
 
 kl = pytest.importorskip("impresslearn.kernels.linear")
 
-# (rows, out N, in C, K): N and C not multiples of 8/32/64; C = 70 spans two C-blocks;
+# (rows, out N, in C, K): N and C not multiples of 8/32/64; C = 70 spans three C-blocks;
 # large K gets a single weight tile (interpreter speed)
 CASES = [(1, 13, 9, 1), (3, 37, 45, 7), (16, 33, 70, 8), (5, 20, 30, 9), (2, 5, 7, 64), (2, 5, 7, 250)]
 DTYPES = (torch.float32, torch.float16)
