@@ -60,3 +60,15 @@ def triton_op(name: str, *, mutates_args):
         return op
 
     return register
+
+
+def check_interpretable(**tensors: torch.Tensor) -> None:
+    """Raise a clear error for what the interpreter cannot run (it has no bfloat16)."""
+    if not interpreted():
+        return
+    for name, t in tensors.items():
+        if t.dtype == torch.bfloat16:
+            raise TypeError(
+                f"{name} is bfloat16, which the Triton interpreter (TRITON_INTERPRET=1) cannot run; "
+                "use a CUDA device, float32/float16, or another backend"
+            )

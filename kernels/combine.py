@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
+from ._launch import check_interpretable, launch
 
 _FWD_BLOCK = 2048  # 16 weights per thread at 4 warps: 16-byte vector loads of each plane
 _BWD_BLOCK = 1024  # 8 fp32 values per thread at 4 warps; [num_programs, K] partials stay small
@@ -135,6 +135,7 @@ def coefficient_table(alpha: torch.Tensor, num_planes: int) -> torch.Tensor:
 
 def combine_masks(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, use_table: bool = True) -> torch.Tensor:
     """weight[n] * (alpha @ unpack(bank)) -> [n] in weight's dtype."""
+    check_interpretable(weight=weight)
     planes, n = bank.shape
     out = torch.empty_like(weight)
     if n == 0:
@@ -152,6 +153,7 @@ def combine_masks_alpha_grad(
     grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int
 ) -> torch.Tensor:
     """fp32[K]: grad_alpha[k] = sum_j grad_j weight_j bit_k(j)."""
+    check_interpretable(grad=grad, weight=weight)
     planes, n = bank.shape
     if n == 0:
         return torch.zeros((num_masks,), dtype=torch.float32, device=weight.device)

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
+from ._launch import check_interpretable, launch
 from .combine import coefficient_table, mask_coefficients, reduce_bits_into
 
 # Tiles chosen from ptxas reports for sm_90 (no GPU was at hand to time them): with
@@ -174,6 +174,7 @@ def _sum_splits(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def linear_forward(x, weight, bank, alpha, *, use_table: bool = True, split: int | None = None):
     """x [M, C] @ W_eff^T -> [M, N] in x's dtype."""
+    check_interpretable(x=x, weight=weight)
     m, c = x.shape
     n = weight.shape[0]
     planes = bank.shape[0]
@@ -195,6 +196,7 @@ def linear_forward(x, weight, bank, alpha, *, use_table: bool = True, split: int
 
 def linear_grad_input(grad, weight, bank, alpha, *, use_table: bool = True, split: int | None = None):
     """grad [M, N] @ W_eff -> [M, C] in grad's dtype."""
+    check_interpretable(grad=grad, weight=weight)
     m, n = grad.shape
     c = weight.shape[1]
     planes = bank.shape[0]
@@ -216,6 +218,7 @@ def linear_grad_input(grad, weight, bank, alpha, *, use_table: bool = True, spli
 
 def linear_grad_params(grad, x, weight, bank, alpha, weight_grad: bool, *, use_table: bool = True):
     """(grad_weight [N, C] or an empty tensor, grad_alpha fp32[K]) from grad [M, N] and x [M, C]."""
+    check_interpretable(grad=grad, x=x, weight=weight)
     m, n = grad.shape
     c = x.shape[1]
     planes = bank.shape[0]

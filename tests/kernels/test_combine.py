@@ -127,3 +127,13 @@ def test_gpu_forward_and_alpha_grad(k, n, dtype):
         _close(out, weight.double() * _coeff64(masks, alpha), dtype)
     got = ops.combine_masks_alpha_grad(grad, weight, bank, k, backend="triton")
     _close(got, masks.double() @ (grad.double() * weight.double()), torch.float32)
+
+
+def test_bfloat16_under_the_interpreter_is_refused_with_a_reason():
+    from impresslearn.kernels._launch import interpreted
+
+    if not interpreted():
+        pytest.skip("kernels are compiled here: bfloat16 runs")
+    _, weight, bank, alpha, _ = _problem(9, 37, torch.float32)
+    with pytest.raises(TypeError, match="interpreter"):
+        ops.combine_masks(weight.bfloat16(), bank, alpha, backend="triton")
