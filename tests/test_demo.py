@@ -1,0 +1,27 @@
+"""The demo end to end at a tiny size: table, storage line, checkpoint reload."""
+
+import argparse
+
+import pytest
+
+from impresslearn import demo
+from impresslearn.scenarios import DataNotFoundError, create_scenario
+
+
+def test_demo_runs_and_reloads_identically(tmp_path, capsys):
+    try:
+        create_scenario("permuted_fmnist", num_tasks=1, train_subset=10, test_subset=10).task(0)
+    except DataNotFoundError as exc:
+        pytest.skip(f"Fashion-MNIST not installed: {exc}")
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    args = parser.parse_args(
+        ["--basis-tasks", "2", "--new-tasks", "1", "--random-masks", "2", "--train-subset", "600",
+         "--test-subset", "256", "--alpha-epochs", "1", "--no-progress", "--out", str(tmp_path / "demo")]
+    )  # fmt: skip
+    assert demo.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| permuted_fmnist/2    | new   |" in out
+    assert "task inference (one-shot GN over all 3 tasks" in out
+    assert "reloaded predictions identical: True" in out
+    assert (tmp_path / "demo" / "learner.safetensors").exists()
