@@ -201,7 +201,9 @@ void combine_masks(const void* weight, Dtype dtype, const uint8_t* bank, const f
       for (unsigned v = 0; v < 256; ++v) table256[256 * g + v] = plane_value(tables[g], v);
   }
   const int64_t blocks = (n + kFwdBlock - 1) / kFwdBlock;
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (blocks > 1)
+  // Dynamic: on a shared machine a preempted thread does not hold the others back.
+  // Each block is still computed whole by one thread, so the bits do not change.
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 8) if (blocks > 1)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     alignas(64) float acc[kFwdBlock];
     const int64_t j0 = blk * kFwdBlock, len = std::min(kFwdBlock, n - j0);
@@ -223,7 +225,7 @@ void combine_masks_alpha_grad(const void* grad, Dtype grad_dtype, const void* we
   const int64_t blocks = (n + kGradBlock - 1) / kGradBlock;
   const int64_t slots = 8 * planes;
   std::vector<double> partial(blocks * slots);  // [block, 8 * plane + bit]
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (blocks > 1)
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 8) if (blocks > 1)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     alignas(64) float u[kGradBlock];
     alignas(64) float w[kGradBlock];
