@@ -185,6 +185,7 @@ def load_gpu_cases(quick: bool) -> list:
         return []
     spec = importlib.util.spec_from_file_location("impresslearn_bench_gpu_cases", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so dataclasses in it can find their module
     spec.loader.exec_module(module)
     return list(module.gpu_cases(quick))
 
