@@ -146,3 +146,21 @@ def test_resnet50_bank_bytes_at_250_masks():
     assert mem["layers"] == 54 and mem["weights"] == 25_502_912
     assert mem["planned_bank_bytes"] == 25_502_912 * 32 == 816_093_184  # 0.816 GB = 0.760 GiB
     assert mem["supsup_fp32_bytes"] == 250 * 25_502_912 * 4  # 25.5 GB
+
+
+def test_homogeneous_basis_masks_are_seeds_on_task_0(data_root, tmp_path):
+    out = tmp_path / "hom"
+    argv = ["--data-root", str(data_root), "--out", str(out), *ARGS, "--basis", "homogeneous",
+            "--num-basis", "2", "--num-new", "1", "--mask-epochs", "1", "--alpha-epochs", "1"]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert script.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    learner = checkpoint(out)
+    assert list(learner.tasks) == ["split_imagenet/0#mask0", "split_imagenet/0#mask1", "split_imagenet/1"]
+    masks = learner.layers[0].masks()
+    assert not torch.equal(masks[0], masks[1])  # other scores seeds, other masks on the same backbone
+    results = json.loads((out / script.RESULTS).read_text())
+    assert results["tasks"]["split_imagenet/0#mask1"]["task"] == 0
