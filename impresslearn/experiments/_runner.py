@@ -378,16 +378,18 @@ def run_gn(run, ctx: RunContext) -> dict:
     result: dict[str, Any] = {"tasks": tasks, "accuracies": accs, "mean_accuracy": _mean(accs),
                               "num_stored_tasks": len(names)}
     for method in p["gn_methods"]:
-        hits, gn_accs = [], []
+        hits, gn_accs, picks = [], [], []
         t0 = time.perf_counter()
         for name in names:
             for x, y in batches[name]:
                 picked = learner.infer_task(x, method=method)
+                picks.append(picked)
                 hits.append(float(picked == name))
                 gn_accs.append(_accuracy(learner.evaluate(picked, [(x, y)])))
         result[f"identification_rate_{method}"] = _mean(hits)
         result[f"gn_accuracy_{method}"] = _mean(gn_accs)
         result[f"gn_seconds_{method}"] = round(time.perf_counter() - t0, 3)
+        result[f"picked_{method}"] = picks  # which stored task GN named, per batch (diagnosis)
     result["identification_rate"] = result[f"identification_rate_{p['gn_methods'][0]}"]
     result["mean_accuracy_no_labels"] = result[f"gn_accuracy_{p['gn_methods'][0]}"]
     if p.get("gn_with_supsup"):

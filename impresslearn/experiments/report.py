@@ -167,9 +167,16 @@ def render_dir(directory: Path, assets: Path, out_file: Path) -> str:
     if any(r["spec"]["run_kind"] == "gn" for r in records):
         text += ["GN task inference among stored alpha tasks (one test batch per task):", "", gn_table(records), ""]
     pngs = plot_experiment(directory)
+    target = assets / name
+    target.mkdir(parents=True, exist_ok=True)
+    data_links = []
+    for data_file in ("results.csv", "matrices.csv"):  # the raw numbers travel with the report
+        if (directory / data_file).is_file():
+            shutil.copy2(directory / data_file, target / data_file)
+            data_links.append(f"[{data_file}]({os.path.relpath(target / data_file, out_file.parent)})")
+    if data_links:
+        text += ["Raw results: " + ", ".join(data_links) + ".", ""]
     if pngs:
-        target = assets / name
-        target.mkdir(parents=True, exist_ok=True)
         for png in pngs:
             shutil.copy2(png, target / png.name)
             rel = os.path.relpath(target / png.name, out_file.parent)
