@@ -41,7 +41,9 @@ CASES = [pytest.param(name, [], id=name) for name in sorted(STAND_INS) if name !
 
 
 @pytest.mark.parametrize("name, extra", CASES)
-def test_config_family_runs_end_to_end_on_synthetic(name, extra, tmp_path):
+def test_config_family_runs_end_to_end_on_synthetic(name, extra, tmp_path, request):
+    if request.node.get_closest_marker("slow") and "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("ResNet-50 end to end takes minutes on 2 cores: run with -m slow")
     config = load_config(CONFIGS / f"{name}.yaml", _synthetic(name, extra), quick=True)
     context = {}
     outcome = run_sweep(config, tmp_path, context=context, progress=False)
