@@ -49,11 +49,17 @@ from impresslearn import ops
 from impresslearn.learner import ImpressLearner, TrainConfig
 from impresslearn.models import create_model
 from impresslearn.scenarios import BatchLoader, create_scenario
-from impresslearn.scenarios._base import derive_seed
 
 CHECKPOINT = "checkpoint.safetensors"
 RESULTS = "results.json"
 CRASH_EXIT_CODE = 75  # what --simulate-crash-after exits with (EX_TEMPFAIL: "try again")
+
+
+
+
+def derive_seed(*parts) -> int:
+    """A 62-bit seed from ints and strings, the same in every process (``hash`` is salted)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 2
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -170,12 +176,13 @@ def check_same_everywhere(what: str, value: str) -> None:
                            "code, torch version and --seed/--arch/--init")  # fmt: skip
 
 
-def all_gather_bytes(buf: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
-    """all_gather of a flat uint8 buffer of the same length on every rank; CPU results, bit-exact."""
-    buf = buf.to(device)
-    out = [torch.empty_like(buf) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, buf)
-    return [t.cpu() for t in out]
+def all_gather_tensor(t: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """all_gather of a tensor of the same shape on every rank (via ``device``: nccl needs GPU
+    tensors); results on the CPU, bit-exact (a gather copies bytes, it never adds)."""
+    t = t.to(device)
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [o.cpu() for o in out]
 
 
 # ----------------------------------------------------------------------------- state digests
@@ -410,7 +417,7 @@ def train_basis(args, env: Dist, scenario, learner: ImpressLearner, progress: Pr
                                  seed=derive_seed("data", args.seed, mine.name), num_workers=args.workers)  # fmt: skip
             t0 = time.perf_counter()
             with autocast(args, env, allow_fp16=False):
-                index = worker.learn_basis_mask(mine.name, loader, TrainConfig(seed=mine.seed % 2**62, **cfg_base))
+                index = worker.learn_basis_mask(mine.name, loader, TrainConfig(seed=mine.seed, **cfg_base))
             print(f"[rank {env.rank}] mask {mine.name}: {time.perf_counter() - t0:.1f} s", flush=True)
             # The new mask as a one-mask byte plane per layer (bit 0), layers end to end.
             packed = torch.cat([ops.pack_masks(mask_from_bank(layer.bank, index).view(1, -1)) for layer in worker.layers], dim=1)
@@ -419,8 +426,8 @@ def train_basis(args, env: Dist, scenario, learner: ImpressLearner, progress: Pr
         else:  # fewer jobs than ranks in the last round: send zeros, ignored below
             packed = torch.zeros(1, sum(sizes), dtype=torch.uint8)
             stats = torch.zeros(sum(2 * bn.num_features for bn in learner.bns))
-        planes = all_gather_bytes(packed.reshape(-1), env.device)
-        all_stats = [s.cpu() for s in _all_gather_float(stats, env.device)]
+        planes = all_gather_tensor(packed.reshape(-1), env.device)
+        all_stats = all_gather_tensor(stats, env.device)
         for r, job in enumerate(round_jobs):
             flat = ops.unpack_masks(planes[r].view(1, -1), 1)[0]
             masks = [m.view(1, -1) for m in torch.split(flat, sizes)]
@@ -433,13 +440,6 @@ def train_basis(args, env: Dist, scenario, learner: ImpressLearner, progress: Pr
             progress.results["tasks"][job.name] = dict(kind="basis", task=job.task, accuracy=acc, mask_index=learner.tasks[job.name].mask_index)
             log(env, f"basis {job.name}: mask {learner.tasks[job.name].mask_index}, accuracy {acc:.4f}")
         progress.task_done()
-
-
-def _all_gather_float(t: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
-    t = t.to(device)
-    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, t)
-    return out
 
 
 # ----------------------------------------------------------------------------- phase 2
@@ -489,13 +489,13 @@ def learn_new_task(args, env: Dist, scenario, learner: ImpressLearner, t: int, p
     # crash replays exactly.
     torch.manual_seed(derive_seed("alpha", args.seed, t, env.rank))
     cfg = TrainConfig(epochs=args.alpha_epochs, lr=args.alpha_lr, optimizer=args.alpha_optimizer,
-                      momentum=0.9, lam=args.lam, seed=derive_seed("alpha", args.seed, t) % 2**62)  # fmt: skip
+                      momentum=0.9, lam=args.lam, seed=derive_seed("alpha", args.seed, t))  # fmt: skip
     objective = AlphaObjective(learner, args.lam)
     # The objective has no buffers, so DDP's buffer sync has nothing to broadcast.
     ddp = nn.parallel.DistributedDataParallel(objective, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     optimizer = cfg.make_optimizer([objective.alpha])
     sampler = torch.utils.data.DistributedSampler(task.train, num_replicas=env.world, rank=env.rank, shuffle=True,
-                                                  seed=derive_seed("data", args.seed, name) % 2**62)  # fmt: skip
+                                                  seed=derive_seed("data", args.seed, name))  # fmt: skip
     loader = torch.utils.data.DataLoader(task.train, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=args.workers, pin_memory=env.device.type == "cuda")  # fmt: skip
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(args, env) == torch.float16)
