@@ -80,6 +80,8 @@ def test_two_ranks_crash_and_resume_equal_an_uninterrupted_run(data_root, tmp_pa
     assert "resumed from" in proc.stdout and "4 tasks" in proc.stdout
     assert "phase 2: 1 new tasks left" in proc.stdout  # finished tasks were not redone
 
+    # On CPU a resumed run replays exactly: the whole state (banks, alphas, BN) is the same bytes.
+    assert json.loads((resumed / "rank1.json").read_text())["state_sha256"] == ranks[0]["state_sha256"]
     a, b = checkpoint(whole), checkpoint(resumed)
     assert list(a.tasks) == list(b.tasks) == [f"split_imagenet/{t}" for t in range(NUM_TASKS)]
     assert [r.kind for r in a.tasks.values()] == ["basis"] * NUM_BASIS + ["new"] * (NUM_TASKS - NUM_BASIS)
