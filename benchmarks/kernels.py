@@ -11,7 +11,10 @@ speedup over the case's reference and baselines; writes the same rows to
 DIR/kernels.csv and DIR/kernels.json (kernels_quick.* for --quick).
 
 Implementations are timed round-robin (one call of each per round) so that load
-from other processes on a shared machine falls on all of them alike.
+from other processes on a shared machine falls on all of them alike. The process
+CPU time of each call (all threads, OpenMP spin-waits included) is reported beside
+the wall time: on an oversubscribed machine it tracks the work done better than
+the wall clock, which then measures mostly time spent waiting for a core.
 
 GPU rows come from benchmarks/gpu_cases.py (``gpu_cases(quick) -> list``) when that
 file exists and CUDA is available. Its objects are read by duck typing: ``name``,
@@ -225,18 +228,21 @@ def run_case(case: Any, quick: bool) -> list[dict]:
     repeats = getattr(case, "repeats", 10)
     inputs = case.setup()
     times: dict[str, list[float]] = {name: [] for name in impls}
+    cpu: dict[str, list[float]] = {name: [] for name in impls}
     for fn in impls.values():  # warm-up: first-touch allocations, lazy init, caches
         _call(fn, inputs)
     _sync(device)
     for _ in range(repeats):
         for name, fn in impls.items():
             _sync(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             _call(fn, inputs)
             _sync(device)
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     rows = []
     med = {name: statistics.median(ts) for name, ts in times.items()}
+    med_cpu = {name: statistics.median(ts) for name, ts in cpu.items()}
     for name, ts in times.items():
         q = np.percentile(ts, [20, 80])
         nbytes = _bytes_for(case, inputs, name)
@@ -252,6 +258,8 @@ def run_case(case: Any, quick: bool) -> list[dict]:
             bytes=nbytes,
             gb_per_s=nbytes / med[name] / 1e9 if nbytes else float("nan"),
             speedup_vs_reference=med[ref_name] / med[name],
+            cpu_ms=med_cpu[name] * 1e3,
+            cpu_speedup_vs_reference=med_cpu[ref_name] / med_cpu[name] if med_cpu[name] > 0 else float("nan"),
         )
         if role == "candidate":
             for other in impls:
@@ -298,12 +306,16 @@ def _environment(threads: int) -> dict:
 def _print_table(case: Any, rows: list[dict]) -> None:
     sizes = ", ".join(f"{k}={v}" for k, v in getattr(case, "sizes", {}).items())
     print(f"\n{case.name} ({sizes})  target: {getattr(case, 'target', '') or '-'}")
-    print(f"  {'impl':<18}{'median ms':>11}{'p20 ms':>10}{'p80 ms':>10}{'MB moved':>10}{'GB/s':>8}{'vs ref':>9}")
+    print(
+        f"  {'impl':<18}{'median ms':>11}{'p20 ms':>10}{'p80 ms':>10}{'MB moved':>10}{'GB/s':>8}{'vs ref':>9}"
+        f"{'cpu ms':>10}{'cpu vs ref':>12}"
+    )
     for r in rows:
         gbs = f"{r['gb_per_s']:.1f}" if r["gb_per_s"] == r["gb_per_s"] else "-"
         print(
             f"  {r['impl']:<18}{r['median_ms']:>11.2f}{r['p20_ms']:>10.2f}{r['p80_ms']:>10.2f}"
             f"{r['bytes'] / 1e6:>10.1f}{gbs:>8}{r['speedup_vs_reference']:>8.1f}x"
+            f"{r['cpu_ms']:>10.1f}{r['cpu_speedup_vs_reference']:>11.1f}x"
         )
     for r in rows:
         extra = {k[len("speedup_vs[") : -1]: v for k, v in r.items() if k.startswith("speedup_vs[")}
@@ -344,7 +356,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "kernels_quick" if args.quick else "kernels"
     columns = sorted({k for r in all_rows for k in r}, key=lambda k: (k.startswith("speedup_vs["), k))
-    base = ["case", "sizes", "impl", "role", "median_ms", "p20_ms", "p80_ms", "bytes", "gb_per_s", "speedup_vs_reference"]
+    base = ["case", "sizes", "impl", "role", "median_ms", "p20_ms", "p80_ms", "bytes", "gb_per_s", "speedup_vs_reference",
+            "cpu_ms", "cpu_speedup_vs_reference"]
     columns = base + [c for c in columns if c not in base]
     with open(args.out / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
