@@ -200,7 +200,8 @@ def test_gn_on_a_mixture_of_basis_new_and_hybrid_tasks():
             assert learner.infer_task(batches[t], method=method) == f"t{t}"
     # Not asserted: telling the weak alpha tasks (about 35% accurate here) apart; GN on
     # high-entropy tasks is unreliable, and a hybrid task's own last-layer mask outweighs a
-    # bank combination of the same L1 norm.
+    # bank combination of the same L1 norm. benchmarks/gn_identification.py measures it on
+    # Fashion-MNIST: new tasks found in 0% of batches (see infer_task's docstring).
 
 
 def test_storage_accounting():
