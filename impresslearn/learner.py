@@ -500,10 +500,12 @@ class ImpressLearner:
             self._task(n)
         x = x.to(self.device)
         a, e = self._stacked(names)
+        if method == "oneshot":  # the whole stack as it is: no gather copy of A[T, K, d]
+            return names[int(self._entropy_grad(x, a, e).argmin())]
         alive = torch.arange(len(names), device=self.device)
         while True:
             grad = self._entropy_grad(x, a[alive], e[alive] if e is not None else None)
-            if method == "oneshot" or alive.numel() == 1:
+            if alive.numel() == 1:
                 return names[int(alive[int(grad.argmin())])]
             keep = (alive.numel() + 1) // 2
             alive = alive[torch.argsort(grad, stable=True)[:keep]]
