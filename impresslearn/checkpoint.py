@@ -23,17 +23,17 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
 
+from ._atomic import atomic_write
+
 FORMAT = "impresslearn-checkpoint"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
-_CHUNK = 64 << 20  # bytes per write call
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
 
 
@@ -99,47 +99,7 @@ def save_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
         "metadata": metadata_json,
     }
     data = safetensors_save(prepared, metadata=header)
-    _atomic_write(path, data)
-
-
-def _write_bytes(f, data: bytes) -> None:
-    view = memoryview(data)
-    for start in range(0, len(view), _CHUNK):
-        f.write(view[start : start + _CHUNK])
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot save checkpoint {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_bytes(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Whatever stopped the write (disk full, interrupt), the previous checkpoint is untouched.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. platforms where folders cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, data)
 
 
 def read_checkpoint_header(path: str | os.PathLike) -> dict:

@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from impresslearn import ops
+from impresslearn._atomic import atomic_write
 from impresslearn.learner import ImpressLearner, TrainConfig
 from impresslearn.models import create_model
 from impresslearn.scenarios import BatchLoader, create_scenario
@@ -379,12 +380,7 @@ class Progress:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 # ----------------------------------------------------------------------------- phase 1

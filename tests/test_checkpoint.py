@@ -7,6 +7,7 @@ import struct
 import pytest
 import torch
 
+from impresslearn import _atomic
 from impresslearn import checkpoint as ckpt
 from impresslearn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, weights_sha256
 
@@ -138,7 +139,7 @@ def test_interrupted_save_keeps_previous_checkpoint_and_leaves_no_temp(tmp_path,
         f.write(memoryview(data)[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "_write_bytes", write_half_then_fail)
+    monkeypatch.setattr(_atomic, "_write_all", write_half_then_fail)
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(path, {"other": torch.ones(100)}, {"new": True})
     assert path.read_bytes() == before
@@ -151,7 +152,7 @@ def test_interrupt_during_rename_leaves_no_temp(tmp_path, monkeypatch):
     def fail_replace(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt.os, "replace", fail_replace)
+    monkeypatch.setattr(_atomic.os, "replace", fail_replace)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path / "b.ckpt", {"x": torch.ones(2)}, {})
     assert os.listdir(tmp_path) == []

@@ -14,9 +14,7 @@ import csv
 import dataclasses
 import json
 import logging
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from .._atomic import atomic_write
 from ._config import ExperimentConfig, stable_hash
 
 log = logging.getLogger(__name__)
@@ -147,29 +146,7 @@ def _jsonable(obj: Any) -> Any:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same directory, fsync, rename: a reader sees all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some filesystems refuse fsync on a directory; the rename is still atomic
-        pass
+    atomic_write(path, text, make_parents=True)
 
 
 def run_path(out_dir: Path, run: RunSpec) -> Path:
