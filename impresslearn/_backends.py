@@ -100,6 +100,8 @@ class OpSpec:
     prefer: dict[str, tuple[str, ...]]
     # dtypes a kernel backend accepts for the op's main tensor; the reference takes any
     dtypes: dict[str, tuple[torch.dtype, ...]] | None = None
+    # for a backend without its own kernel: how the functional API composes the op there
+    composed: str | None = None
 
     def __post_init__(self):
         if "reference" not in self.impls:

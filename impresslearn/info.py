@@ -36,31 +36,53 @@ def report() -> str:
     ]
     width = max(len(name) for name in _backends.REGISTRY)
     for name, spec in sorted(_backends.REGISTRY.items()):
-        chosen = ", ".join(f"{d} -> {_backends.select(name, d) if not _backends._requested(None) else '-'}" for d in _devices())
+        chosen = ", ".join(f"{d} -> {_automatic(spec, d)}" for d in _devices()) if not _backends._requested(None) else "-"
         lines.append(f"{name:<{width}}  automatic: {chosen}")
         for backend in _backends.BACKENDS:
-            if backend not in spec.impls:
-                why = _missing_reason(backend)
-                lines.append(f"{'':<{width}}    {backend:<9} no: {why}")
-                continue
-            device = "cuda" if backend in ("cuda",) else "cpu"
-            if backend == "triton" and not _backends.triton_interpret():
-                device = "cuda"
-            reason = _backends.backend_reason(backend, device)
-            status = f"available on {device}" if reason is None else f"not here: {reason}"
-            lines.append(f"{'':<{width}}    {backend:<9} {status}")
+            lines.append(f"{'':<{width}}    {backend:<9} {_status(spec, backend)}")
+        if spec.composed:
+            lines.append(f"{'':<{width}}    (elsewhere: {spec.composed})")
     return "\n".join(lines)
 
 
-def _missing_reason(backend: str) -> str:
+def _automatic(spec: _backends.OpSpec, device: str) -> str:
+    chosen = _backends.select(spec.name, device)
+    return "composed (see below)" if spec.composed and chosen == "reference" else chosen
+
+
+def _status(spec: _backends.OpSpec, backend: str) -> str:
+    """One line: can ``backend`` run ``spec`` here, and if not, why not."""
+    if backend not in spec.impls:
+        return f"no: {_missing_reason(spec, backend)}"
+    if backend == "reference":
+        return "available (pure PyTorch, any device)"
+    if backend == "cpp":
+        reason = _backends.backend_reason("cpp", "cpu")
+        return "available on CPU tensors" if reason is None else f"no: {reason}"
+    gpu = torch.cuda.is_available()
+    if backend == "triton":
+        if _backends.triton_interpret():
+            reason = _backends.backend_reason("triton", "cpu")
+            return "available on CPU tensors (interpreted)" if reason is None else f"no: {reason}"
+        if gpu:
+            return "available on CUDA tensors"
+        return "kernels ready; no GPU visible here (CPU tensors run them under TRITON_INTERPRET=1)"
+    return "available on CUDA tensors" if gpu else "compiled; no GPU visible here to run it"
+
+
+def _missing_reason(spec: _backends.OpSpec, backend: str) -> str:
+    if backend == "cuda" and "triton" in spec.impls:
+        return "its GPU kernel is the Triton one"
+    if backend == "triton" and "cuda" in spec.impls:
+        return "its GPU kernel is the CUDA one (csrc/cuda)"
     if backend in ("cpp", "cuda"):
         if _extension.extension() is None:
             return _extension.unavailable_reason()
         if backend == "cuda" and not _extension.has_cuda_kernels():
             return "_C was built without CUDA kernels"
-        return "no kernel for this op in _C"
+        return "no kernel of its own"
     if backend == "triton":
-        return _backends._triton_reason() or "no Triton kernel for this op"
+        return _backends._triton_reason() or "no Triton kernel of its own"
     return "not implemented"
 
 

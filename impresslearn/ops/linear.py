@@ -78,7 +78,13 @@ if _triton_linear is not None:
     _IMPLS["triton"] = _impress_linear_triton
 
 _backends.register(
-    _backends.OpSpec("impress_linear", _IMPLS, {"cuda": ("triton",)}, {"triton": (torch.float32, torch.float16, torch.bfloat16)})
+    _backends.OpSpec(
+        "impress_linear",
+        _IMPLS,
+        {"cuda": ("triton",)},
+        {"triton": (torch.float32, torch.float16, torch.bfloat16)},
+        composed="combine_masks on the chosen backend, then PyTorch's GEMM (also on CUDA above the fused row limit)",
+    )
 )
 
 
