@@ -12,9 +12,9 @@
    T = 1000 should cost <= 1.2x T = 10.
 
 Each measurement runs in a fresh subprocess so that its peak resident memory
-(``ru_maxrss``, the high-water mark of the process) belongs to it alone; the peak
-of a step is the high-water mark after the steps minus the resident size before
-them (the model, the bank and the data are allocated first).
+belongs to it alone; the peak of a step is the high-water mark (VmHWM, reset just
+before the steps) minus the resident size before them (the model, the bank and the
+data are allocated first).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,17 +32,16 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from resnet50 import peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402  (the same memory probes)
 
 
 def _rss_mib() -> float:
-    """Current resident set size of this process, MiB (from /proc: ru_maxrss is only the peak)."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return rss_bytes() / 2**20
 
 
 def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_rss_bytes() / 2**20
 
 
 def _learner(num_masks: int, backend: str | None):
@@ -64,6 +62,7 @@ def worker_alpha_step(backend: str | None, num_masks: int, batch: int, steps: in
     batches = [(torch.randn(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g)) for _ in range(steps)]
     cfg = TrainConfig(epochs=1, lr=0.002, optimizer="rmsprop", seed=0)
     before = _rss_mib()
+    reset_peak_rss()  # the high-water mark from here on belongs to the steps
     times = []
     for r in range(repeats + 1):  # the first round warms up allocators and caches
         t0 = time.perf_counter()
