@@ -16,30 +16,14 @@ in the numbers: sizes are chosen so that each call moves hundreds of MB.
 Nothing here runs without CUDA; no speed is claimed from a machine without one.
 """
 
-# no `from __future__ import annotations`: kernels.py loads this file without adding
-# it to sys.modules, and dataclasses then cannot resolve string annotations
-from dataclasses import dataclass, field
-from typing import Any, Callable
+import functools
 
 import torch
+from _cases import Case
 
 
-@dataclass
-class GpuCase:
-    """The fields benchmarks/kernels.py reads from a case (its ``Case``, device fixed to cuda)."""
-
-    name: str
-    sizes: dict
-    setup: Callable[[], Any]
-    reference: Callable[[Any], Any]
-    candidates: dict[str, Callable[[Any], Any]]
-    baselines: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
-    bytes_moved: Callable[[Any], dict[str, int]] | dict[str, int] | int = 0
-    reference_name: str = "reference"
-    target: str = ""
-    targets: dict[tuple[str, str], float] = field(default_factory=dict)
-    repeats: int = 20
-    device: str = "cuda"
+# kernels.py puts benchmarks/ on sys.path before it loads this file
+GpuCase = functools.partial(Case, repeats=20, device="cuda")
 
 
 def _combine_setup(n: int, k: int, p: float = 0.1):
@@ -65,7 +49,7 @@ def _combine_setup(n: int, k: int, p: float = 0.1):
     return setup
 
 
-def _combine_cases(quick: bool) -> list[GpuCase]:
+def _combine_cases(quick: bool) -> list[Case]:
     from impresslearn.kernels import combine as kc
 
     n, k = (1 << 20, 64) if quick else (8 << 20, 256)
@@ -99,7 +83,7 @@ def _combine_cases(quick: bool) -> list[GpuCase]:
     return [fwd, bwd]
 
 
-def _copy_case(quick: bool) -> GpuCase:
+def _copy_case(quick: bool) -> Case:
     n = (64 << 20) if quick else (1 << 30)  # bytes
 
     def setup():
@@ -118,7 +102,7 @@ def _copy_case(quick: bool) -> GpuCase:
     )
 
 
-def _linear_cases(quick: bool) -> list[GpuCase]:
+def _linear_cases(quick: bool) -> list[Case]:
     from impresslearn.ops import combine_masks
 
     out_f, in_f, k = (1024, 1024, 64) if quick else (4096, 4096, 64)
@@ -160,7 +144,7 @@ def _linear_cases(quick: bool) -> list[GpuCase]:
     return cases
 
 
-def _topk_case(quick: bool) -> GpuCase | None:
+def _topk_case(quick: bool) -> Case | None:
     from impresslearn import _extension
 
     if not _extension.has_cuda_kernels():

@@ -36,7 +36,6 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,26 +43,8 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-
-
-@dataclass
-class Case:
-    """One benchmark: inputs built once by ``setup``, then every implementation timed on them."""
-
-    name: str
-    sizes: dict
-    setup: Callable[[], Any]
-    reference: Callable[[Any], Any]
-    candidates: dict[str, Callable[[Any], Any]]
-    baselines: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
-    # bytes each implementation must move at least (by name; "*" for any other)
-    bytes_moved: Callable[[Any], dict[str, int]] | dict[str, int] | int = 0
-    reference_name: str = "reference"
-    target: str = ""
-    # speedups the case should reach: {(candidate, reference or baseline name): ratio}
-    targets: dict[tuple[str, str], float] = field(default_factory=dict)
-    repeats: int = 10
-    device: str = "cpu"
+sys.path.insert(0, str(HERE))
+from _cases import Case  # noqa: E402  (one case type for the CPU and GPU rows)
 
 
 # ----------------------------------------------------------------------------- CPU cases
@@ -188,7 +169,6 @@ def load_gpu_cases(quick: bool) -> list:
         return []
     spec = importlib.util.spec_from_file_location("impresslearn_bench_gpu_cases", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # so dataclasses in it can find their module
     spec.loader.exec_module(module)
     return list(module.gpu_cases(quick))
 
