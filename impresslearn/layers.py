@@ -156,12 +156,6 @@ class _ImpressMixin:
         return self.source
 
     # -- banks ----------------------------------------------------------------------------
-    def _grown(self, bank: torch.Tensor, count: int) -> torch.Tensor:
-        # a new byte plane every 8 masks; the other planes are untouched
-        if count % 8 == 0:
-            bank = torch.cat([bank, bank.new_zeros(1, bank.shape[1])])
-        return bank
-
     def add_mask_from_scores(self, scores: torch.Tensor, density: float, *, extra: bool = False) -> int:
         """Append ``topk(|scores|, k_i)`` to the bank (or the extra bank) as its next mask; returns its index."""
         if scores.shape != self.weight.shape:
@@ -169,7 +163,7 @@ class _ImpressMixin:
         k = ops.keep_count(self.weight.numel(), density)
         scores = scores.detach().to(self.weight.device).contiguous()
         count = self.num_extra if extra else self.num_masks
-        bank = self._grown(self.extra_bank if extra else self.bank, count)
+        bank = ops.grow_bank(self.extra_bank if extra else self.bank, count)
         ops.topk_mask_into_(bank, count, scores, k, backend=self.backend)
         self._store(bank, count + 1, extra)
         return count

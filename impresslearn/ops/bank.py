@@ -127,12 +127,17 @@ def set_mask_(bank: torch.Tensor, index: int, mask: torch.Tensor, *, backend: st
     return bank
 
 
+def grow_bank(bank: torch.Tensor, num_masks: int) -> torch.Tensor:
+    """The bank with room for mask number ``num_masks``: a new zero plane every 8 masks, else itself."""
+    _checks.check_bank(bank, num_masks if num_masks > 0 else None)
+    if num_masks % 8 == 0:
+        bank = torch.cat([bank, bank.new_zeros(1, bank.shape[1])])
+    return bank
+
+
 def append_mask(bank: torch.Tensor, num_masks: int, mask: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """Add ``mask`` as mask number ``num_masks``; returns the bank, grown by a plane if full.
 
     Adding a mask rewrites one plane; a new plane is allocated only every 8 masks.
     """
-    _checks.check_bank(bank, num_masks if num_masks > 0 else None)
-    if num_masks % 8 == 0:
-        bank = torch.cat([bank, bank.new_zeros(1, bank.shape[1])])
-    return set_mask_(bank, num_masks, mask, backend=backend)
+    return set_mask_(grow_bank(bank, num_masks), num_masks, mask, backend=backend)
