@@ -1,0 +1,602 @@
+"""Task inference without labels: which stored task does a batch come from, and how sure is it.
+
+Every stored task ``t`` is a coefficient matrix ``A_t[K_t, d]`` over the bank (a basis task is
+one-hot). Given a batch ``x`` and candidate tasks, each method scores every candidate
+(higher = more likely) and picks the best; :func:`infer_task` returns all of it as a
+:class:`TaskInference`, :func:`infer_task_name` only the name.
+
+Methods (``T`` candidates, one "forward" = one combine per layer plus the network's forward):
+
+``oneshot``     SupSup's one-shot GN: ``beta = 1/T``, the superposition
+                ``W_i * sum_k (sum_t beta_t A_t[k, i]) B_i[k]`` is ONE combine per layer
+                (``alpha' = A^T beta``), score ``-dH/dbeta_t`` (H = mean output entropy).
+                One forward + backward, flat in T.
+``binary``      SupSup's binary GN: one-shot, keep the better half, repeat: log2(T) forwards.
+``iterative``   SupSup's multi-step GN: ``beta = softmax(z)``, a few Adam steps on z that
+                lower H, score ``z``. ``steps`` forwards, flat in T.
+``exhaustive``  every candidate bound alone (its own BN statistics), score ``-H_t(x)``: the
+                lowest mean output entropy. T combines per layer and T forwards, run in chunks
+                of tasks as one batched forward (a bmm / grouped convolution per layer).
+``calibrated``  exhaustive, each ``H_t`` minus the mean entropy the task had on its own
+                training data (stored in its :class:`TaskFingerprint`).
+``fingerprint`` no forward at all: the batch's inputs are projected onto ``m`` fixed random
+                directions and scored by their mean log-likelihood under each task's stored
+                diagonal Gaussian of those projections (:func:`task_fingerprint`). One
+                ``[N, D] x [D, m]`` product plus ``O(N m T)``; ``4 m + 4`` bytes per task (fp16).
+
+The batch-level ``confidence`` is the same for every method: the share of the batch's
+examples that, scored one by one with the method's per-example criterion (output entropy of
+the task bound alone for the GN and entropy methods, input log-likelihood for the
+fingerprint), prefer the pick to the runner-up. 0.5 is a coin flip, 1.0 unanimous.
+
+Inference never changes what the model computes afterwards: the layers' mask sources and
+the BN slots in place before the call are restored. GN needs gradients; it enables them
+locally, so every method works under ``torch.no_grad()`` and ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .layers import ImpressConv2d, ImpressLinear, MultitaskNonAffineBN
+
+METHODS = ("oneshot", "binary", "iterative", "exhaustive", "calibrated", "fingerprint")
+DEFAULT_METHOD = "exhaustive"
+"""Chosen by ``benchmarks/task_inference.py`` (see :func:`infer_task`)."""
+
+# Bytes of effective weights one chunk of the exhaustive forward may hold (all layers, all
+# tasks of the chunk): 256 MB keeps LeNet-300-100 at 64 tasks per chunk, ResNet-18 at ~5.
+EXHAUSTIVE_CHUNK_BYTES = 256 * 2**20
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class TaskInference:
+    """The pick, a score for every candidate, and how much of the batch agrees.
+
+    ``scores[j]`` belongs to ``candidates[j]``; higher is more likely; its unit depends on
+    ``method`` (``-dH/dbeta``, ``-H``, a log-likelihood). ``margin`` is the pick's score minus
+    the runner-up's (0 with one candidate). ``confidence`` is the share of the batch's
+    examples that prefer the pick to the runner-up (1.0 with one candidate).
+    """
+
+    task: str
+    method: str
+    candidates: tuple[str, ...]
+    scores: tuple[float, ...]
+    margin: float
+    confidence: float
+    runner_up: str | None = None
+
+    def ranking(self) -> list[tuple[str, float]]:
+        """Candidates with their scores, best first."""
+        return sorted(zip(self.candidates, self.scores), key=lambda p: -p[1])
+
+
+@dataclass(frozen=True)
+class TaskFingerprint:
+    """A few hundred bytes that describe a task's inputs (and, optionally, its output entropy).
+
+    ``mean`` and ``var`` (fp16, ``[m]``) are the moments of the task's training inputs
+    projected onto ``m = sketch_dim`` fixed random directions drawn from ``seed`` (or of the
+    raw input features when ``sketch_dim`` is None). ``entropy`` is the mean output entropy
+    of the task on those inputs (for the ``calibrated`` method), NaN when not measured.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    input_size: int
+    sketch_dim: int | None
+    seed: int
+    entropy: float = float("nan")
+
+    def __post_init__(self):
+        m = self.input_size if self.sketch_dim is None else self.sketch_dim
+        for name, t in (("mean", self.mean), ("var", self.var)):
+            if not isinstance(t, torch.Tensor) or t.shape != (m,):
+                raise ValueError(f"fingerprint {name} must be a tensor of shape [{m}], got {getattr(t, 'shape', t)}")
+        if not bool((self.var > 0).all()) or not bool(torch.isfinite(self.mean).all()):
+            raise ValueError("fingerprint var must be > 0 and mean finite")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes it adds to a stored task: the two fp16 vectors and the fp32 entropy."""
+        return self.mean.numel() * self.mean.element_size() + self.var.numel() * self.var.element_size() + 4
+
+    def same_sketch(self, other: "TaskFingerprint") -> bool:
+        return (self.input_size, self.sketch_dim, self.seed) == (other.input_size, other.sketch_dim, other.seed)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_batch(x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"the batch must be a tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"the batch must be [N, ...] with N examples, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("the batch is empty (0 examples): task inference needs at least one example")
+    if not x.is_floating_point():
+        raise TypeError(f"the batch must be floating point, got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).flatten(1).any(dim=1).sum())
+        raise ValueError(f"the batch holds NaN or infinite values ({bad} of {x.shape[0]} examples)")
+
+
+def _candidate_names(learner, candidates: Sequence[str] | None) -> tuple[str, ...]:
+    if candidates is None:
+        names = tuple(learner.tasks)
+        if not names:
+            raise ValueError("no stored tasks to infer from")
+        return names
+    if isinstance(candidates, str):
+        raise TypeError("candidates must be a sequence of task names, not one string")
+    names = tuple(candidates)
+    if not names:
+        raise ValueError("candidates is empty: give at least one stored task name (or None for all)")
+    unknown = [n for n in names if n not in learner.tasks]
+    if unknown:
+        known = ", ".join(list(learner.tasks)[:10]) or "none"
+        raise KeyError(f"unknown candidate task(s) {unknown[:5]} (stored tasks: {known}{', ...' if len(learner.tasks) > 10 else ''})")
+    seen, dupes = set(), []
+    for n in names:
+        if n in seen and n not in dupes:
+            dupes.append(n)
+        seen.add(n)
+    if dupes:
+        raise ValueError(f"candidates name task(s) {dupes[:5]} more than once")
+    return names
+
+
+# ----------------------------------------------------------------------------- binding
+
+
+def _layers_and_bns(learner):
+    return learner.layers, learner.bns
+
+
+@contextlib.contextmanager
+def _restored_sources(learner):
+    """Put back the mask sources and BN slots (and train/eval mode) found on entry."""
+    layers, bns = _layers_and_bns(learner)
+    sources = [layer.source for layer in layers]
+    slots = [bn.task_slot for bn in bns]
+    training = learner.model.training
+    try:
+        yield
+    finally:
+        for layer, src in zip(layers, sources):
+            layer.source = src
+        for bn, slot in zip(bns, slots):
+            bn.task_slot = slot
+        learner.model.train(training)
+
+
+def _extra_one_hot(rec, device) -> torch.Tensor | None:
+    if rec.kind != "hybrid":
+        return None
+    e = torch.zeros(rec.extra_index + 1, device=device)
+    e[rec.extra_index] = 1.0
+    return e
+
+
+def _bind_single(learner, name: str) -> None:
+    """Task ``name`` alone, its own BN slot (what ``learner.bind_task`` does, via public layer calls)."""
+    rec = learner.tasks[name]
+    layers, bns = _layers_and_bns(learner)
+    extra = _extra_one_hot(rec, rec.coefficients.device)
+    d = len(layers)
+    for i, layer in enumerate(layers):
+        if i == d - 1 and extra is not None:
+            layer.use_coefficients(None, extra)
+        else:
+            layer.use_coefficients(rec.coefficients[:, i])
+    for bn in bns:
+        bn.task_slot = rec.bn_slot
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-example output entropy (nats) over the last dimension."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+# ----------------------------------------------------------------------------- GN (superposition)
+
+_STACK_CACHE: dict[int, tuple] = {}
+
+
+def stacked_coefficients(learner, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``A[T, K, d]`` of the tasks ``names`` (zero-padded to the current K) and hybrid one-hots ``E[T, H]``.
+
+    Each task's column is scaled to unit L1 norm per layer (Eq. 2's target): a bias-free ReLU
+    net's predictions do not change when a layer's weight is scaled, but the entropy gradient
+    does; without it a new task whose alpha sums to 1.7 per layer outweighs every one-hot
+    basis task (measured: 0/75 basis batches found by the literal SupSup rule).
+    """
+    layers, _ = _layers_and_bns(learner)
+    names = tuple(names)
+    k, d, h = layers[0].num_masks, len(layers), layers[-1].num_extra
+    records = [learner.tasks[n] for n in names]
+    key = (names, k, h, tuple(id(r.coefficients) for r in records))
+    cached = _STACK_CACHE.get(id(learner))
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    device = records[0].coefficients.device
+    with torch.inference_mode(False):
+        a = torch.zeros(len(names), k, d, device=device)
+        e = torch.zeros(len(names), h, device=device) if h else None
+        for t, rec in enumerate(records):
+            norm = rec.coefficients.abs().sum(dim=0, keepdim=True).clamp_min(1e-12)
+            a[t, : rec.num_masks] = rec.coefficients / norm
+            if rec.kind == "hybrid":
+                e[t, rec.extra_index] = 1.0
+        if e is not None and not e.any():
+            e = None
+    _STACK_CACHE.clear()  # one learner's stack at a time: a 1000-task stack is K*d*4 KB
+    _STACK_CACHE[id(learner)] = (key, a, e)
+    return a, e
+
+
+def _superposition_entropy(learner, x: torch.Tensor, beta: torch.Tensor, a: torch.Tensor, e) -> torch.Tensor:
+    """Mean output entropy of the superposition ``alpha' = A^T beta`` (ONE combine per layer)."""
+    layers, bns = _layers_and_bns(learner)
+    alpha = torch.einsum("t,tkd->kd", beta, a)
+    extra = beta @ e if e is not None else None
+    d = len(layers)
+    for i, layer in enumerate(layers):
+        if i == d - 1 and extra is not None:
+            layer.use_coefficients(alpha[:, i], extra)  # its bank part plus the hybrid masks
+        else:
+            layer.use_coefficients(alpha[:, i])
+    for bn in bns:
+        bn.task_slot = None  # a mixture of tasks has no BN slot: batch statistics
+    return _entropy(learner.model(x)).mean()
+
+
+def _entropy_grad(learner, x, a, e) -> torch.Tensor:
+    """dH/dbeta at beta = 1/T for the tasks stacked in ``a``."""
+    t = a.shape[0]
+    beta = torch.full((t,), 1.0 / t, device=a.device, requires_grad=True)
+    (grad,) = torch.autograd.grad(_superposition_entropy(learner, x, beta, a, e), beta)
+    return grad
+
+
+def _gn_scores(learner, x, names, method: str, steps: int, lr: float) -> tuple[torch.Tensor, int | None]:
+    """Scores over ``names`` (higher = better) and, for binary, the index of the last one eliminated."""
+    a, e = stacked_coefficients(learner, names)
+    if method == "oneshot":
+        return -_entropy_grad(learner, x, a, e), None
+    if method == "iterative":
+        z = torch.zeros(a.shape[0], device=a.device, requires_grad=True)
+        opt = torch.optim.Adam([z], lr=lr)
+        for _ in range(steps):
+            loss = _superposition_entropy(learner, x, torch.softmax(z, 0), a, e)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return z.detach().clone(), None
+    # binary: halve on the one-shot gradient; a task's score is the round it survived to,
+    # ties within a round broken by that round's gradient (so the winner scores highest)
+    total = a.shape[0]
+    scores = torch.full((total,), -math.inf, device=a.device)
+    alive = torch.arange(total, device=a.device)
+    round_ = 0
+    last_out = None
+    while True:
+        grad = _entropy_grad(learner, x, a[alive], e[alive] if e is not None else None)
+        order = torch.argsort(grad, stable=True)
+        # rank within the round: -grad normalised to (0, 1) so rounds dominate
+        span = (grad.max() - grad.min()).clamp_min(1e-30)
+        scores[alive] = round_ + (grad.max() - grad) / span
+        if alive.numel() == 1:
+            return scores, last_out
+        keep = (alive.numel() + 1) // 2
+        last_out = int(alive[order[keep]]) if keep < alive.numel() else None
+        alive = alive[order[:keep]]
+        round_ += 2
+        if alive.numel() == 1:
+            scores[alive] = round_
+            return scores, last_out
+
+
+# ----------------------------------------------------------------------------- exhaustive (batched)
+
+
+def _stacked_weights(layer, records, device) -> torch.Tensor:
+    """``W_eff`` of each task in ``records`` for ``layer``: ``[c, *weight.shape]`` (c combines)."""
+    d_last = layer is _stacked_weights.last_layer  # set by the caller
+    out = torch.empty(len(records), *layer.weight.shape, device=device, dtype=layer.weight.dtype)
+    for j, rec in enumerate(records):
+        col = _stacked_weights.column
+        if d_last and rec.kind == "hybrid":
+            e = _extra_one_hot(rec, device)
+            bank = layer.extra_bank[: ops.num_planes(e.shape[0])]
+            out[j] = ops.combine_masks(layer.weight, bank, e, backend=layer.backend)
+        else:
+            alpha = rec.coefficients[:, col].contiguous()
+            bank = layer.bank[: ops.num_planes(alpha.shape[0])]
+            out[j] = ops.combine_masks(layer.weight, bank, alpha, backend=layer.backend)
+    return out
+
+
+def _task_batched_forward(learner, x: torch.Tensor, records) -> torch.Tensor:
+    """Logits ``[c, N, classes]`` of the ``c`` tasks in ``records``, each alone, in one forward.
+
+    The batch is repeated ``c`` times along dim 0 and every masked layer and BN temporarily
+    computes task ``j`` on rows ``j*N:(j+1)*N``: a Linear becomes a bmm over stacked effective
+    weights, a Conv2d a grouped convolution, a BN normalises each group with its task's slot.
+    Other modules must act per example (ReLU, pooling, flatten, residual adds do).
+    """
+    layers, bns = _layers_and_bns(learner)
+    c, n = len(records), x.shape[0]
+    device = x.device
+    weights = []
+    for i, layer in enumerate(layers):
+        _stacked_weights.last_layer = layers[-1]
+        _stacked_weights.column = i
+        weights.append(_stacked_weights(layer, records, device))
+    slots = [rec.bn_slot for rec in records]
+
+    def linear_forward(layer, w):
+        def forward(inp):
+            y = torch.bmm(inp.reshape(c, n, -1), w.transpose(1, 2))
+            return y.reshape(c * n, -1)
+
+        return forward
+
+    def conv_forward(layer, w):
+        def forward(inp):
+            _, ch, hh, ww = inp.shape
+            grouped = inp.reshape(c, n, ch, hh, ww).transpose(0, 1).reshape(n, c * ch, hh, ww)
+            y = F.conv2d(
+                grouped, w.reshape(-1, *w.shape[2:]), None, layer.stride, layer.padding, layer.dilation,
+                layer.groups * c,
+            )  # fmt: skip
+            return y.reshape(n, c, -1, *y.shape[2:]).transpose(0, 1).reshape(c * n, -1, *y.shape[2:])
+
+        return forward
+
+    def bn_forward(bn):
+        def forward(inp):
+            grouped = inp.reshape(c, n, *inp.shape[1:])
+            shape = (c, 1, bn.num_features) + (1,) * (inp.dim() - 2)
+            if bn.task_slot is None and False:
+                pass
+            mean = bn.running_mean[slots].reshape(shape)
+            var = bn.running_var[slots].reshape(shape)
+            return ((grouped - mean) * torch.rsqrt(var + bn.eps)).reshape(inp.shape)
+
+        return forward
+
+    patched = []
+    try:
+        for layer, w in zip(layers, weights):
+            if isinstance(layer, ImpressConv2d):
+                layer.forward = conv_forward(layer, w)
+            elif isinstance(layer, ImpressLinear):
+                layer.forward = linear_forward(layer, w)
+            else:  # pragma: no cover - impress_layers returns only these two
+                raise TypeError(f"cannot batch {type(layer).__name__}")
+            patched.append(layer)
+        for bn in bns:
+            bn.forward = bn_forward(bn)
+            patched.append(bn)
+        logits = learner.model(x.repeat(c, *([1] * (x.dim() - 1))))
+    finally:
+        for module in patched:
+            del module.forward  # the instance attribute shadowed the class's forward
+    return logits.reshape(c, n, -1)
+
+
+def exhaustive_entropies(learner, x: torch.Tensor, names: Sequence[str], *, chunk_bytes: int = EXHAUSTIVE_CHUNK_BYTES) -> torch.Tensor:
+    """Per-example output entropy ``[T, N]`` of each task in ``names`` bound alone (its BN slot)."""
+    layers, _ = _layers_and_bns(learner)
+    per_task = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers)
+    chunk = max(1, min(len(names), chunk_bytes // max(1, per_task)))
+    records = [learner.tasks[n] for n in names]
+    out = []
+    learner.model.eval()
+    with torch.no_grad():
+        for start in range(0, len(records), chunk):
+            logits = _task_batched_forward(learner, x, records[start : start + chunk])
+            out.append(_entropy(logits))
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+@functools.lru_cache(maxsize=8)
+def _projection(input_size: int, sketch_dim: int, seed: int) -> torch.Tensor:
+    """Fixed random directions ``[D, m]`` (Gaussian / sqrt(D)), drawn on the CPU so any machine gets the same."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(input_size, sketch_dim, generator=g) / math.sqrt(input_size)
+
+
+def _sketch(x: torch.Tensor, input_size: int, sketch_dim: int | None, seed: int) -> torch.Tensor:
+    flat = x.reshape(x.shape[0], -1).float()
+    if flat.shape[1] != input_size:
+        raise ValueError(f"the batch has {flat.shape[1]} input features per example but the fingerprints {input_size}")
+    if sketch_dim is None:
+        return flat
+    return flat @ _projection(input_size, sketch_dim, seed).to(flat.device)
+
+
+def _batches(inputs) -> Iterable[torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        yield inputs
+        return
+    for item in inputs:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+# a variance floor relative to the mean variance: keeps constant pixels (an image's border)
+# from turning one stray value into an unbounded log-likelihood penalty
+_VAR_FLOOR = 1e-2
+
+
+def task_fingerprint(
+    inputs, *, sketch_dim: int | None = 64, seed: int = 0, learner=None, name: str | None = None,
+    max_examples: int | None = 10_000,
+) -> TaskFingerprint:  # fmt: skip
+    """Fingerprint of a task from its training inputs, to compute when the task is registered.
+
+    ``inputs``: a tensor ``[N, ...]`` or an iterable of batches (``x`` or ``(x, y)``), at most
+    ``max_examples`` used. With ``learner`` and ``name`` it also stores the task's mean output
+    entropy on those inputs (for the ``calibrated`` method). ``4 * sketch_dim + 4`` bytes.
+    """
+    if sketch_dim is not None and (not isinstance(sketch_dim, int) or sketch_dim < 1):
+        raise ValueError(f"sketch_dim must be an int >= 1 or None, got {sketch_dim!r}")
+    if (learner is None) != (name is None):
+        raise ValueError("give both learner and name (to measure the entropy baseline) or neither")
+    total = 0
+    s1 = s2 = None
+    entropy_sum = 0.0
+    input_size = None
+    with contextlib.ExitStack() as stack:
+        if learner is not None:
+            _candidate_names(learner, [name])
+            stack.enter_context(_restored_sources(learner))
+            stack.enter_context(torch.no_grad())
+            _bind_single(learner, name)
+            learner.model.eval()
+        for x in _batches(inputs):
+            if max_examples is not None and total >= max_examples:
+                break
+            if max_examples is not None:
+                x = x[: max_examples - total]
+            _check_batch(x)
+            if input_size is None:
+                input_size = x[0].numel()
+            z = _sketch(x, input_size, sketch_dim, seed).double()
+            s1 = z.sum(0) if s1 is None else s1 + z.sum(0)
+            s2 = (z * z).sum(0) if s2 is None else s2 + (z * z).sum(0)
+            total += x.shape[0]
+            if learner is not None:
+                entropy_sum += float(_entropy(learner.model(x.to(learner.device))).sum())
+    if total < 2:
+        raise ValueError(f"a fingerprint needs at least 2 examples, got {total}")
+    mean = s1 / total
+    var = (s2 / total - mean * mean).clamp_min(0.0)
+    var = var.clamp_min(_VAR_FLOOR * float(var.mean()) + 1e-12)
+    return TaskFingerprint(
+        mean=mean.to(torch.float16).cpu(), var=var.to(torch.float16).cpu(), input_size=input_size,
+        sketch_dim=sketch_dim, seed=seed, entropy=entropy_sum / total if learner is not None else float("nan"),
+    )  # fmt: skip
+
+
+def fingerprint_log_likelihoods(x: torch.Tensor, fingerprints: Sequence[TaskFingerprint]) -> torch.Tensor:
+    """Per-example log-likelihood ``[T, N]`` of the batch's sketch under each task's diagonal Gaussian."""
+    first = fingerprints[0]
+    for fp in fingerprints[1:]:
+        if not fp.same_sketch(first):
+            raise ValueError("the fingerprints were computed with different sketches (input size, sketch_dim or seed)")
+    z = _sketch(x, first.input_size, first.sketch_dim, first.seed)  # [N, m]
+    mean = torch.stack([fp.mean for fp in fingerprints]).float().to(z.device)  # [T, m]
+    var = torch.stack([fp.var for fp in fingerprints]).float().to(z.device)
+    inv = 1.0 / var
+    # sum_j (z_j - mu_j)^2 / var_j expanded into three products: O(N m T), no [T, N, m] tensor
+    quad = (z * z) @ inv.T - 2.0 * z @ (mean * inv).T + (mean * mean * inv).sum(1)
+    return (-0.5 * (quad + torch.log(var).sum(1) + z.shape[1] * math.log(2 * math.pi))).T
+
+
+def _fingerprints_for(learner, names, fingerprints) -> list[TaskFingerprint]:
+    source = fingerprints if fingerprints is not None else getattr(learner, "fingerprints", None)
+    missing = [n for n in names if source is None or n not in source]
+    if missing:
+        raise ValueError(
+            f"task(s) {missing[:5]} have no fingerprint: compute one with task_fingerprint(train inputs) when the "
+            "task is registered and pass fingerprints={name: fingerprint}"
+        )
+    return [source[n] for n in names]
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def _pairwise_confidence(per_example: torch.Tensor, best: int, second: int) -> float:
+    """Share of examples whose per-example score (higher = better, ``[T, N]``) prefers best to second."""
+    return float((per_example[best] > per_example[second]).float().mean())
+
+
+def infer_task(
+    learner,
+    x: torch.Tensor,
+    method: str = DEFAULT_METHOD,
+    candidates: Sequence[str] | None = None,
+    *,
+    fingerprints: Mapping[str, TaskFingerprint] | None = None,
+    steps: int = 10,
+    lr: float = 0.1,
+) -> TaskInference:
+    """Which of ``candidates`` (default: every stored task) the batch ``x`` comes from, with evidence.
+
+    ``learner``: an ``ImpressLearner`` (read through ``model``, ``layers``, ``bns``, ``tasks``).
+    ``method``: one of :data:`METHODS` (module docstring: what each computes and costs).
+    ``fingerprints``: ``{name: TaskFingerprint}`` for ``fingerprint`` and ``calibrated``
+    (default: ``learner.fingerprints`` when the learner keeps them). ``steps``, ``lr``: the
+    Adam steps of ``iterative``.
+
+    Raises ``ValueError`` for an empty batch, NaN or inf in it, an empty or duplicated
+    candidate list; ``KeyError`` for an unknown candidate.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_batch(x)
+    names = _candidate_names(learner, candidates)
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    device = learner.layers[0].weight.device
+    x = x.to(device)
+    per_example = None
+    runner_up = None
+    with _restored_sources(learner):
+        if method in ("oneshot", "binary", "iterative"):
+            with torch.inference_mode(False), torch.enable_grad():
+                learner.model.eval()
+                scores, eliminated_last = _gn_scores(learner, x.clone(), names, method, steps, lr)
+            runner_up = eliminated_last
+        elif method in ("exhaustive", "calibrated"):
+            per_example = -exhaustive_entropies(learner, x, names)
+            if method == "calibrated":
+                baselines = torch.tensor([fp.entropy for fp in _fingerprints_for(learner, names, fingerprints)])
+                if not bool(torch.isfinite(baselines).all()):
+                    raise ValueError("calibrated needs fingerprints with an entropy baseline: task_fingerprint(..., learner=, name=)")
+                per_example = per_example + baselines.to(per_example.device)[:, None]
+            scores = per_example.mean(dim=1)
+        else:
+            per_example = fingerprint_log_likelihoods(x, _fingerprints_for(learner, names, fingerprints))
+            scores = per_example.mean(dim=1)
+        scores = scores.detach().float().cpu()
+        best = int(scores.argmax())
+        if len(names) == 1:
+            return TaskInference(names[0], method, names, (float(scores[0]),), 0.0, 1.0, None)
+        if runner_up is None:
+            runner_up = int(torch.topk(scores, 2).indices[1])
+        if per_example is None:
+            # GN has no per-example score: judge pick vs runner-up by their own output entropy
+            per_example = -exhaustive_entropies(learner, x, [names[best], names[runner_up]])
+            confidence = _pairwise_confidence(per_example, 0, 1)
+        else:
+            confidence = _pairwise_confidence(per_example.cpu(), best, runner_up)
+    return TaskInference(
+        task=names[best], method=method, candidates=names, scores=tuple(scores.tolist()),
+        margin=float(scores[best] - scores[runner_up]), confidence=confidence, runner_up=names[runner_up],
+    )  # fmt: skip
+
+
+def infer_task_name(learner, x: torch.Tensor, method: str = DEFAULT_METHOD, candidates: Sequence[str] | None = None, **kwargs) -> str:
+    """The name :func:`infer_task` picks, and nothing else."""
+    return infer_task(learner, x, method, candidates, **kwargs).task
