@@ -34,47 +34,7 @@ FORMAT_VERSION = 1
 # ----------------------------------------------------------------------------- config
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train a mask (edge-popup scores) or a coefficient matrix alpha.
-
-    ``momentum`` is SGD's momentum, Adam's beta1 and RMSprop's momentum. ``lam`` is the
-    lambda of Eq. 2 (alpha only). ``seed`` seeds the initial edge-popup scores (homogeneous
-    masks: one seed per mask); data order is the loader's own seed.
-    Paper defaults (Table 3): LeNet-300-100 RMSprop lr 0.002 lam 0; ResNet Adam, lam 0.005.
-    """
-
-    epochs: int = 1
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lam: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self):
-        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not isinstance(self.momentum, (int, float)) or not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not isinstance(self.weight_decay, (int, float)) or not self.weight_decay >= 0.0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.lam, (int, float)) or not self.lam >= 0.0:
-            raise ValueError(f"lam must be >= 0, got {self.lam!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
-
-    def make_optimizer(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
-        params = list(params)
-        if self.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr, betas=(self.momentum, 0.999), weight_decay=self.weight_decay)
-        return torch.optim.RMSprop(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+from .config import TrainConfig  # noqa: E402  (the one training config, shared with the YAML configs)
 
 
 @dataclass

@@ -18,12 +18,12 @@ from ._config import (
     EvalSpec,
     ExperimentConfig,
     ModelSpec,
-    PhaseConfig,
     ScenarioSpec,
     config_from_dict,
     load_config,
     stable_hash,
 )
+from ..config import TrainConfig  # noqa: I001 (mask_train / alpha_train sections)
 from ._sweep import RunSpec, expand, run_sweep
 
 __all__ = [
@@ -34,9 +34,9 @@ __all__ = [
     "EvalSpec",
     "ExperimentConfig",
     "ModelSpec",
-    "PhaseConfig",
     "RunSpec",
     "ScenarioSpec",
+    "TrainConfig",
     "config_from_dict",
     "expand",
     "load_config",

@@ -14,22 +14,19 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from ..config import ConfigError, TrainConfig, check_integer, check_real
+
 BASIS_KINDS = ("heterogeneous", "homogeneous", "random", "mixture")
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
 INITS = ("signed_constant", "kaiming_normal")
 GN_METHODS = ("oneshot", "binary")
 PAPER_DENSITIES = (0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3)
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the problem."""
 
 
 def _require(cond: bool, key: str, message: str) -> None:
@@ -37,11 +34,18 @@ def _require(cond: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def _positive_int(value: Any, key: str, allow_none: bool = False) -> None:
+def _positive_int(value: Any, key: str, allow_none: bool = False) -> int | None:
     if allow_none and value is None:
-        return
-    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
+        return None
+    _require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0, key,
              f"must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def _set_ints(obj: Any, **values: int | None) -> None:
+    """Store validated integers as plain ``int`` (numpy integers in, one JSON form and hash out)."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
 
 
 def _tuple(value: Any, key: str) -> tuple:
@@ -64,11 +68,14 @@ class ScenarioSpec:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(self.name), "scenario.name", "must be a non-empty string")
-        _positive_int(self.num_tasks, "scenario.num_tasks")
-        _require(isinstance(self.seed, int), "scenario.seed", f"must be an integer, got {self.seed!r}")
-        _positive_int(self.train_subset, "scenario.train_subset", allow_none=True)
-        _positive_int(self.test_subset, "scenario.test_subset", allow_none=True)
-        _positive_int(self.test_batch_size, "scenario.test_batch_size")
+        _set_ints(
+            self,
+            num_tasks=_positive_int(self.num_tasks, "scenario.num_tasks"),
+            seed=check_integer(self.seed, "scenario.seed", minimum=0),
+            train_subset=_positive_int(self.train_subset, "scenario.train_subset", allow_none=True),
+            test_subset=_positive_int(self.test_subset, "scenario.test_subset", allow_none=True),
+            test_batch_size=_positive_int(self.test_batch_size, "scenario.test_batch_size"),
+        )
         _require(isinstance(self.kwargs, Mapping), "scenario.kwargs", "must be a mapping")
 
 
@@ -84,37 +91,6 @@ class ModelSpec:
         _require(isinstance(self.name, str) and bool(self.name), "model.name", "must be a non-empty string")
         _require(self.init in INITS, "model.init", f"must be one of {INITS}, got {self.init!r}")
         _require(isinstance(self.kwargs, Mapping), "model.kwargs", "must be a mapping")
-
-
-@dataclass(frozen=True)
-class PhaseConfig:
-    """Optimiser of one training phase (paper Table 3): mask learning or alpha learning."""
-
-    optimizer: str = "rmsprop"
-    lr: float = 0.002
-    epochs: int = 1
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lam: float = 0.0
-    prefix: str = "train"  # only used in error messages
-
-    def __post_init__(self) -> None:
-        p = self.prefix
-        _require(self.optimizer in OPTIMIZERS, f"{p}.optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0, f"{p}.lr",
-                 f"must be a positive number, got {self.lr!r}")
-        _positive_int(self.epochs, f"{p}.epochs")
-        _positive_int(self.batch_size, f"{p}.batch_size")
-        for name in ("momentum", "weight_decay", "lam"):
-            value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, f"{p}.{name}",
-                     f"must be a non-negative number, got {value!r}")
-
-    def as_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("prefix")
-        return d
 
 
 @dataclass(frozen=True)
@@ -149,8 +125,8 @@ class BasisSpec:
                      "must be a non-empty list")
             for c in counts:
                 _positive_int(c, f"basis.counts_by_kind.{kind}[]")
-        _require(0.0 <= self.mixture_homogeneous <= 1.0, "basis.mixture_homogeneous",
-                 f"must lie in [0, 1], got {self.mixture_homogeneous!r}")
+        object.__setattr__(self, "mixture_homogeneous", check_real(
+            self.mixture_homogeneous, "basis.mixture_homogeneous", minimum=0.0, maximum=1.0))
 
     def counts_for(self, kind: str) -> tuple:
         return tuple(self.counts_by_kind.get(kind, self.counts))
@@ -216,8 +192,8 @@ class ExperimentConfig:
     seeds: tuple = (0,)
     basis: BasisSpec = field(default_factory=BasisSpec)
     num_new_tasks: int = 10
-    mask_train: PhaseConfig = field(default_factory=lambda: PhaseConfig(prefix="mask_train"))
-    alpha_train: PhaseConfig = field(default_factory=lambda: PhaseConfig(prefix="alpha_train"))
+    mask_train: TrainConfig = field(default_factory=TrainConfig)
+    alpha_train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvalSpec = field(default_factory=EvalSpec)
     description: str = ""
     paper_figure: str = ""
@@ -234,10 +210,11 @@ class ExperimentConfig:
         _require(len(set(self.densities)) == len(self.densities), "densities", "has duplicates")
         _require(len(self.seeds) > 0, "seeds", "must not be empty")
         for s in self.seeds:
-            _require(isinstance(s, int) and not isinstance(s, bool) and s >= 0, "seeds",
+            _require(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0, "seeds",
                      f"each seed is a non-negative integer; got {s!r}")
         _require(len(set(self.seeds)) == len(self.seeds), "seeds", "has duplicates")
-        _require(isinstance(self.num_new_tasks, int) and self.num_new_tasks >= 0, "num_new_tasks",
+        _require(isinstance(self.num_new_tasks, numbers.Integral) and not isinstance(self.num_new_tasks, bool)
+                 and self.num_new_tasks >= 0, "num_new_tasks",
                  f"must be a non-negative integer, got {self.num_new_tasks!r}")
         # New tasks follow every basis task of every impression set, so all sets are scored on
         # the same new tasks and a basis task is never also a "new" one.
@@ -265,10 +242,7 @@ class ExperimentConfig:
         return tuple(range(self.first_new_task, self.first_new_task + self.num_new_tasks))
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for phase in ("mask_train", "alpha_train"):
-            d[phase].pop("prefix")
-        return _plain(d)
+        return _plain(dataclasses.asdict(self))
 
     def config_hash(self) -> str:
         return stable_hash(self.to_dict())
@@ -295,8 +269,10 @@ _SECTIONS = {
     "scenario": ScenarioSpec,
     "model": ModelSpec,
     "basis": BasisSpec,
-    "mask_train": PhaseConfig,
-    "alpha_train": PhaseConfig,
+    # A training phase (paper Table 3) is the learner's own TrainConfig: a YAML section accepts
+    # exactly what ImpressLearner.learn_* accepts.
+    "mask_train": TrainConfig,
+    "alpha_train": TrainConfig,
     "evaluate": EvalSpec,
 }
 _TOP_LEVEL = {f.name for f in dataclasses.fields(ExperimentConfig)} | {"quick"}
@@ -311,6 +287,10 @@ def _build(cls: type, data: Any, key: str, **extra: Any):
         raise ConfigError(f"{key}: unknown key(s) {unknown}; known keys: {sorted(known)}")
     try:
         return cls(**data, **extra)
+    except ConfigError as exc:
+        # TrainConfig names its own field ("momentum: ..."); the section says where it sits.
+        message = str(exc)
+        raise ConfigError(message if message.startswith(f"{key}.") else f"{key}.{message}") from None
     except TypeError as exc:  # a missing required field
         raise ConfigError(f"{key}: {exc}") from None
 
@@ -328,8 +308,7 @@ def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
     kwargs = {k: v for k, v in data.items() if k != "quick"}
     for section, cls in _SECTIONS.items():
         if section in kwargs:
-            extra = {"prefix": section} if cls is PhaseConfig else {}
-            kwargs[section] = _build(cls, kwargs[section] or {}, section, **extra)
+            kwargs[section] = _build(cls, kwargs[section] or {}, section)
     return ExperimentConfig(**kwargs)
 
 

@@ -195,10 +195,11 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def train_config(phase: dict, seed: int):
-    from ..learner import TrainConfig
+    """The TrainConfig of a phase for one run: the run's seed is added to the phase's own seed."""
+    from ..config import TrainConfig
 
-    return TrainConfig(epochs=phase["epochs"], lr=phase["lr"], optimizer=phase["optimizer"],
-                       momentum=phase["momentum"], weight_decay=phase["weight_decay"], lam=phase["lam"], seed=seed)
+    config = TrainConfig.from_dict(phase)
+    return config.replace(seed=config.seed + seed)
 
 
 # ----------------------------------------------------------------------------- learner adapters

@@ -76,9 +76,9 @@ def expand(config: ExperimentConfig) -> list[RunSpec]:
     common = {
         "scenario": config.scenario,
         "model": config.model,
-        "mask_train": config.mask_train.as_dict(),
+        "mask_train": config.mask_train.to_dict(),
     }
-    alpha = {"alpha_train": config.alpha_train.as_dict()}
+    alpha = {"alpha_train": config.alpha_train.to_dict()}
     new_tasks = {"new_tasks": list(config.new_task_indices)}
     mixture = {"mixture_homogeneous": config.basis.mixture_homogeneous}
 
@@ -131,9 +131,7 @@ def expand(config: ExperimentConfig) -> list[RunSpec]:
 
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        d = dataclasses.asdict(obj)
-        d.pop("prefix", None)
-        return _jsonable(d)
+        return _jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -24,12 +24,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (dotted key, YAML value); repeatable")
     parser.add_argument("--quick", action="store_true", help="apply the config's quick: section (a tiny run)")
-    parser.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    parser.add_argument("--max-runs", type=_positive_count, default=None, metavar="N",
+                        help="stop after this many new runs (N >= 1)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default=None, help="ops backend (default: automatic)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs of the sweep and their state")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _raw(path: Path) -> dict:

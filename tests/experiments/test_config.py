@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from impresslearn.experiments import ConfigError, config_from_dict, expand, load_config
 from impresslearn.experiments._config import parse_override, resolve_dict
@@ -109,3 +111,118 @@ def test_set_into_a_scalar_is_refused():
 def test_heterogeneous_sets_leave_room_for_new_tasks():
     config = config_from_dict(minimal(basis__kinds=["heterogeneous", "homogeneous"], basis__counts=[2, 3]))
     assert config.new_task_indices == (3, 4)  # after the largest heterogeneous set, same for every set
+
+
+# ----------------------------------------------------------------------------- one TrainConfig
+
+
+def _config_file(tmp_path, extra: str = "") -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: c\nscenario: {name: synthetic, num_tasks: 4}\nmodel: {name: lenet300}\n"
+                    "basis: {kinds: [heterogeneous], counts: [1]}\nnum_new_tasks: 1\n" + extra)
+    return path
+
+
+def test_the_yaml_phases_are_the_learners_train_config():
+    import impresslearn
+    from impresslearn.config import TrainConfig
+
+    config = config_from_dict(minimal(alpha_train={"lr": 0.05, "epochs": 2, "batch_size": 32, "seed": 3}))
+    assert impresslearn.TrainConfig is TrainConfig
+    assert type(config.alpha_train) is TrainConfig and type(config.mask_train) is TrainConfig
+    assert config.alpha_train == TrainConfig(lr=0.05, epochs=2, batch_size=32, seed=3)
+    # every field the learner accepts is a key the YAML accepts, and nothing else
+    assert set(config.to_dict()["alpha_train"]) == TrainConfig.field_names()
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("alpha_train.momentum=5", "alpha_train.momentum"),
+        ("mask_train.momentum=1.0", "mask_train.momentum"),
+        ("alpha_train.lr=true", "alpha_train.lr"),
+        ("mask_train.epochs=true", "mask_train.epochs"),
+        ("mask_train.lr=.nan", "mask_train.lr"),
+        ("alpha_train.seed=-1", "alpha_train.seed"),
+        ("alpha_train.batch_size=0", "alpha_train.batch_size"),
+        ("alpha_train.optimizer=[adam]", "alpha_train.optimizer"),
+        ("scenario.seed=true", "scenario.seed"),
+        ("scenario.seed=1.5", "scenario.seed"),
+        ("basis.mixture_homogeneous=true", "basis.mixture_homogeneous"),
+        ("num_new_tasks=true", "num_new_tasks"),
+    ],
+)
+def test_bad_override_is_refused_before_anything_trains(tmp_path, capsys, override, key):
+    from impresslearn.cli import main
+
+    out = tmp_path / "out"
+    code = main(["run", str(_config_file(tmp_path)), "--out", str(out), "--set", override, "--no-progress"])
+    assert code == 2
+    assert f"{key}:" in capsys.readouterr().err
+    assert not out.exists(), "nothing may be written (or trained) for a refused config"
+
+
+def test_max_runs_must_be_positive(tmp_path, capsys):
+    from impresslearn.cli import main
+
+    for bad in ("-1", "0", "two"):
+        with pytest.raises(SystemExit) as info:
+            main(["run", str(_config_file(tmp_path)), "--max-runs", bad])
+        assert info.value.code == 2
+        assert "--max-runs" in capsys.readouterr().err
+
+
+def test_numpy_integers_are_accepted_and_stored_as_int():
+    np = pytest.importorskip("numpy")
+    from impresslearn.config import TrainConfig
+
+    cfg = TrainConfig(epochs=np.int64(5), seed=np.uint32(7), batch_size=np.int16(64), lr=np.float32(0.5))
+    assert (cfg.epochs, cfg.seed, cfg.batch_size) == (5, 7, 64)
+    assert type(cfg.epochs) is int and type(cfg.seed) is int and type(cfg.lr) is float
+    config = config_from_dict(minimal(scenario__seed=np.int64(3), seeds=[np.int64(0)], num_new_tasks=np.int64(2)))
+    assert config.scenario.seed == 3 and type(config.scenario.seed) is int
+
+
+def test_train_config_errors_name_the_field_and_are_value_and_type_errors():
+    from impresslearn.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"^momentum: must be < 1"):
+        TrainConfig(momentum=1.0)
+    with pytest.raises(TypeError, match=r"^epochs: must be an integer, got 2\.0"):
+        TrainConfig(epochs=2.0)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lamda'\]"):
+        TrainConfig.from_dict({"lamda": 0.1})
+    with pytest.raises(ConfigError, match="^lr: must be > 0"):
+        TrainConfig().replace(lr=0.0)
+
+
+_REAL_BOUNDS = {"lr": (0.0, None, True), "momentum": (0.0, 1.0, False), "weight_decay": (0.0, None, False),
+                "lam": (0.0, None, False)}
+_INT_MIN = {"epochs": 1, "seed": 0, "batch_size": 1}
+
+
+@settings(max_examples=200, deadline=None)
+@given(field=st.sampled_from(sorted(_REAL_BOUNDS) + sorted(_INT_MIN)),
+       value=st.one_of(st.booleans(), st.none(), st.text(max_size=3), st.floats(allow_nan=True),
+                       st.integers(-10**20, 10**20)))
+def test_train_config_accepts_exactly_the_valid_values(field, value):
+    """Generated values: a value is accepted iff it is valid, in Python and in YAML alike."""
+    import math
+
+    from impresslearn.config import MAX_SEED, TrainConfig
+
+    if field in _INT_MIN:
+        valid = (isinstance(value, int) and not isinstance(value, bool) and value >= _INT_MIN[field]
+                 and (field != "seed" or value <= MAX_SEED))
+    else:
+        low, high, open_low = _REAL_BOUNDS[field]
+        valid = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                 and (value > low if open_low else value >= low) and (high is None or value < high))
+    if valid:
+        assert getattr(TrainConfig(**{field: value}), field) == value
+        assert getattr(config_from_dict(minimal(alpha_train={field: value})).alpha_train, field) == value
+    else:
+        with pytest.raises(ConfigError, match=f"^{field}: "):
+            TrainConfig(**{field: value})
+        with pytest.raises(ConfigError, match=f"^alpha_train.{field}: "):
+            config_from_dict(minimal(alpha_train={field: value}))
