@@ -314,20 +314,15 @@ def _gn_scores(learner, x, names, method: str, steps: int, lr: float) -> tuple[t
 # ----------------------------------------------------------------------------- exhaustive (batched)
 
 
-def _stacked_weights(layer, records, device) -> torch.Tensor:
-    """``W_eff`` of each task in ``records`` for ``layer``: ``[c, *weight.shape]`` (c combines)."""
-    d_last = layer is _stacked_weights.last_layer  # set by the caller
+def _stacked_weights(layer, column: int, is_last: bool, records, device) -> torch.Tensor:
+    """``W_eff`` of layer ``column`` for each task in ``records``: ``[c, *weight.shape]`` (c combines)."""
     out = torch.empty(len(records), *layer.weight.shape, device=device, dtype=layer.weight.dtype)
     for j, rec in enumerate(records):
-        col = _stacked_weights.column
-        if d_last and rec.kind == "hybrid":
-            e = _extra_one_hot(rec, device)
-            bank = layer.extra_bank[: ops.num_planes(e.shape[0])]
-            out[j] = ops.combine_masks(layer.weight, bank, e, backend=layer.backend)
+        if is_last and rec.kind == "hybrid":  # the task's own last-layer mask, from the extra bank
+            coefficients, bank = _extra_one_hot(rec, device), layer.extra_bank
         else:
-            alpha = rec.coefficients[:, col].contiguous()
-            bank = layer.bank[: ops.num_planes(alpha.shape[0])]
-            out[j] = ops.combine_masks(layer.weight, bank, alpha, backend=layer.backend)
+            coefficients, bank = rec.coefficients[:, column].contiguous(), layer.bank
+        out[j] = ops.combine_masks(layer.weight, bank[: ops.num_planes(coefficients.shape[0])], coefficients, backend=layer.backend)
     return out
 
 
@@ -342,11 +337,7 @@ def _task_batched_forward(learner, x: torch.Tensor, records) -> torch.Tensor:
     layers, bns = _layers_and_bns(learner)
     c, n = len(records), x.shape[0]
     device = x.device
-    weights = []
-    for i, layer in enumerate(layers):
-        _stacked_weights.last_layer = layers[-1]
-        _stacked_weights.column = i
-        weights.append(_stacked_weights(layer, records, device))
+    weights = [_stacked_weights(layer, i, i == len(layers) - 1, records, device) for i, layer in enumerate(layers)]
     slots = [rec.bn_slot for rec in records]
 
     def linear_forward(layer, w):
@@ -372,8 +363,6 @@ def _task_batched_forward(learner, x: torch.Tensor, records) -> torch.Tensor:
         def forward(inp):
             grouped = inp.reshape(c, n, *inp.shape[1:])
             shape = (c, 1, bn.num_features) + (1,) * (inp.dim() - 2)
-            if bn.task_slot is None and False:
-                pass
             mean = bn.running_mean[slots].reshape(shape)
             var = bn.running_var[slots].reshape(shape)
             return ((grouped - mean) * torch.rsqrt(var + bn.eps)).reshape(inp.shape)
