@@ -21,7 +21,9 @@ per stored task (a shared one makes every task but the last fail, SupSup issue #
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -118,13 +120,22 @@ class _ImpressMixin:
         self.source = ScoresSource(scores, density)
 
     def use_coefficients(self, alpha: torch.Tensor | None, extra_alpha: torch.Tensor | None = None) -> None:
-        if alpha is not None and not 1 <= alpha.shape[0] <= self.num_masks:
-            raise ValueError(f"alpha has {alpha.shape[0]} coefficients but the bank holds {self.num_masks} masks")
-        if extra_alpha is not None and not 1 <= extra_alpha.shape[0] <= self.num_extra:
-            raise ValueError(
-                f"extra_alpha has {extra_alpha.shape[0]} coefficients but the layer holds {self.num_extra} extra masks"
-            )
-        self.source = CoefficientSource(alpha, extra_alpha)
+        """Bind ``W * (sum_k alpha[k] B[k] + sum_h extra_alpha[h] E[h])`` (see :class:`CoefficientSource`)."""
+        self.source = self._coefficient_source(alpha, extra_alpha)
+
+    def _coefficient_source(
+        self, alpha: torch.Tensor | None, extra_alpha: torch.Tensor | None = None
+    ) -> CoefficientSource:
+        for name, coeff, count, what in (("alpha", alpha, self.num_masks, "the bank holds"),
+                                         ("extra_alpha", extra_alpha, self.num_extra, "the layer holds")):  # fmt: skip
+            if coeff is None:
+                continue
+            if coeff.dim() != 1:
+                raise ValueError(f"{name} of one layer must be a vector [K'], got shape {tuple(coeff.shape)}")
+            if not 1 <= coeff.shape[0] <= count:
+                extra = " extra" if name == "extra_alpha" else ""
+                raise ValueError(f"{name} has {coeff.shape[0]} coefficients but {what} {count}{extra} masks")
+        return CoefficientSource(alpha, extra_alpha)
 
     def clear_source(self) -> None:
         self.source = None
@@ -150,8 +161,9 @@ class _ImpressMixin:
     def _require_source(self):
         if self.source is None:
             raise RuntimeError(
-                f"{type(self).__name__} has no mask source bound: an ImpressLearner binds one "
-                "(scores, a task's coefficients or a superposition) before each forward"
+                f"{type(self).__name__} has no mask source bound, so it has no weight to use. Bind a task "
+                "first: `with impresslearn.task_bound(model, coefficients): model(x)` (or bind_coefficients / "
+                "bind_scores), or let an ImpressLearner bind it (learner.bind_task(name))"
             )
         return self.source
 
@@ -339,3 +351,177 @@ def impress_layers(model: nn.Module) -> list[ImpressLinear | ImpressConv2d]:
 
 def multitask_bns(model: nn.Module) -> list[MultitaskNonAffineBN]:
     return [m for m in model.modules() if isinstance(m, MultitaskNonAffineBN)]
+
+
+# ----------------------------------------------------------------------------- binding a task to a model
+#
+# A model computes one task at a time: every masked layer holds one mask source and every
+# MultitaskNonAffineBN one statistics slot. These functions set both for a whole model, so a
+# user's own loop (or the learner) never has to touch a layer. Layer i of the notation is the
+# i-th masked layer in module order (``impress_layers``).
+
+
+def _require_layers(model: nn.Module) -> list[ImpressLinear | ImpressConv2d]:
+    layers = impress_layers(model)
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no ImpressLinear or ImpressConv2d layer: build it with create_model, "
+            "convert(model, seed=...), or the Impress layers directly"
+        )
+    return layers
+
+
+def _check_coefficients(name: str, t: torch.Tensor, ndim: int) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim or not t.is_floating_point():
+        want = "a float matrix [K', d]" if ndim == 2 else "a float vector [H']"
+        raise ValueError(f"{name} must be {want}, got {t.dtype} of shape {tuple(t.shape)}")
+
+
+def bind_coefficients(
+    model: nn.Module,
+    alpha: torch.Tensor,
+    *,
+    last_layer_extra: torch.Tensor | None = None,
+    skip_last: bool = False,
+) -> None:
+    """Bind a task's coefficient matrix ``alpha[K', d]``: masked layer ``i`` uses column ``i``.
+
+    ``K'`` may be below the bank's ``K`` (a task learned on a smaller bank reads only its first
+    ``K'`` masks). The last layer takes ``last_layer_extra[H']`` over its extra bank instead
+    (a hybrid task's own mask), or keeps its current source with ``skip_last`` (hybrid training
+    binds edge-popup scores there); in either case ``alpha`` may have ``d - 1`` columns.
+    Everything is checked before any layer changes; the BN slot is bound by :func:`set_bn_slot`.
+    """
+    layers = _require_layers(model)
+    _check_coefficients("alpha", alpha, 2)
+    d = len(layers)
+    last_elsewhere = skip_last or last_layer_extra is not None
+    if skip_last and last_layer_extra is not None:
+        raise ValueError("pass last_layer_extra or skip_last, not both")
+    allowed = (d - 1, d) if last_elsewhere else (d,)
+    if alpha.shape[1] not in allowed:
+        raise ValueError(
+            f"alpha has {alpha.shape[1]} columns but the model has {d} masked layers (one column per layer"
+            + (", the last one may be left out when the last layer is bound otherwise)" if last_elsewhere else ")")
+        )
+    if last_layer_extra is not None:
+        _check_coefficients("last_layer_extra", last_layer_extra, 1)
+    for i, layer in enumerate(layers):  # validate all first: a failure leaves the old binding intact
+        if i == d - 1 and last_elsewhere:
+            if last_layer_extra is not None:
+                layer._coefficient_source(None, last_layer_extra)
+        else:
+            layer._coefficient_source(alpha[:, i])
+    for i, layer in enumerate(layers):
+        if i == d - 1 and last_elsewhere:
+            if last_layer_extra is not None:
+                layer.use_coefficients(None, last_layer_extra)
+        else:
+            layer.use_coefficients(alpha[:, i])
+
+
+def one_hot_coefficients(model: nn.Module, index: int) -> torch.Tensor:
+    """``alpha[index + 1, d]`` that selects bank mask ``index`` in every layer (a basis task)."""
+    layers = _require_layers(model)
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"mask index must be an int >= 0, got {index!r}")
+    alpha = torch.zeros(index + 1, len(layers), device=layers[0].weight.device, dtype=layers[0].weight.dtype)
+    alpha[index] = 1.0
+    return alpha
+
+
+def bind_scores(model: nn.Module, scores: Sequence[torch.Tensor], density: float) -> None:
+    """Bind edge-popup: layer ``i`` uses ``W_i * topk(|scores[i]|, keep_count(n_i, density))``."""
+    layers = _require_layers(model)
+    ops.keep_count(1, density)  # validates density
+    if len(scores) != len(layers):
+        raise ValueError(f"need one scores tensor per masked layer: got {len(scores)} for {len(layers)} layers")
+    for i, (layer, s) in enumerate(zip(layers, scores)):
+        if not isinstance(s, torch.Tensor) or s.shape != layer.weight.shape:
+            got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(f"scores[{i}] must be shaped like layer {i}'s weight {tuple(layer.weight.shape)}, got {got}")
+    for layer, s in zip(layers, scores):
+        layer.use_scores(s, density)
+
+
+def set_bn_slot(model: nn.Module, slot: int | None) -> None:
+    """Every ``MultitaskNonAffineBN`` uses statistics slot ``slot`` (None: batch statistics, nothing updated)."""
+    bns = multitask_bns(model)
+    if slot is not None:
+        if not isinstance(slot, int) or isinstance(slot, bool):
+            raise TypeError(f"BN slot must be an int or None, got {type(slot).__name__}")
+        for bn in bns:
+            if not 0 <= slot < bn.num_slots:
+                raise IndexError(f"BN slot {slot} out of range: the model's BN layers hold {bn.num_slots} slots")
+    for bn in bns:
+        bn.task_slot = slot
+
+
+def num_bn_slots(model: nn.Module) -> int | None:
+    """The number of statistics slots every BN holds (None: the model has no MultitaskNonAffineBN)."""
+    counts = {bn.num_slots for bn in multitask_bns(model)}
+    if len(counts) > 1:
+        raise RuntimeError(f"the model's BN layers disagree on their number of slots: {sorted(counts)}")
+    return counts.pop() if counts else None
+
+
+def add_bn_slot(model: nn.Module) -> int | None:
+    """Append a fresh statistics slot (mean 0, variance 1) to every BN; returns its index (None: no BN)."""
+    count = num_bn_slots(model)
+    for bn in multitask_bns(model):
+        bn.add_slot()
+    return count
+
+
+def drop_bn_slots_from(model: nn.Module, slot: int) -> None:
+    """Keep only slots ``[0, slot)`` in every BN (undo :func:`add_bn_slot` after a failed task)."""
+    if not isinstance(slot, int) or isinstance(slot, bool) or slot < 0:
+        raise ValueError(f"slot must be an int >= 0, got {slot!r}")
+    for bn in multitask_bns(model):
+        bn.load_slots_(bn.running_mean[:slot].clone(), bn.running_var[:slot].clone())
+        if bn.task_slot is not None and bn.task_slot >= slot:
+            bn.task_slot = None
+
+
+def unbind(model: nn.Module) -> None:
+    """Clear every layer's mask source and every BN's slot: the next forward raises until a task is bound."""
+    for layer in impress_layers(model):
+        layer.clear_source()
+    for bn in multitask_bns(model):
+        bn.task_slot = None
+
+
+@contextlib.contextmanager
+def task_bound(
+    model: nn.Module,
+    coefficients: torch.Tensor | int,
+    *,
+    bn_slot: int | None = None,
+    last_layer_extra: torch.Tensor | None = None,
+) -> Iterator[nn.Module]:
+    """Run ``model`` as one task inside the block, then restore whatever was bound before.
+
+    ``coefficients``: the task's ``alpha[K', d]`` (see :func:`bind_coefficients`), or a bank mask
+    index (a basis task: that mask in every layer). ``bn_slot``: the task's BN statistics slot
+    (None: batch statistics). Usage::
+
+        with task_bound(model, alpha, bn_slot=3):
+            logits = model(x)
+    """
+    layers = _require_layers(model)
+    bns = multitask_bns(model)
+    saved_sources = [layer.source for layer in layers]
+    saved_slots = [bn.task_slot for bn in bns]
+    if isinstance(coefficients, int) and not isinstance(coefficients, bool):
+        coefficients = one_hot_coefficients(model, coefficients)
+    try:
+        bind_coefficients(model, coefficients, last_layer_extra=last_layer_extra)
+        set_bn_slot(model, bn_slot)
+        yield model
+    finally:
+        for layer, source in zip(layers, saved_sources):
+            layer.source = source
+        for bn, slot in zip(bns, saved_slots):
+            bn.task_slot = slot

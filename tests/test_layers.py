@@ -213,3 +213,107 @@ def test_multitask_bn_keeps_a_slot_per_task():
     bn.task_slot = 5
     with pytest.raises(IndexError, match="slot 5"):
         bn(a)
+
+
+# ----------------------------------------------------------------------------- binding a task to a model
+
+
+def _two_layer_model(k=3, extra=0):
+    import torch.nn as nn
+
+    model = nn.Sequential(ImpressLinear(5, 4), MultitaskNonAffineBN(4), nn.ReLU(), ImpressLinear(4, 3))
+    g = _gen(7)
+    for layer in (model[0], model[3]):
+        for _ in range(k):
+            layer.add_mask(torch.rand(layer.weight.shape, generator=g) < 0.5)
+    for _ in range(extra):
+        model[3].add_mask(torch.rand(model[3].weight.shape, generator=g) < 0.5, extra=True)
+    return model
+
+
+def _dense(model, x, alpha, last=None, slot=None):
+    """The same network written densely: W_i * sum_k alpha[k, i] B_k, BN by hand."""
+    w0 = model[0].weight * torch.einsum("k,koi->oi", alpha[:, 0], model[0].masks().float()[: alpha.shape[0]])
+    h = F.linear(x, w0)
+    bn = model[1]
+    if slot is None:
+        h = F.batch_norm(h, None, None, training=True)
+    else:
+        h = (h - bn.running_mean[slot]) / torch.sqrt(bn.running_var[slot] + bn.eps)
+    masks1 = model[3].masks().float()[: alpha.shape[0]]
+    w1 = model[3].weight * torch.einsum("k,koi->oi", alpha[:, 1], masks1)
+    if last is not None:
+        w1 = model[3].weight * torch.einsum("h,hoi->oi", last, model[3].masks(extra=True).float()[: last.shape[0]])
+    return F.linear(torch.relu(h), w1)
+
+
+def test_public_api_imports_from_the_package():
+    import impresslearn
+
+    for name in ("ImpressLinear", "ImpressConv2d", "MultitaskNonAffineBN", "convert", "create_model", "list_models",
+                 "ImpressLearner", "TrainConfig", "task_bound", "bind_coefficients", "bind_scores", "set_bn_slot",
+                 "add_bn_slot", "drop_bn_slots_from", "unbind"):  # fmt: skip
+        assert hasattr(impresslearn, name) and name in impresslearn.__all__
+
+
+def test_task_bound_computes_the_task_and_restores_the_previous_binding():
+    from impresslearn import add_bn_slot, task_bound
+
+    model = _two_layer_model(k=3).eval()
+    assert add_bn_slot(model) == 0 and add_bn_slot(model) == 1
+    model[1].running_mean[1] = torch.randn(4)
+    model[1].running_var[1] = torch.rand(4) + 0.5
+    x = torch.randn(6, 5)
+    with pytest.raises(RuntimeError, match="task_bound"):  # nothing bound: the error names the fix
+        model(x)
+    alpha = torch.randn(2, 2)  # K' = 2 < K = 3
+    with task_bound(model, alpha, bn_slot=1) as bound:
+        torch.testing.assert_close(bound(x), _dense(model, x, alpha, slot=1))
+    with pytest.raises(RuntimeError, match="no mask source"):  # restored to unbound
+        model(x)
+    with task_bound(model, 2):  # a mask index: the basis task of mask 2, batch statistics
+        one_hot = torch.zeros(3, 2)
+        one_hot[2] = 1
+        torch.testing.assert_close(model(x), _dense(model, x, one_hot))
+        with task_bound(model, alpha, bn_slot=0):  # nested: the outer task comes back
+            pass
+        torch.testing.assert_close(model(x), _dense(model, x, one_hot))
+        assert model[1].task_slot is None
+    with pytest.raises(ValueError, match="columns"), task_bound(model, torch.ones(3, 5)):
+        pass
+    with pytest.raises(IndexError, match="BN slot 2"), task_bound(model, alpha, bn_slot=2):
+        pass
+    with pytest.raises(RuntimeError, match="no mask source"):  # a failed bind restores too
+        model(x)
+
+
+def test_bind_functions_drive_a_model_without_the_learner():
+    from impresslearn import bind_coefficients, bind_scores, drop_bn_slots_from, set_bn_slot, unbind
+
+    model = _two_layer_model(k=3, extra=2).eval()
+    x = torch.randn(6, 5)
+    alpha = torch.randn(3, 2)
+    extra = torch.tensor([0.0, 1.0])
+    bind_coefficients(model, alpha, last_layer_extra=extra)  # hybrid: last layer on its extra masks
+    torch.testing.assert_close(model(x), _dense(model, x, alpha, last=extra))
+    bind_coefficients(model, alpha[:, :1], last_layer_extra=extra)  # d - 1 columns are enough then
+    torch.testing.assert_close(model(x), _dense(model, x, alpha, last=extra))
+    with pytest.raises(ValueError, match="bank holds 3 masks"):  # checked before any layer changes
+        bind_coefficients(model, torch.randn(4, 2))
+    torch.testing.assert_close(model(x), _dense(model, x, alpha, last=extra))
+    with pytest.raises(ValueError, match="1 columns but the model has 2 masked layers"):
+        bind_coefficients(model, alpha[:, :1])
+    scores = [torch.randn(4, 5), torch.randn(3, 4)]
+    bind_scores(model, scores, 0.5)
+    assert model[0].source.scores is scores[0]
+    with pytest.raises(ValueError, match=r"scores\[1\]"):
+        bind_scores(model, [scores[0], torch.randn(4, 3)], 0.5)
+    bind_coefficients(model, alpha, skip_last=True)  # hybrid training: the last layer keeps its scores
+    assert model[3].source.scores is scores[1] and model[0].source.alpha.shape == (3,)
+    model[1].add_slot(), model[1].add_slot()
+    set_bn_slot(model, 1)
+    drop_bn_slots_from(model, 1)
+    assert model[1].num_slots == 1 and model[1].task_slot is None
+    unbind(model)
+    with pytest.raises(RuntimeError, match="bind_task"):
+        model(x)
