@@ -48,7 +48,9 @@ import torch.nn.functional as F
 from . import ops
 from .layers import ImpressConv2d, ImpressLinear, MultitaskNonAffineBN
 
-METHODS = ("oneshot", "binary", "iterative", "exhaustive", "calibrated", "fingerprint")
+GN_METHODS = ("oneshot", "binary", "iterative")
+"""The methods that read the entropy gradient of the superposition (SupSup's GN)."""
+METHODS = GN_METHODS + ("exhaustive", "calibrated", "fingerprint")
 DEFAULT_METHOD = "exhaustive"
 """Chosen by ``benchmarks/task_inference.py`` (see :func:`infer_task`)."""
 
@@ -552,7 +554,7 @@ def infer_task(
     per_example = None
     runner_up = None
     with _restored_sources(learner):
-        if method in ("oneshot", "binary", "iterative"):
+        if method in GN_METHODS:
             with torch.inference_mode(False), torch.enable_grad():
                 learner.model.eval()
                 scores, eliminated_last = _gn_scores(learner, x.clone(), names, method, steps, lr)
