@@ -106,10 +106,9 @@ def fill_bank_(learner, num_masks: int, seed: int) -> None:
 
 def run_case(backend: str, num_masks: int, args) -> dict:
     import torch
-    import torch.nn.functional as F
-
-    from impresslearn.learner import ImpressLearner
+    from impresslearn import ImpressLearner
     from impresslearn.models import create_model
+    from impresslearn.objectives import AlphaObjective
 
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     t0 = time.perf_counter()
@@ -120,18 +119,15 @@ def run_case(backend: str, num_masks: int, args) -> dict:
     k, d = learner.num_masks, learner.num_layers
     bank_bytes = sum(layer.bank.numel() for layer in learner.layers)
 
-    alpha = torch.nn.Parameter(torch.full((k, d), 1.0 / k, device=device))
-    optimizer = torch.optim.Adam([alpha], lr=2.5e-3)
-    learner._add_bn_slot()  # the new task's BN statistics
-    learner._set_bn_slot(0)
-    learner.model.train()
+    objective = AlphaObjective(learner)  # alpha[K, d] = 1/K; reserves the new task's BN slot
+    alpha = objective.alpha
+    optimizer = torch.optim.Adam(objective.parameters(), lr=2.5e-3)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=g).to(device)
     y = torch.randint(0, 1000, (args.batch,), generator=g).to(device)
 
     def step():
-        learner._bind_coefficients(alpha)
-        loss = F.cross_entropy(learner.model(x), y)
+        loss = objective(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

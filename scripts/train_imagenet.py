@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -43,12 +42,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
-from impresslearn import ops
+from impresslearn import ImpressLearner, TrainConfig, accounting, ops
 from impresslearn._atomic import atomic_write
-from impresslearn.learner import ImpressLearner, TrainConfig
+from impresslearn.layers import one_hot_coefficients
 from impresslearn.models import create_model
+from impresslearn.objectives import AlphaObjective
+from impresslearn.tasks import bank_sha256, bn_slot_statistics, load_bn_slot_statistics_
 from impresslearn.scenarios import BatchLoader, create_scenario
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -186,29 +186,6 @@ def all_gather_tensor(t: torch.Tensor, device: torch.device) -> list[torch.Tenso
     return [o.cpu() for o in out]
 
 
-# ----------------------------------------------------------------------------- state digests
-
-
-def bank_sha256(learner: ImpressLearner) -> str:
-    """SHA-256 of every layer's bank bytes, in layer order."""
-    h = hashlib.sha256()
-    for layer in learner.layers:
-        h.update(layer.bank.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def state_sha256(learner: ImpressLearner) -> str:
-    """SHA-256 of the banks, every task's coefficients and BN statistics: the learner's whole state."""
-    h = hashlib.sha256(bank_sha256(learner).encode())
-    for rec in learner.tasks.values():
-        h.update(rec.name.encode())
-        h.update(rec.coefficients.detach().cpu().contiguous().numpy().tobytes())
-    for bn in learner.bns:
-        h.update(bn.running_mean.detach().cpu().contiguous().numpy().tobytes())
-        h.update(bn.running_var.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- learner state
 
 
@@ -218,34 +195,10 @@ def build_learner(args, env: Dist, num_classes: int) -> ImpressLearner:
                           progress=args.progress and env.main)  # fmt: skip
 
 
-def bn_slot_vector(learner: ImpressLearner, slot: int) -> torch.Tensor:
-    """One task's BN running statistics as one fp32 vector (mean then var of every BN)."""
-    parts = [t for bn in learner.bns for t in (bn.running_mean[slot], bn.running_var[slot])]
-    return torch.cat([p.detach().float().reshape(-1) for p in parts]) if parts else torch.zeros(0)
-
-
-def load_bn_slot_(learner: ImpressLearner, slot: int, vector: torch.Tensor) -> None:
-    offset = 0
-    with torch.no_grad():
-        for bn in learner.bns:
-            for buf in (bn.running_mean, bn.running_var):
-                c = buf.shape[1]
-                buf[slot].copy_(vector[offset : offset + c].to(buf.device))
-                offset += c
-    if offset != vector.numel():
-        raise RuntimeError(f"BN statistics vector has {vector.numel()} values, the model needs {offset}")
-
-
 def mask_from_bank(bank: torch.Tensor, index: int) -> torch.Tensor:
     """Mask ``index`` of a byte-plane bank as bool[n]: bit ``index % 8`` of plane ``index // 8``."""
     plane = index // 8
     return ops.unpack_masks(bank[plane : plane + 1], 8)[index % 8]
-
-
-def one_hot_coefficients(index: int, num_layers: int) -> torch.Tensor:
-    a = torch.zeros(index + 1, num_layers)
-    a[index] = 1.0
-    return a
 
 
 # ----------------------------------------------------------------------------- data
@@ -413,11 +366,12 @@ def train_basis(args, env: Dist, scenario, learner: ImpressLearner, progress: Pr
                                  seed=derive_seed("data", args.seed, mine.name), num_workers=args.workers)  # fmt: skip
             t0 = time.perf_counter()
             with autocast(args, env, allow_fp16=False):
-                index = worker.learn_basis_mask(mine.name, loader, TrainConfig(seed=mine.seed, **cfg_base))
+                history = worker.learn_basis_mask(mine.name, loader, TrainConfig(seed=mine.seed, **cfg_base))
+            index = history.task.mask_index
             print(f"[rank {env.rank}] mask {mine.name}: {time.perf_counter() - t0:.1f} s", flush=True)
             # The new mask as a one-mask byte plane per layer (bit 0), layers end to end.
             packed = torch.cat([ops.pack_masks(mask_from_bank(layer.bank, index).view(1, -1)) for layer in worker.layers], dim=1)
-            stats = bn_slot_vector(worker, worker.tasks[mine.name].bn_slot)
+            stats = bn_slot_statistics(worker.bns, history.task.bn_slot)
             progress.maybe_crash()
         else:  # fewer jobs than ranks in the last round: send zeros, ignored below
             packed = torch.zeros(1, sum(sizes), dtype=torch.uint8)
@@ -428,9 +382,9 @@ def train_basis(args, env: Dist, scenario, learner: ImpressLearner, progress: Pr
             flat = ops.unpack_masks(planes[r].view(1, -1), 1)[0]
             masks = [m.view(1, -1) for m in torch.split(flat, sizes)]
             (index,) = learner.add_masks(masks, owner=job.name)
-            learner.register_task(job.name, one_hot_coefficients(index, learner.num_layers), kind="basis")
-            load_bn_slot_(learner, learner.tasks[job.name].bn_slot, all_stats[r])
-        check_same_everywhere("the bank after a round of basis masks", bank_sha256(learner))
+            rec = learner.register_task(job.name, one_hot_coefficients(learner.model, index), kind="basis")
+            load_bn_slot_statistics_(learner.bns, rec.bn_slot, all_stats[r])
+        check_same_everywhere("the bank after a round of basis masks", bank_sha256(learner.layers))
         for job in round_jobs:
             acc = evaluate(learner, job.name, scenario.task(job.task).test, args, env)
             progress.results["tasks"][job.name] = dict(kind="basis", task=job.task, accuracy=acc, mask_index=learner.tasks[job.name].mask_index)
@@ -439,30 +393,6 @@ def train_basis(args, env: Dist, scenario, learner: ImpressLearner, progress: Pr
 
 
 # ----------------------------------------------------------------------------- phase 2
-
-
-class AlphaObjective(nn.Module):
-    """Eq. 2 as a module whose only parameter is ``alpha[K, d]``, for DistributedDataParallel.
-
-    The learner's model is held outside the module tree on purpose: DDP would otherwise
-    broadcast its buffers (the banks: 0.8 GB for ResNet-50 at K = 250) from rank 0 at
-    construction. Only alpha's gradient is all-reduced.
-    """
-
-    def __init__(self, learner: ImpressLearner, lam: float):
-        super().__init__()
-        k, d = learner.num_masks, learner.num_layers
-        self.alpha = nn.Parameter(torch.full((k, d), 1.0 / k, device=learner.device))
-        self.lam = lam
-        self._learner = [learner]  # a list hides it from nn.Module's registration
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        learner = self._learner[0]
-        learner._bind_coefficients(self.alpha)
-        loss = F.cross_entropy(learner.model(x).float(), y)
-        if self.lam:
-            loss = loss + self.lam * ((self.alpha.abs().sum(dim=0) - 1.0) ** 2).sum()
-        return loss
 
 
 def peak_memory_reset(env: Dist) -> None:
@@ -486,18 +416,17 @@ def learn_new_task(args, env: Dist, scenario, learner: ImpressLearner, t: int, p
     torch.manual_seed(derive_seed("alpha", args.seed, t, env.rank))
     cfg = TrainConfig(epochs=args.alpha_epochs, lr=args.alpha_lr, optimizer=args.alpha_optimizer,
                       momentum=0.9, lam=args.lam, seed=derive_seed("alpha", args.seed, t))  # fmt: skip
-    objective = AlphaObjective(learner, args.lam)
-    # The objective has no buffers, so DDP's buffer sync has nothing to broadcast.
+    # alpha[K, d] is the objective's only parameter; the model (banks, backbone) stays outside its
+    # module tree, so DDP all-reduces alpha's gradient and broadcasts nothing else. The objective
+    # reserves the task's BN slot, which trains with it.
+    objective = AlphaObjective(learner, lam=cfg.lam, seed=cfg.seed)
     ddp = nn.parallel.DistributedDataParallel(objective, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    optimizer = cfg.make_optimizer([objective.alpha])
+    optimizer = cfg.make_optimizer(objective.parameters())
     sampler = torch.utils.data.DistributedSampler(task.train, num_replicas=env.world, rank=env.rank, shuffle=True,
                                                   seed=derive_seed("data", args.seed, name))  # fmt: skip
     loader = torch.utils.data.DataLoader(task.train, batch_size=args.batch_size, sampler=sampler,
                                          num_workers=args.workers, pin_memory=env.device.type == "cuda")  # fmt: skip
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(args, env) == torch.float16)
-    slot = learner._add_bn_slot()  # the task trains its own BN statistics
-    learner._set_bn_slot(slot)
-    learner.model.train()
     t0, steps, first_step = time.perf_counter(), 0, True
     try:
         for epoch in range(cfg.epochs):
@@ -525,23 +454,20 @@ def learn_new_task(args, env: Dist, scenario, learner: ImpressLearner, t: int, p
             total = total.to(env.device)
             dist.all_reduce(total)
             log(env, f"alpha {name} epoch {epoch + 1}/{cfg.epochs}: loss {float(total[0] / total[1]):.4f}")
-    finally:
-        learner.model.eval()
-        for layer in learner.layers:
-            layer.clear_source()
+    except BaseException:
+        objective.discard()
+        raise
     # Every rank saw other data: average the task's BN statistics, then take rank 0's alpha and
     # statistics verbatim so that every rank stores the same bytes.
-    stats = bn_slot_vector(learner, slot).to(env.device)
+    stats = bn_slot_statistics(learner.bns, objective.bn_slot).to(env.device)
     dist.all_reduce(stats)
     stats /= env.world
-    alpha = objective.alpha.detach().clone()
-    dist.broadcast(alpha, 0)
     dist.broadcast(stats, 0)
-    learner._drop_bn_slots_from(slot)
-    learner.register_task(name, alpha.cpu(), kind="new")
-    learner.tasks[name].config = dataclasses.asdict(cfg)
-    load_bn_slot_(learner, learner.tasks[name].bn_slot, stats.cpu())
-    check_same_everywhere(f"the learner state after task {name}", state_sha256(learner))
+    with torch.no_grad():
+        dist.broadcast(objective.alpha.data, 0)
+    load_bn_slot_statistics_(learner.bns, objective.bn_slot, stats.cpu())
+    objective.commit(name, config=cfg)
+    check_same_everywhere(f"the learner state after task {name}", learner.state_sha256())
     acc = evaluate(learner, name, task.test, args, env)
     progress.results["tasks"][name] = dict(kind="new", task=t, accuracy=acc, steps=steps,
                                            seconds=round(time.perf_counter() - t0, 2))  # fmt: skip
@@ -554,16 +480,15 @@ def learn_new_task(args, env: Dist, scenario, learner: ImpressLearner, t: int, p
 
 def memory_report(learner: ImpressLearner, planned_masks: int) -> dict:
     """Bank bytes now and at the planned K, next to SupSup's fp32 masks (one float per weight per mask)."""
-    n = sum(layer.weight.numel() for layer in learner.layers)
-    planes = ops.num_planes(planned_masks)
+    sizes, _ = accounting.model_sizes(learner.model)
     return dict(
-        weights=n,
+        weights=sum(sizes),
         layers=learner.num_layers,
         masks=learner.num_masks,
-        bank_bytes=sum(layer.bank.numel() for layer in learner.layers),
+        bank_bytes=accounting.bank_bytes(sizes, learner.num_masks),
         planned_masks=planned_masks,
-        planned_bank_bytes=n * planes,
-        supsup_fp32_bytes=planned_masks * n * 4,
+        planned_bank_bytes=accounting.bank_bytes(sizes, planned_masks),
+        supsup_fp32_bytes=accounting.dense_float_masks_bytes(sizes, planned_masks),
     )
 
 
@@ -599,7 +524,7 @@ def main(argv=None) -> int:
             learner = build_learner(args, env, scenario.num_classes)
         # Same seed -> same backbone on every rank, or nothing below is meaningful.
         check_same_everywhere("the backbone's SHA-256", learner.weights_sha256())
-        check_same_everywhere("the learner state at start", state_sha256(learner))
+        check_same_everywhere("the learner state at start", learner.state_sha256())
         results = {"args": {k: v for k, v in vars(args).items()}, "world_size": env.world, "tasks": {}}
         if (out / RESULTS).exists():
             previous = json.loads((out / RESULTS).read_text())
@@ -623,10 +548,10 @@ def main(argv=None) -> int:
         for t in todo:
             learn_new_task(args, env, scenario, learner, t, progress)
 
-        digest = state_sha256(learner)
+        digest = learner.state_sha256()
         check_same_everywhere("the final learner state", digest)
         # Each rank records what it holds, so a test can compare the ranks' banks directly.
-        write_json(out / f"rank{env.rank}.json", dict(rank=env.rank, bank_sha256=bank_sha256(learner), state_sha256=digest))
+        write_json(out / f"rank{env.rank}.json", dict(rank=env.rank, bank_sha256=bank_sha256(learner.layers), state_sha256=digest))
         if env.main:
             results["state_sha256"] = digest
             results["storage"] = learner.storage_report()
