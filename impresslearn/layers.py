@@ -39,8 +39,10 @@ INITS = ("signed_constant", "kaiming_normal")
 # ----------------------------------------------------------------------------- backbone init
 
 
-def backbone_weight(shape: torch.Size | tuple[int, ...], generator: torch.Generator, init: str) -> torch.Tensor:
+def backbone_weight(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, init: str) -> torch.Tensor:
     """A frozen weight drawn on the CPU from ``generator`` (float32), so a seed fixes it bit for bit.
+
+    ``generator=None`` draws from torch's global CPU generator (``torch.manual_seed`` fixes it).
 
     ``kaiming_normal``: N(0, gain / sqrt(fan_in)) with the ReLU gain (paper footnote 2).
     ``signed_constant``: sign(kaiming_normal) * gain / sqrt(fan_in) (SupSup's default).
@@ -96,9 +98,13 @@ class _ImpressMixin:
     """Bank, extra bank, frozen weight and mask source shared by the linear and conv layers."""
 
     weight: torch.Tensor
+    bias: torch.Tensor | None
 
-    def _init_impress(self) -> None:
-        self.weight.requires_grad_(False)
+    def _init_impress(self, seed: int | None, init: str) -> None:
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         n = self.weight.numel()
         self.register_buffer("bank", torch.zeros(0, n, dtype=torch.uint8, device=self.weight.device))
         self.register_buffer("extra_bank", torch.zeros(0, n, dtype=torch.uint8, device=self.weight.device))
@@ -106,12 +112,44 @@ class _ImpressMixin:
         self.num_extra = 0
         self.backend: str | None = None
         self.source: ScoresSource | CoefficientSource | None = None
+        self.seed, self.init = seed, init
+        self.reset_parameters()
 
     # -- backbone -------------------------------------------------------------------------
-    def reset_backbone_(self, generator: torch.Generator, init: str) -> None:
-        """Regenerate ``W_i`` from ``generator`` (CPU), then move it to the layer's device."""
+    def reset_parameters(self) -> None:
+        """Draw the frozen backbone from ``seed`` (None: torch's global RNG, as ``nn.Linear`` does).
+
+        The weight comes from :func:`backbone_weight`; a bias, when the layer has one, is drawn
+        next from the same generator like ``nn.Linear``'s (uniform, bound 1/sqrt(fan_in)).
+        Both are frozen: only masks, scores and coefficients ever train.
+        """
+        if "bank" not in self._buffers:
+            return  # nn.Linear / nn.Conv2d's __init__ calls this before _init_impress sets seed and init
+        generator = None if self.seed is None else torch.Generator(device="cpu").manual_seed(self.seed)
+        self.reset_backbone_(generator, self.init)
+        if self.bias is not None:
+            fan_in = math.prod(self.weight.shape[1:])
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            drawn = (torch.rand(self.bias.shape, generator=generator, dtype=torch.float32) * 2 - 1) * bound
+            with torch.no_grad():
+                self.bias.copy_(drawn)
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+
+    def reset_backbone_(self, generator: torch.Generator | None, init: str) -> None:
+        """Regenerate ``W_i`` from ``generator`` (CPU), then move it to the layer's device.
+
+        Only the weight: a kept bias is not part of the random backbone (``convert`` keeps the
+        original module's own bias).
+        """
         with torch.no_grad():
             self.weight.copy_(backbone_weight(self.weight.shape, generator, init))
+        self.init = init
+
+    def _backbone(self) -> torch.Tensor:
+        """The weight as the ops take it: contiguous (``model.to(memory_format=...)`` may have changed it)."""
+        return self.weight.contiguous()
 
     # -- sources --------------------------------------------------------------------------
     def use_scores(self, scores: torch.Tensor, density: float) -> None:
@@ -154,8 +192,9 @@ class _ImpressMixin:
         """``W_eff`` of the bound source (for inspection and tests; forward may fuse it away)."""
         src = self._require_source()
         if isinstance(src, ScoresSource):
-            return ops.edge_popup_weight(self.weight, src.scores, src.density, backend=self.backend)
-        parts = [ops.combine_masks(self.weight, bank, a, backend=self.backend) for bank, a in self._terms()]
+            return ops.edge_popup_weight(self._backbone(), src.scores, src.density, backend=self.backend)
+        weight = self._backbone()
+        parts = [ops.combine_masks(weight, bank, a, backend=self.backend) for bank, a in self._terms()]
         return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
     def _require_source(self):
@@ -223,32 +262,120 @@ class _ImpressMixin:
             self.bank, self.num_masks = bank, count
 
     def _impress_repr(self) -> str:
-        return f", masks={self.num_masks}, extra_masks={self.num_extra}"
+        return f", masks={self.num_masks}, extra_masks={self.num_extra}, init={self.init}"
+
+    # -- state_dict -----------------------------------------------------------------------
+    # The banks' byte planes do not say how many masks they hold (8 masks share a plane), so the
+    # counts travel as extra state. Loading sizes the banks to the incoming ones (any K) and
+    # refuses, before anything is copied, a backbone that is not this layer's: masks learned on
+    # one random weight mean nothing on another.
+
+    def get_extra_state(self) -> dict:
+        return {"format": STATE_FORMAT, "num_masks": self.num_masks, "num_extra": self.num_extra}
+
+    def set_extra_state(self, state: dict) -> None:
+        # checked by _load_from_state_dict before any tensor was copied
+        self.num_masks, self.num_extra = int(state["num_masks"]), int(state["num_extra"])
+        self.source = None  # the banks changed under whatever was bound
+
+    def _load_problem(self, state_dict: dict, prefix: str) -> str | None:
+        weight = state_dict.get(prefix + "weight")
+        if isinstance(weight, torch.Tensor):
+            if weight.shape != self.weight.shape:
+                return (
+                    f"the state_dict's weight has shape {tuple(weight.shape)} but this {type(self).__name__} has "
+                    f"{tuple(self.weight.shape)}: a different architecture"
+                )
+            if not _same_values(weight, self.weight):
+                return (
+                    "the state_dict's backbone weight differs from this layer's: it was saved from a model built "
+                    "with another seed or init. Build this model with the same seed and init (the frozen backbone "
+                    "is never loaded over: masks learned on one random weight mean nothing on another)"
+                )
+        meta = state_dict.get(prefix + "_extra_state")
+        if meta is None:
+            return None  # PyTorch reports the missing key (strict) or keeps this layer's banks
+        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+            return f"its extra state is not an impresslearn layer state of format {STATE_FORMAT}: {meta!r}"
+        n = self.weight.numel()
+        for name, key in (("bank", "num_masks"), ("extra_bank", "num_extra")):
+            count, bank = meta.get(key), state_dict.get(prefix + name)
+            if not isinstance(count, int) or count < 0:
+                return f"its extra state's {key} must be an int >= 0, got {count!r}"
+            want = (num_planes(count), n)
+            if not isinstance(bank, torch.Tensor) or bank.dtype != torch.uint8 or tuple(bank.shape) != want:
+                got = f"{bank.dtype} of shape {tuple(bank.shape)}" if isinstance(bank, torch.Tensor) else "missing"
+                return f"{name} must be uint8{list(want)} for {count} masks, got {got}"
+        return None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        problem = self._load_problem(state_dict, prefix)
+        if problem is not None:
+            error_msgs.append(f"{prefix.rstrip('.') or type(self).__name__}: {problem}")
+            return
+        if prefix + "_extra_state" in state_dict:
+            for name in ("bank", "extra_bank"):  # any K: size the buffer so PyTorch's copy fits
+                incoming = state_dict[prefix + name]
+                setattr(self, name, torch.empty(incoming.shape, dtype=torch.uint8, device=self.weight.device))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )  # fmt: skip
+
+
+STATE_FORMAT = 1  # version of the layers' extra state in a state_dict
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal at the coarser of the two dtypes (a model cast to half still matches its fp32 state)."""
+    coarse = a.dtype if torch.finfo(a.dtype).eps >= torch.finfo(b.dtype).eps else b.dtype
+    return torch.equal(a.detach().to("cpu", coarse), b.detach().to("cpu", coarse))
 
 
 class ImpressLinear(_ImpressMixin, nn.Linear):
-    """``nn.Linear`` (no bias) over a frozen random weight and a byte-plane bank of masks."""
+    """``nn.Linear`` over a frozen random weight and a byte-plane bank of masks.
 
-    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
-        super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
-        self._init_impress()
+    Takes ``nn.Linear``'s arguments plus ``seed`` and ``init`` (see :func:`backbone_weight`).
+    ``bias`` defaults to False (the ImpressLearn backbone has none); ``bias=True`` adds a frozen
+    bias, drawn like ``nn.Linear``'s from the same seed, that no mask touches.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        seed: int | None = None,
+        init: str = "signed_constant",
+    ):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._init_impress(seed, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         src = self._require_source()
         if isinstance(src, ScoresSource):
-            return F.linear(x, ops.edge_popup_weight(self.weight, src.scores, src.density, backend=self.backend))
+            w = ops.edge_popup_weight(self._backbone(), src.scores, src.density, backend=self.backend)
+            return F.linear(x, w, self.bias)
         terms = self._terms()
         if len(terms) == 1:
             bank, alpha = terms[0]
-            return ops.impress_linear(x, self.weight, bank, alpha, backend=self.backend)
-        return F.linear(x, self.effective_weight())
+            out = ops.impress_linear(x, self._backbone(), bank, alpha, backend=self.backend)
+            return out if self.bias is None else out + self.bias
+        return F.linear(x, self.effective_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._impress_repr()
 
 
 class ImpressConv2d(_ImpressMixin, nn.Conv2d):
-    """``nn.Conv2d`` (no bias, zero padding) over a frozen random weight and a byte-plane bank."""
+    """``nn.Conv2d`` over a frozen random weight and a byte-plane bank of masks.
+
+    Takes ``nn.Conv2d``'s arguments (string padding and every ``padding_mode`` included) plus
+    ``seed`` and ``init``; ``bias`` defaults to False, ``bias=True`` adds a frozen bias as in
+    :class:`ImpressLinear`.
+    """
 
     def __init__(
         self,
@@ -259,28 +386,36 @@ class ImpressConv2d(_ImpressMixin, nn.Conv2d):
         padding=0,
         dilation=1,
         groups: int = 1,
+        bias: bool = False,
+        padding_mode: str = "zeros",
         device=None,
         dtype=None,
+        *,
+        seed: int | None = None,
+        init: str = "signed_constant",
     ):
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-            bias=False, padding_mode="zeros", device=device, dtype=dtype,
+            bias=bias, padding_mode=padding_mode, device=device, dtype=dtype,
         )  # fmt: skip
-        if isinstance(self.padding, str):
-            raise ValueError("ImpressConv2d takes explicit integer padding, not 'same'/'valid'")
-        self._init_impress()
+        self._init_impress(seed, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         src = self._require_source()
-        conv = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        padding = self.padding
+        if self.padding_mode != "zeros":  # as nn.Conv2d._conv_forward: pad explicitly, then convolve unpadded
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        conv = dict(stride=self.stride, padding=padding, dilation=self.dilation, groups=self.groups)
         if isinstance(src, ScoresSource):
-            w = ops.edge_popup_weight(self.weight, src.scores, src.density, backend=self.backend)
-            return F.conv2d(x, w, None, **conv)
+            w = ops.edge_popup_weight(self._backbone(), src.scores, src.density, backend=self.backend)
+            return F.conv2d(x, w, self.bias, **conv)
         terms = self._terms()
         if len(terms) == 1:
             bank, alpha = terms[0]
-            return ops.impress_conv2d(x, self.weight, bank, alpha, backend=self.backend, **conv)
-        return F.conv2d(x, self.effective_weight(), None, **conv)
+            out = ops.impress_conv2d(x, self._backbone(), bank, alpha, backend=self.backend, **conv)
+            return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+        return F.conv2d(x, self.effective_weight(), self.bias, **conv)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._impress_repr()
@@ -328,6 +463,25 @@ class MultitaskNonAffineBN(nn.Module):
         device = self.running_mean.device
         self.running_mean = running_mean.to(device, torch.float32).contiguous()
         self.running_var = running_var.to(device, torch.float32).contiguous()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        mean, var = state_dict.get(prefix + "running_mean"), state_dict.get(prefix + "running_var")
+        if isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor):
+            if mean.dim() != 2 or mean.shape != var.shape or mean.shape[1] != self.num_features:
+                error_msgs.append(
+                    f"{prefix.rstrip('.') or type(self).__name__}: BN statistics in the state_dict are "
+                    f"{tuple(mean.shape)} and {tuple(var.shape)}, this layer needs [slots, {self.num_features}]: "
+                    "a different architecture"
+                )
+                return
+            # any number of slots: size the buffers so PyTorch's copy fits
+            self.running_mean = torch.empty(mean.shape, dtype=self.running_mean.dtype, device=self.running_mean.device)
+            self.running_var = torch.empty(var.shape, dtype=self.running_var.dtype, device=self.running_var.device)
+            if self.task_slot is not None and self.task_slot >= mean.shape[0]:
+                self.task_slot = None
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slot = self.task_slot

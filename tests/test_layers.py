@@ -218,10 +218,10 @@ def test_multitask_bn_keeps_a_slot_per_task():
 # ----------------------------------------------------------------------------- binding a task to a model
 
 
-def _two_layer_model(k=3, extra=0):
+def _two_layer_model(k=3, extra=0, seed=0):
     import torch.nn as nn
 
-    model = nn.Sequential(ImpressLinear(5, 4), MultitaskNonAffineBN(4), nn.ReLU(), ImpressLinear(4, 3))
+    model = nn.Sequential(ImpressLinear(5, 4, seed=seed), MultitaskNonAffineBN(4), nn.ReLU(), ImpressLinear(4, 3, seed=seed + 1))
     g = _gen(7)
     for layer in (model[0], model[3]):
         for _ in range(k):
@@ -317,3 +317,132 @@ def test_bind_functions_drive_a_model_without_the_learner():
     unbind(model)
     with pytest.raises(RuntimeError, match="bind_task"):
         model(x)
+
+
+# ----------------------------------------------------------------------------- constructors
+
+
+def test_constructors_take_nn_arguments_plus_seed_and_init():
+    import torch.nn as nn
+
+    a, b, c = ImpressLinear(5, 3, seed=4), ImpressLinear(5, 3, seed=4), ImpressLinear(5, 3, seed=5)
+    assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
+    assert torch.equal(a.weight, backbone_weight((3, 5), _gen(4), "signed_constant"))
+    assert torch.equal(ImpressLinear(5, 3, seed=4, init="kaiming_normal").weight, backbone_weight((3, 5), _gen(4), "kaiming_normal"))
+    torch.manual_seed(11)
+    d = ImpressLinear(5, 3)  # seed=None: torch's global generator, like nn.Linear
+    torch.manual_seed(11)
+    assert torch.equal(d.weight, ImpressLinear(5, 3).weight)
+    assert a.bias is None and not a.weight.requires_grad
+    with pytest.raises(ValueError, match="init must be one of"):
+        ImpressLinear(2, 2, init="xavier")
+    with pytest.raises(TypeError, match="seed must be an int"):
+        ImpressLinear(2, 2, seed="0")
+
+    # bias=True: a frozen bias drawn from the same seed, added after the masked product
+    biased = ImpressLinear(5, 3, bias=True, seed=4)
+    assert torch.equal(biased.weight, a.weight) and not biased.bias.requires_grad
+    assert biased.bias.abs().max() <= 1 / math.sqrt(5) and torch.equal(biased.bias, ImpressLinear(5, 3, True, seed=4).bias)
+    mask = _masks(1, (3, 5))[0]
+    biased.add_mask(mask)
+    biased.use_coefficients(torch.ones(1))
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(biased(x), F.linear(x, biased.weight * mask, biased.bias))
+
+    # every nn.Conv2d padding: strings, padding modes, even kernels ('same' pads asymmetrically)
+    for kwargs in (dict(padding="same", padding_mode="reflect"), dict(padding="valid"), dict(padding=1, padding_mode="circular"),
+                   dict(kernel_size=4, padding="same", dilation=2), dict(padding=2, padding_mode="replicate", bias=True, stride=2)):  # fmt: skip
+        kwargs = {"kernel_size": 3, **kwargs}
+        conv = ImpressConv2d(2, 3, seed=0, **kwargs)
+        dense = nn.Conv2d(2, 3, **{"bias": False, **kwargs})
+        mask = _masks(1, conv.weight.shape)[0]
+        conv.add_mask(mask)
+        conv.use_coefficients(torch.ones(1))
+        with torch.no_grad():
+            dense.weight.copy_(conv.weight * mask)
+            if conv.bias is not None:
+                dense.bias.copy_(conv.bias)
+        x = torch.randn(2, 2, 7, 6)
+        torch.testing.assert_close(conv(x), dense(x), msg=str(kwargs))
+
+
+# ----------------------------------------------------------------------------- state_dict, dtype, memory format
+
+
+def _filled(model, k, extra, slots, seed=3):
+    g = _gen(seed)
+    for layer in (model[0], model[3]):
+        for _ in range(k):
+            layer.add_mask(torch.rand(layer.weight.shape, generator=g) < 0.5)
+    for _ in range(extra):
+        model[3].add_mask(torch.rand(model[3].weight.shape, generator=g) < 0.5, extra=True)
+    for _ in range(slots):
+        slot = model[1].add_slot()
+        model[1].running_mean[slot] = torch.randn(4, generator=g)
+        model[1].running_var[slot] = torch.rand(4, generator=g) + 0.5
+    return model
+
+
+@pytest.mark.parametrize("k, extra, slots", [(1, 0, 1), (11, 3, 2), (17, 9, 5)])
+def test_state_dict_round_trip_restores_banks_of_any_size(k, extra, slots):
+    import io
+
+    from impresslearn import task_bound
+
+    model = _filled(_two_layer_model(k=0), k, extra, slots).eval()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    fresh = _two_layer_model(k=0).eval()  # same seeds, empty banks, no BN slot
+    fresh.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=False))
+    for a, b in ((model[0], fresh[0]), (model[3], fresh[3])):
+        assert (b.num_masks, b.num_extra) == (a.num_masks, a.num_extra)
+        assert torch.equal(a.bank, b.bank) and torch.equal(a.extra_bank, b.extra_bank)
+    assert fresh[1].num_slots == slots
+    x, alpha = torch.randn(5, 5), torch.randn(k, 2)
+    extra_alpha = torch.randn(extra) if extra else None
+    with task_bound(model, alpha, bn_slot=slots - 1, last_layer_extra=extra_alpha):
+        want = model(x)
+    with task_bound(fresh, alpha, bn_slot=slots - 1, last_layer_extra=extra_alpha):
+        assert torch.equal(fresh(x), want)
+
+
+def test_state_dict_refuses_another_seed_architecture_or_bad_counts():
+    import torch.nn as nn
+
+    state = _filled(_two_layer_model(k=0), 3, 1, 1).state_dict()
+    other_seed = _two_layer_model(k=0, seed=9)
+    with pytest.raises(RuntimeError, match=r"0: the state_dict's backbone weight differs .* another seed"):
+        other_seed.load_state_dict(state)
+    assert other_seed[0].num_masks == 0 and other_seed[0].bank.shape[0] == 0  # nothing was loaded over
+    wider = nn.Sequential(ImpressLinear(5, 6, seed=0), MultitaskNonAffineBN(6), nn.ReLU(), ImpressLinear(6, 3, seed=1))
+    with pytest.raises(RuntimeError, match="different architecture"):
+        wider.load_state_dict(state)
+    bad = dict(state)
+    bad["3._extra_state"] = {"format": 1, "num_masks": 9, "num_extra": 1}  # 9 masks need 2 planes, the bank has 1
+    with pytest.raises(RuntimeError, match=r"bank must be uint8\[2, 12\] for 9 masks"):
+        _two_layer_model(k=0).load_state_dict(bad)
+    plain = nn.Sequential(nn.Linear(5, 4, bias=False))
+    with pytest.raises(RuntimeError, match="backbone weight differs"):  # an ordinary layer's weights are refused
+        nn.Sequential(ImpressLinear(5, 4, seed=0)).load_state_dict(plain.state_dict(), strict=False)
+
+
+def test_channels_last_and_dtype_changes_after_building():
+    import torch.nn as nn
+
+    from impresslearn import task_bound
+
+    model = nn.Sequential(ImpressConv2d(3, 4, 3, padding=1, seed=0), MultitaskNonAffineBN(4), nn.ReLU(),
+                          ImpressConv2d(4, 2, 3, seed=1))  # fmt: skip
+    g = _gen(2)
+    for layer in (model[0], model[3]):
+        for _ in range(5):
+            layer.add_mask(torch.rand(layer.weight.shape, generator=g) < 0.5)
+    x, alpha = torch.randn(2, 3, 8, 8), torch.randn(5, 2)
+    with task_bound(model, alpha):
+        want = model(x)
+        model.to(memory_format=torch.channels_last)
+        assert not model[0].weight.is_contiguous()
+        torch.testing.assert_close(model(x.to(memory_format=torch.channels_last)), want)
+        model.double()
+        assert model(x.double()).dtype == torch.float64
+        torch.testing.assert_close(model(x.double()), want.double(), atol=1e-5, rtol=1e-5)
