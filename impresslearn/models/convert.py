@@ -1,17 +1,56 @@
 """``convert``: swap a model's layers for Impress layers (torchao's module-swap style).
 
-Linear -> ImpressLinear, Conv2d -> ImpressConv2d (biases dropped: the backbone has none),
-BatchNorm1d/2d -> MultitaskNonAffineBN, then the backbone is regenerated from ``seed``.
+Linear -> ImpressLinear, Conv2d -> ImpressConv2d, BatchNorm1d/2d -> MultitaskNonAffineBN, then
+the backbone is regenerated from ``seed``. The rule is that a conversion either keeps what the
+model computes (up to the masks) or refuses with the module's name; it never changes the model
+silently:
+
+- Only the exact classes are swapped, and subclasses that do not override ``forward``. A
+  subclass with its own forward (timm's ``Conv2dSame``, ``StdConv2d``...) is refused, except
+  the ones with a known equivalent (timm's ``BatchNormAct2d`` becomes BN, then its own dropout
+  and activation; timm's ``Linear`` only differs under TorchScript).
+- A module registered under several names becomes one masked layer under all of them. A
+  Parameter shared between two modules is refused (swapping one would untie them).
+- Modules whose forward reads a child's weight directly, not through the child's forward
+  (``nn.MultiheadAttention``, torchvision's Swin attention), are refused: a mask would never
+  reach that weight. Exclude them with ``module_filter_fn``.
+- Biases are dropped with a warning naming the layers (the ImpressLearn backbone has none),
+  or kept frozen with ``keep_bias=True``.
+- A second ``convert`` of a converted model is a no-op when it would give the same backbone,
+  and an error otherwise (the banks and coefficients belong to the backbone they were learned on).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections import defaultdict
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from ..layers import INITS, ImpressConv2d, ImpressLinear, MultitaskNonAffineBN, impress_layers
+from ..layers import INITS, ImpressConv2d, ImpressLinear, MultitaskNonAffineBN, backbone_weight, impress_layers
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+_IMPRESS_TYPES = (ImpressLinear, ImpressConv2d, MultitaskNonAffineBN)
+_BASES = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+
+# Modules whose forward reads a child Linear's weight (or its own weight Parameters) directly:
+# swapping the child would mask a weight the forward never multiplies through the child.
+_READS_CHILD_WEIGHTS = {
+    "torch.nn.modules.activation.MultiheadAttention": "its forward passes in_proj_weight and out_proj.weight "
+    "straight to F.multi_head_attention_forward",
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": "its forward passes qkv.weight and proj.weight "
+    "straight to shifted_window_attention",
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": "its forward passes qkv.weight and "
+    "proj.weight straight to shifted_window_attention",
+}
+
+
+def _qualname(module: nn.Module) -> str:
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def init_backbone_(model: nn.Module, seed: int, init: str = "signed_constant") -> nn.Module:
@@ -19,10 +58,7 @@ def init_backbone_(model: nn.Module, seed: int, init: str = "signed_constant") -
 
     Layers draw in module order, so the same seed gives the same weights bit for bit on any machine.
     """
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    _check_seed_init(seed, init)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     layers = impress_layers(model)
     if not layers:
@@ -32,25 +68,100 @@ def init_backbone_(model: nn.Module, seed: int, init: str = "signed_constant") -
     return model
 
 
-def _swap(module: nn.Module, fqn: str, module_filter_fn) -> nn.Module | None:
-    if isinstance(module, (ImpressLinear, ImpressConv2d, MultitaskNonAffineBN)):
+def _check_seed_init(seed, init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+
+
+def _backbone_is(model: nn.Module, seed: int, init: str) -> bool:
+    """Whether ``init_backbone_(model, seed, init)`` would leave every weight as it is."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    for layer in impress_layers(model):
+        drawn = backbone_weight(layer.weight.shape, generator, init).to(layer.weight.device, layer.weight.dtype)
+        if not torch.equal(drawn, layer.weight):
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------- single-module swaps
+
+
+def _bias_of(module: nn.Module, keep_bias: bool) -> bool:
+    return keep_bias and getattr(module, "bias", None) is not None
+
+
+def _linear(module: nn.Linear, keep_bias: bool) -> ImpressLinear:
+    w = module.weight
+    new = ImpressLinear(module.in_features, module.out_features, _bias_of(module, keep_bias), w.device, w.dtype)
+    return _copy_bias(module, new)
+
+
+def _conv(module: nn.Conv2d, keep_bias: bool) -> ImpressConv2d:
+    w = module.weight
+    new = ImpressConv2d(
+        module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+        module.dilation, module.groups, _bias_of(module, keep_bias), module.padding_mode, w.device, w.dtype,
+    )  # fmt: skip
+    return _copy_bias(module, new)
+
+
+def _copy_bias(old: nn.Module, new: ImpressLinear | ImpressConv2d):
+    if new.bias is not None:
+        with torch.no_grad():
+            new.bias.copy_(old.bias)  # keep_bias keeps the model's own (possibly pretrained) bias, frozen
+    return new
+
+
+def _batch_norm(module: nn.modules.batchnorm._BatchNorm, keep_bias: bool) -> MultitaskNonAffineBN:
+    device = module.running_mean.device if module.running_mean is not None else None
+    return MultitaskNonAffineBN(module.num_features, eps=module.eps, momentum=module.momentum or 0.1, device=device)
+
+
+def _batch_norm_act(module: nn.BatchNorm2d, keep_bias: bool) -> nn.Module:
+    """timm's BatchNormAct2d: normalise, then its own dropout and activation, as its forward does."""
+    return nn.Sequential(_batch_norm(module, keep_bias), module.drop, module.act)
+
+
+def _linear_ignoring_torchscript(module: nn.Linear, keep_bias: bool) -> ImpressLinear:
+    # timm's Linear only casts weight and bias to the input dtype under TorchScript
+    return _linear(module, keep_bias)
+
+
+_SWAPS: dict[type, Callable] = {
+    nn.Linear: _linear,
+    nn.Conv2d: _conv,
+    nn.BatchNorm1d: _batch_norm,
+    nn.BatchNorm2d: _batch_norm,
+}
+# subclasses with their own forward whose behaviour has an exact equivalent, by qualified name
+_KNOWN_SUBCLASSES: dict[str, Callable] = {
+    "timm.layers.norm_act.BatchNormAct2d": _batch_norm_act,
+    "timm.layers.linear.Linear": _linear_ignoring_torchscript,
+}
+
+
+def _swap_function(module: nn.Module, fqn: str) -> Callable | None:
+    """How to swap ``module``: a function, None (not a swappable layer), or a ValueError."""
+    if isinstance(module, _IMPRESS_TYPES):
         return None
-    keep = module_filter_fn is None or module_filter_fn(module, fqn)
-    device = next(module.parameters(), torch.empty(0)).device
-    if isinstance(module, nn.Linear) and keep:
-        return ImpressLinear(module.in_features, module.out_features, device=device)
-    if isinstance(module, nn.Conv2d) and keep:
-        if module.padding_mode != "zeros":
-            raise ValueError(f"{fqn}: Conv2d with padding_mode={module.padding_mode!r} is not supported (zeros only)")
-        if isinstance(module.padding, str):
-            raise ValueError(f"{fqn}: Conv2d with padding={module.padding!r} is not supported (integers only)")
-        return ImpressConv2d(
-            module.in_channels, module.out_channels, module.kernel_size, module.stride,
-            module.padding, module.dilation, module.groups, device=device,
-        )  # fmt: skip
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and keep:
-        return MultitaskNonAffineBN(module.num_features, eps=module.eps, momentum=module.momentum or 0.1, device=device)
-    return None
+    known = _KNOWN_SUBCLASSES.get(_qualname(module))
+    if known is not None:
+        return known
+    base = next((b for b in _BASES if isinstance(module, b)), None)
+    if base is None:
+        return None
+    if type(module) is not base and type(module).forward is not base.forward:
+        raise ValueError(
+            f"convert cannot mask {fqn or 'the model'} ({_qualname(module)}): it subclasses {base.__name__} with its "
+            f"own forward, which a plain Impress layer would drop. Keep it as it is with "
+            f"module_filter_fn=lambda module, fqn: fqn != {fqn!r}"
+        )
+    return _SWAPS[base]
+
+
+# ----------------------------------------------------------------------------- convert
 
 
 def convert(
@@ -58,28 +169,112 @@ def convert(
     *,
     seed: int,
     init: str = "signed_constant",
-    module_filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    module_filter_fn: FilterFn | None = None,
+    keep_bias: bool = False,
 ) -> nn.Module:
     """Swap Linear/Conv2d/BatchNorm for Impress layers in place and regenerate the backbone.
 
-    ``module_filter_fn(module, fqn)`` returning False keeps a module as it is (by default every
-    Linear and Conv2d is masked, first and last included). Returns ``model``.
+    ``module_filter_fn(module, fqn)`` returning False keeps a module as it is (torchao's
+    convention; by default every Linear and Conv2d is masked, first and last included).
+    ``keep_bias=True`` keeps each layer's bias, frozen; by default biases are dropped with a
+    warning naming the layers. Returns ``model`` (a new module when ``model`` itself is a layer).
+    See the module docstring for what is refused and why.
     """
+    _check_seed_init(seed, init)
+    # every name of every module: a module registered twice must be swapped under both names
+    names: dict[int, list[str]] = defaultdict(list)
+    modules: dict[int, nn.Module] = {}
+    for fqn, module in model.named_modules(remove_duplicate=False):
+        names[id(module)].append(fqn)
+        modules[id(module)] = module
 
-    def visit(parent: nn.Module, prefix: str) -> None:
-        for name, child in parent.named_children():
-            fqn = f"{prefix}.{name}" if prefix else name
-            new = _swap(child, fqn, module_filter_fn)
-            if new is not None:
-                setattr(parent, name, new)
-            else:
-                visit(child, fqn)
+    plan: dict[int, Callable] = {}
+    for key, module in modules.items():
+        fqns = names[key]
+        kept = {fqn: module_filter_fn is None or bool(module_filter_fn(module, fqn)) for fqn in fqns}
+        if len(set(kept.values())) > 1:
+            raise ValueError(
+                f"module_filter_fn keeps {[f for f, k in kept.items() if k]} but not "
+                f"{[f for f, k in kept.items() if not k]}, which are one module registered under several names"
+            )
+        if not all(kept.values()):
+            continue
+        swap = _swap_function(module, fqns[0])
+        if swap is not None:
+            plan[key] = swap
 
-    root = _swap(model, "", module_filter_fn)
-    if root is not None:
-        model = root
+    _refuse_weights_read_elsewhere(model, names, modules, plan)
+    _refuse_shared_parameters(names, modules, plan)
+
+    existing = impress_layers(model)
+    if existing:
+        return _second_conversion(model, seed, init, existing, [names[k][0] for k in plan])
+
+    dropped = [names[k][0] for k in plan if not keep_bias and getattr(modules[k], "bias", None) is not None
+               and not isinstance(modules[k], nn.modules.batchnorm._BatchNorm)]  # fmt: skip
+    replacements = {key: swap(modules[key], keep_bias) for key, swap in plan.items()}
+    if id(model) in replacements:
+        model = replacements[id(model)]
     else:
-        visit(model, "")
+        for key, new in replacements.items():
+            for fqn in names[key]:
+                parent, _, attr = fqn.rpartition(".")
+                setattr(model.get_submodule(parent), attr, new)
+    if dropped:
+        shown = ", ".join(dropped[:8]) + (f" and {len(dropped) - 8} more" if len(dropped) > 8 else "")
+        warnings.warn(
+            f"convert dropped the bias of {len(dropped)} layers ({shown}): the ImpressLearn backbone has none; "
+            "pass keep_bias=True to keep them, frozen",
+            stacklevel=2,
+        )
     init_backbone_(model, seed, init)
     model.impress_spec = {"kind": "convert", "seed": seed, "init": init}
+    return model
+
+
+def _refuse_weights_read_elsewhere(model, names, modules, plan) -> None:
+    for key, module in modules.items():
+        reason = _READS_CHILD_WEIGHTS.get(_qualname(module))
+        if reason is None:
+            continue
+        inside = [names[k][0] for k in plan if any(n == names[key][0] or n.startswith(names[key][0] + ".")
+                                                  for n in names[k])]  # fmt: skip
+        if inside:
+            prefix = names[key][0]
+            raise ValueError(
+                f"convert cannot mask {prefix} ({type(module).__name__}): {reason}, so a mask would never reach "
+                f"them. Keep it unmasked with module_filter_fn=lambda module, fqn: not fqn.startswith({prefix!r})"
+                " (or a prefix covering every such module)"
+            )
+
+
+def _refuse_shared_parameters(names, modules, plan) -> None:
+    owners: dict[int, list[str]] = defaultdict(list)
+    for key, module in modules.items():
+        for pname, p in module.named_parameters(recurse=False):
+            owners[id(p)].append(f"{names[key][0]}.{pname}" if names[key][0] else pname)
+    for key in plan:
+        for pname, p in modules[key].named_parameters(recurse=False):
+            if len(owners[id(p)]) > 1:
+                raise ValueError(
+                    f"convert cannot mask {names[key][0] or 'the model'}: its {pname} is one Parameter shared as "
+                    f"{', '.join(owners[id(p)])}; swapping the layer would untie them. Register the shared layer "
+                    "as one module under several names (it is then masked once), or keep it with module_filter_fn"
+                )
+
+
+def _second_conversion(model, seed: int, init: str, existing, pending: list[str]) -> nn.Module:
+    if pending:
+        raise ValueError(
+            f"model already has {len(existing)} Impress layers and convert would swap {len(pending)} more "
+            f"({', '.join(pending[:5])}): a second conversion would regenerate the backbone under the banks. "
+            "Convert the original model once, with a module_filter_fn that selects every layer to mask"
+        )
+    if not _backbone_is(model, seed, init):
+        spec = getattr(model, "impress_spec", None)
+        was = f" (it was built with {spec})" if spec else ""
+        raise ValueError(
+            f"model is already converted{was} and its backbone is not the one seed={seed}, init={init!r} gives: a "
+            "second conversion would regenerate the backbone under its banks and coefficients"
+        )
     return model

@@ -60,12 +60,18 @@ def resnet18_cifar(
     return init_backbone_(ReducedResNet18(num_classes, in_channels, width, tuple(blocks)), seed, init)
 
 
+def _without_fc_bias(model: nn.Module) -> nn.Module:
+    """torchvision's classifier has a bias; the ImpressLearn backbone has none (convert would warn)."""
+    model.fc = nn.Linear(model.fc.in_features, model.fc.out_features, bias=False)
+    return model
+
+
 @register_model
 def resnet18(*, num_classes: int = 1000, seed: int = 0, init: str = "signed_constant") -> nn.Module:
     """torchvision's ResNet-18, every conv and linear masked."""
     import torchvision
 
-    return convert(torchvision.models.resnet18(num_classes=num_classes), seed=seed, init=init)
+    return convert(_without_fc_bias(torchvision.models.resnet18(num_classes=num_classes)), seed=seed, init=init)
 
 
 @register_model
@@ -73,4 +79,4 @@ def resnet50(*, num_classes: int = 1000, seed: int = 0, init: str = "signed_cons
     """torchvision's ResNet-50, every conv and linear masked."""
     import torchvision
 
-    return convert(torchvision.models.resnet50(num_classes=num_classes), seed=seed, init=init)
+    return convert(_without_fc_bias(torchvision.models.resnet50(num_classes=num_classes)), seed=seed, init=init)

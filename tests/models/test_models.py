@@ -60,7 +60,8 @@ def test_convert_torchvision_resnet18_keeps_shapes_and_masks_everything():
     ref = torchvision.models.resnet18(num_classes=7)
     ref_shapes = {n: tuple(mod.weight.shape) for n, mod in ref.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))}
     num_bn = sum(isinstance(mod, nn.BatchNorm2d) for mod in ref.modules())
-    m = convert(torchvision.models.resnet18(num_classes=7), seed=1)
+    with pytest.warns(UserWarning, match=r"dropped the bias of 1 layers \(fc\)"):
+        m = convert(torchvision.models.resnet18(num_classes=7), seed=1)
     got = {n: mod for n, mod in m.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))}
     assert {n: tuple(mod.weight.shape) for n, mod in got.items()} == ref_shapes
     assert all(isinstance(mod, (ImpressConv2d, ImpressLinear)) for mod in got.values())
@@ -76,14 +77,98 @@ def test_convert_torchvision_resnet18_keeps_shapes_and_masks_everything():
 
 
 def test_convert_filter_and_bad_modules():
-    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2))
     convert(model, seed=0, module_filter_fn=lambda mod, fqn: fqn != "2")
     assert isinstance(model[0], ImpressLinear) and type(model[2]) is nn.Linear
-    with pytest.raises(ValueError, match="padding_mode"):
-        convert(nn.Sequential(nn.Conv2d(1, 1, 3, padding_mode="reflect")), seed=0)
+    reflect = convert(nn.Sequential(nn.Conv2d(1, 1, 3, padding="same", padding_mode="reflect", bias=False)), seed=0)
+    assert reflect[0].padding == "same" and reflect[0].padding_mode == "reflect"
     with pytest.raises(ValueError, match="no ImpressLinear"):
         convert(nn.Sequential(nn.ReLU()), seed=0)
-    root = convert(nn.Linear(3, 2), seed=0)  # the root module itself is swapped
+    root = convert(nn.Linear(3, 2, bias=False), seed=0)  # the root module itself is swapped
     assert isinstance(root, ImpressLinear)
-    mlp = convert(nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)), seed=0)
+    mlp = convert(nn.Sequential(nn.Linear(4, 6, bias=False), nn.BatchNorm1d(6), nn.Linear(6, 2, bias=False)), seed=0)
     assert isinstance(mlp[1], MultitaskNonAffineBN) and mlp[1].num_features == 6
+
+
+# ----------------------------------------------------------------------------- convert never changes a model silently
+
+
+def test_convert_keeps_a_module_registered_twice_as_one_masked_layer():
+    shared = nn.Linear(4, 4, bias=False)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    convert(model, seed=0)
+    assert isinstance(model[0], ImpressLinear) and model[0] is model[2]
+    assert len(impress_layers(model)) == 1
+    with pytest.raises(ValueError, match="one module registered under several names"):
+        convert(nn.Sequential(shared, shared), seed=0, module_filter_fn=lambda mod, fqn: fqn == "0")
+
+
+def test_convert_refuses_a_parameter_shared_by_two_modules():
+    a, b = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+    b.weight = a.weight
+    with pytest.raises(ValueError, match=r"one Parameter shared as 0.weight, 1.weight"):
+        convert(nn.Sequential(a, b), seed=0)
+    emb = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # a tied language-model head
+    model = nn.ModuleDict({"emb": emb, "head": head, "body": nn.Linear(4, 4, bias=False)})
+    with pytest.raises(ValueError, match="convert cannot mask head"):
+        convert(model, seed=0)
+    convert(model, seed=0, module_filter_fn=lambda mod, fqn: fqn != "head")  # excluded: the tie stays
+    assert model["head"].weight is model["emb"].weight and isinstance(model["body"], ImpressLinear)
+
+
+def test_second_convert_is_a_no_op_when_identical_and_an_error_otherwise():
+    model = convert(nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False)), seed=5)
+    layer = model[0]
+    layer.add_mask(torch.ones(3, 4, dtype=torch.bool))
+    assert convert(model, seed=5) is model and model[0] is layer and model[0].num_masks == 1
+    before = model[0].weight.clone()
+    with pytest.raises(ValueError, match="already converted.*seed=6"):
+        convert(model, seed=6)
+    with pytest.raises(ValueError, match="already converted"):
+        convert(model, seed=5, init="kaiming_normal")
+    assert torch.equal(model[0].weight, before)
+    model.append(nn.Linear(2, 2, bias=False))
+    with pytest.raises(ValueError, match=r"would swap 1 more \(2\)"):
+        convert(model, seed=5)
+
+
+def test_convert_refuses_subclasses_with_their_own_forward_and_weights_read_elsewhere():
+    class ScaledLinear(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    class PlainSubclass(nn.Linear):
+        pass
+
+    with pytest.raises(ValueError, match=r"cannot mask 1 \(.*ScaledLinear\).*own forward"):
+        convert(nn.Sequential(nn.Linear(3, 3, bias=False), ScaledLinear(3, 3)), seed=0)
+    plain = convert(nn.Sequential(PlainSubclass(3, 3, bias=False)), seed=0)
+    assert isinstance(plain[0], ImpressLinear)
+
+    attention = nn.Sequential(nn.Linear(8, 8, bias=False))
+    attention.append(nn.MultiheadAttention(8, 2, bias=False))
+    with pytest.raises(ValueError, match=r"cannot mask 1 \(MultiheadAttention\).*in_proj_weight"):
+        convert(attention, seed=0)
+    convert(attention, seed=0, module_filter_fn=lambda mod, fqn: not fqn.startswith("1"))
+    assert isinstance(attention[0], ImpressLinear) and type(attention[1].out_proj) is not ImpressLinear
+
+
+def test_convert_biases_warn_by_name_or_stay_frozen():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2))
+    with pytest.warns(UserWarning, match=r"dropped the bias of 2 layers \(0, 2\).*keep_bias=True"):
+        convert(model, seed=0)
+    assert model[0].bias is None and model[2].bias is None
+    original = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2))
+    biases = [original[0].bias.detach().clone(), original[2].bias.detach().clone()]
+    kept = convert(original, seed=0, keep_bias=True)
+    assert torch.equal(kept[0].bias, biases[0]) and torch.equal(kept[2].bias, biases[1])
+    assert not kept[0].bias.requires_grad and torch.equal(kept[0].weight, model[0].weight)
+
+
+def test_convert_keeps_timm_batchnorm_activation():
+    timm_layers = pytest.importorskip("timm.layers")
+    block = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), timm_layers.BatchNormAct2d(4, act_layer=nn.SiLU))
+    convert(block, seed=0)
+    assert isinstance(block[1][0], MultitaskNonAffineBN) and isinstance(block[1][2], nn.SiLU)
