@@ -1,0 +1,301 @@
+"""Task inference without labels: identification rate, accuracy with the inferred task, time per batch.
+
+    nice python benchmarks/task_inference.py --quick      # a smoke run: a couple of minutes once trained
+    nice python benchmarks/task_inference.py              # the full table (trains once, then cached)
+
+Scenarios (Fashion-MNIST, LeNet-300-100, density 0.1):
+
+- **Permuted.** 10 basis tasks learned as edge-popup masks, 90 random masks (K = 100), 250
+  new tasks learned as alpha over the bank (paper Eq. 1-2). Candidate sets of T tasks:
+  *basis rows*: the 10 basis tasks plus T - 10 others; *alpha rows*: min(T, 250) alpha tasks
+  plus the rest. T = 1000 adds 740 distractor tasks that are not trained: each reuses a
+  trained alpha matrix with its mask rows shuffled (a different network, no training cost)
+  and is given a permutation of its own, whose fingerprint comes from that permutation's
+  images. Only trained tasks' batches are scored, so a distractor can only be a wrong pick.
+- **Rotated.** 30 basis tasks at 12 degree spacing (0..348); candidate sets with spacings
+  12 (T = 30), 24 (T = 15) and 36 degrees (T = 10). Every method and default was tuned on
+  Permuted only, so Rotated is the held-out check.
+
+Per (scenario, rows, T, method): the share of test batches of 128 whose task is named
+correctly, the accuracy of the predictions made with the inferred task, and the median time
+per batch. Trained learners and fingerprints are cached (``--cache``), so a rerun only measures.
+Writes ``benchmarks/results/task_inference.json`` and, with ``--plot``, a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from impresslearn import ImpressLearner, TrainConfig  # noqa: E402
+from impresslearn import inference  # noqa: E402
+from impresslearn.models import create_model  # noqa: E402
+from impresslearn.scenarios import BatchLoader, create_scenario  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BATCH = 128
+
+
+# ----------------------------------------------------------------------------- building (cached)
+
+
+TRAIN_BATCH = 64  # 4000 images give 63 steps per mask or alpha task
+
+
+def _loader(ds, seed):
+    return BatchLoader(ds, batch_size=TRAIN_BATCH, shuffle=True, seed=seed)
+
+
+def _save(learner: ImpressLearner, path: Path, extra: dict) -> None:
+    """Banks and task coefficients through the public API (independent of the checkpoint format)."""
+    state = dict(
+        masks=[layer.masks().cpu() for layer in learner.layers],
+        tasks=[(n, r.kind, r.coefficients.cpu()) for n, r in learner.tasks.items()],
+        **extra,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").rename(path)
+
+
+def _load(path: Path, density: float, seed: int) -> tuple[ImpressLearner, dict]:
+    state = torch.load(path, weights_only=False)
+    learner = ImpressLearner(create_model("lenet300", seed=seed), density=density)
+    learner.add_masks(state["masks"])
+    for name, kind, a in state["tasks"]:
+        learner.register_task(name, a, kind=kind)
+    return learner, state
+
+
+def build_permuted(args) -> tuple[ImpressLearner, dict, object]:
+    total = args.basis + args.alpha + args.distractors
+    sc = create_scenario("permuted_fmnist", num_tasks=total, seed=args.seed, train_subset=args.train_subset,
+                         test_subset=args.test_subset, cache_size=2)  # fmt: skip
+    path = args.cache / f"permuted_b{args.basis}_r{args.random}_a{args.alpha}_n{args.train_subset}_s{args.seed}.pt"
+    if path.exists():
+        learner, state = _load(path, args.density, args.seed)
+    else:
+        torch.manual_seed(args.seed)
+        learner = ImpressLearner(create_model("lenet300", seed=args.seed), density=args.density)
+        mask_cfg = TrainConfig(epochs=1, lr=0.01, optimizer="adam", momentum=0.9, seed=args.seed)
+        alpha_cfg = TrainConfig(epochs=1, lr=0.05, optimizer="adam", momentum=0.9, seed=args.seed)
+        start = time.perf_counter()
+        for t in range(args.basis):
+            learner.learn_basis_mask(sc.task(t).name, _loader(sc.task(t).train, t), mask_cfg)
+        learner.add_random_masks(args.random, seed=args.seed)
+        for t in range(args.basis, args.basis + args.alpha):
+            learner.learn_alpha(sc.task(t).name, _loader(sc.task(t).train, t), alpha_cfg)
+            if (t - args.basis) % 25 == 0:
+                print(f"  permuted: {t + 1}/{args.basis + args.alpha} tasks trained, "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+        state = dict(train_seconds=time.perf_counter() - start)
+        _save(learner, path, state)
+    # distractors: a trained alpha matrix with its mask rows shuffled (not trained, see the docstring)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    alpha_names = [sc.task(t).name for t in range(args.basis, args.basis + args.alpha)]
+    for j, t in enumerate(range(args.basis + args.alpha, total)):
+        src = learner.tasks[alpha_names[j % len(alpha_names)]].coefficients
+        learner.register_task(sc.task(t).name, src[torch.randperm(src.shape[0], generator=g)])
+    return learner, state, sc
+
+
+def build_rotated(args) -> tuple[ImpressLearner, dict, object]:
+    sc = create_scenario("rotated_fmnist", num_tasks=args.rotated, seed=args.seed, train_subset=args.train_subset,
+                         test_subset=args.test_subset, angles=[args.spacing * t for t in range(args.rotated)],
+                         cache_size=2)  # fmt: skip
+    path = args.cache / f"rotated_{args.rotated}x{args.spacing}_n{args.train_subset}_s{args.seed}.pt"
+    if path.exists():
+        learner, state = _load(path, args.density, args.seed)
+    else:
+        torch.manual_seed(args.seed)
+        learner = ImpressLearner(create_model("lenet300", seed=args.seed), density=args.density)
+        mask_cfg = TrainConfig(epochs=1, lr=0.01, optimizer="adam", momentum=0.9, seed=args.seed)
+        start = time.perf_counter()
+        for t in range(args.rotated):
+            learner.learn_basis_mask(sc.task(t).name, _loader(sc.task(t).train, t), mask_cfg)
+        state = dict(train_seconds=time.perf_counter() - start)
+        _save(learner, path, state)
+    return learner, state, sc
+
+
+def fingerprints_for(learner, sc, names, path: Path, sketch_dims, images: int) -> dict:
+    """``{sketch_dim: {name: TaskFingerprint}}`` from each task's first ``images`` training images (cached)."""
+    cached = torch.load(path, weights_only=False) if path.exists() else {}
+    changed = False
+    for m in sketch_dims:
+        table = cached.setdefault(m, {})
+        for t, name in names:
+            if name in table:
+                continue
+            x = sc.task(t).train.inputs[:images]
+            table[name] = inference.task_fingerprint(x, sketch_dim=m, seed=0, learner=learner, name=name)
+            changed = True
+    if changed:
+        torch.save(cached, path)
+    return cached
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def test_batches(sc, t: int, count: int):
+    ds = sc.task(t).test
+    out = []
+    for x, y in BatchLoader(ds, batch_size=BATCH):
+        if x.shape[0] == BATCH:
+            out.append((x, y))
+        if len(out) == count:
+            break
+    return out
+
+
+def measure(learner, sc, evaluated: list[tuple[int, str]], candidates: list[str], method: str, fps, batches_per_task):
+    hits = total = 0
+    correct = seen = 0
+    times = []
+    confidences = {True: [], False: []}
+    for t, name in evaluated:
+        for x, y in test_batches(sc, t, batches_per_task):
+            start = time.perf_counter()
+            res = inference.infer_task(learner, x, method=method, candidates=candidates, fingerprints=fps)
+            times.append(time.perf_counter() - start)
+            ok = res.task == name
+            hits += ok
+            total += 1
+            confidences[ok].append(res.confidence)
+            correct += int((learner.predict(res.task, x).argmax(1) == y).sum())
+            seen += y.numel()
+    return dict(
+        found=hits, batches=total, rate=hits / total, accuracy=correct / seen,
+        ms_per_batch=1000 * statistics.median(times),
+        confidence_right=statistics.mean(confidences[True]) if confidences[True] else None,
+        confidence_wrong=statistics.mean(confidences[False]) if confidences[False] else None,
+    )  # fmt: skip
+
+
+def own_accuracy(learner, sc, evaluated, batches_per_task) -> float:
+    correct = seen = 0
+    for t, name in evaluated:
+        for x, y in test_batches(sc, t, batches_per_task):
+            correct += int((learner.predict(name, x).argmax(1) == y).sum())
+            seen += y.numel()
+    return correct / seen
+
+
+def spread(items: list, count: int) -> list:
+    """``count`` items evenly spread over ``items`` (all when count >= len)."""
+    if count >= len(items):
+        return list(items)
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--basis", type=int, default=10, help="permuted basis tasks (edge-popup masks)")
+    p.add_argument("--random", type=int, default=90, help="random masks added to the bank")
+    p.add_argument("--alpha", type=int, default=250, help="permuted new tasks learned as alpha")
+    p.add_argument("--rotated", type=int, default=30, help="rotated basis tasks")
+    p.add_argument("--spacing", type=float, default=12.0, help="degrees between rotated tasks")
+    p.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 250, 1000], help="candidate set sizes T")
+    p.add_argument("--methods", nargs="+", default=list(inference.METHODS))
+    p.add_argument("--sketch-dims", type=int, nargs="+", default=[16, 64, 0], help="fingerprint sizes (0: raw pixels)")
+    p.add_argument("--train-subset", type=int, default=4000)
+    p.add_argument("--test-subset", type=int, default=512)
+    p.add_argument("--fingerprint-images", type=int, default=2000)
+    p.add_argument("--batches-per-task", type=int, default=2)
+    p.add_argument("--max-tasks-evaluated", type=int, default=50, help="tasks whose batches are scored per row")
+    p.add_argument("--slow-limit", type=int, default=250, help="largest T for the O(T)-forward methods")
+    p.add_argument("--density", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=Path("/tmp/impresslearn_task_inference"))
+    p.add_argument("--out", type=Path, default=RESULTS / "task_inference.json")
+    p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--only", choices=["permuted", "rotated"], default=None)
+    p.add_argument("--build-only", action="store_true", help="train and cache the learners, measure nothing")
+    p.add_argument("--quick", action="store_true", help="3 basis, 10 random, 20 alpha, 6 rotated tasks, T <= 30")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore", message=".*optimiser steps")  # the quick run trains on purpose briefly
+    if args.quick:
+        args.basis, args.random, args.alpha, args.rotated, args.spacing = 3, 10, 20, 6, 12.0
+        args.sizes, args.train_subset, args.test_subset = [10, 30], 1000, 256
+        args.fingerprint_images, args.batches_per_task, args.max_tasks_evaluated = 1000, 1, 10
+        args.sketch_dims = [64]
+        args.out = args.out.with_name("task_inference_quick.json")
+    args.distractors = max(0, max(args.sizes) - args.basis - args.alpha)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    rows = []
+
+    def run_rows(scenario, learner, sc, fps_by_dim, row_kind, evaluated, candidates):
+        t_size = len(candidates)
+        acc_true = own_accuracy(learner, sc, evaluated, args.batches_per_task)
+        for method in args.methods:
+            dims = args.sketch_dims if method in ("fingerprint", "calibrated") else [None]
+            if method == "calibrated":
+                dims = dims[:1]
+            if method in ("exhaustive", "calibrated", "binary") and t_size > args.slow_limit:
+                continue
+            for m in dims:
+                fps = fps_by_dim[m] if m is not None else None
+                r = measure(learner, sc, evaluated, candidates, method, fps, args.batches_per_task)
+                label = method if m is None or method != "fingerprint" else f"fingerprint m={m or 'raw'}"
+                row = dict(scenario=scenario, tasks=row_kind, T=t_size, method=label, task_label_accuracy=acc_true, **r)
+                rows.append(row)
+                conf = f"{row['confidence_right'] or 0:.2f}/{row['confidence_wrong'] or 0:.2f}"
+                print(f"  {scenario:<10} {row_kind:<6} T={t_size:<5} {label:<20} found {r['found']:>4}/{r['batches']:<4}"
+                      f" = {r['rate']:6.1%}  acc {r['accuracy']:.3f} (label {acc_true:.3f})  {r['ms_per_batch']:8.1f} ms"
+                      f"  conf right/wrong {conf}", flush=True)  # fmt: skip
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    dims = [None if m == 0 else m for m in args.sketch_dims]
+    args.sketch_dims = dims
+    if args.only in (None, "permuted"):
+        learner, state, sc = build_permuted(args)
+        if args.build_only:
+            learner = None
+    if args.only in (None, "permuted") and not args.build_only:
+        names = list(learner.tasks)
+        print(f"permuted: K = {learner.num_masks}, {len(names)} stored tasks "
+              f"({args.basis} basis, {args.alpha} alpha, {args.distractors} distractors)", flush=True)  # fmt: skip
+        fps = fingerprints_for(learner, sc, list(enumerate(names)),
+                               args.cache / f"permuted_fp_{args.alpha}_{args.train_subset}_{args.fingerprint_images}.pt",
+                               dims, args.fingerprint_images)  # fmt: skip
+        basis = list(enumerate(names[: args.basis]))
+        alphas = list(enumerate(names))[args.basis : args.basis + args.alpha]
+        for t_size in args.sizes:
+            if t_size >= args.basis:
+                cands = names[:t_size]
+                run_rows("permuted", learner, sc, fps, "basis", basis, cands)
+            cands = names[args.basis : args.basis + t_size]
+            if len(cands) < t_size:
+                cands = cands + names[: t_size - len(cands)]
+            evaluated = spread([a for a in alphas if a[1] in set(cands)], args.max_tasks_evaluated)
+            run_rows("permuted", learner, sc, fps, "alpha", evaluated, cands)
+    if args.only in (None, "rotated"):
+        learner, state, sc = build_rotated(args)
+    if args.only in (None, "rotated") and not args.build_only:
+        names = list(learner.tasks)
+        fps = fingerprints_for(learner, sc, list(enumerate(names)),
+                               args.cache / f"rotated_fp_{args.rotated}x{args.spacing}_{args.train_subset}.pt",
+                               dims, args.fingerprint_images)  # fmt: skip
+        for step in (1, 2, 3):
+            chosen = list(enumerate(names))[::step]
+            run_rows(f"rotated {args.spacing * step:g}deg", learner, sc, fps, "basis", chosen, [n for _, n in chosen])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(dict(torch=torch.__version__, threads=torch.get_num_threads(), rows=rows), indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
