@@ -17,6 +17,7 @@ per-task BN slots, and binds the mask source of the model's layers before each f
 
 from __future__ import annotations
 
+import copy
 import secrets
 import warnings
 from dataclasses import replace
@@ -308,7 +309,7 @@ class ImpressLearner:
         spec = getattr(self.model, "impress_spec", None)
         if spec is None:
             raise ValueError("the model has no impress_spec: build it with create_model or convert")
-        return dict(spec)
+        return copy.deepcopy(dict(spec))
 
     def weights_sha256(self) -> str:
         from .checkpoint import weights_sha256

@@ -14,6 +14,7 @@ files load with that list empty.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -38,7 +39,7 @@ def learner_tensors_and_metadata(learner) -> tuple[dict, dict]:
     for b, bn in enumerate(learner.bns):
         tensors[f"bns.{b}.running_mean"] = bn.running_mean.detach().cpu().contiguous()
         tensors[f"bns.{b}.running_var"] = bn.running_var.detach().cpu().contiguous()
-    spec = learner.backbone_spec()
+    spec = copy.deepcopy(learner.backbone_spec())  # the model's own spec must not alias the metadata
     spec["weights_sha256"] = learner.weights_sha256()
     metadata = dict(
         format=FORMAT,

@@ -320,3 +320,76 @@ def test_learner_runs_on_kernel_backends_like_the_reference(backend):
     ref, got = results["reference"], results[backend]
     assert all(torch.equal(a, b) for a, b in zip(ref[1], got[1]))  # masks are bit-exact
     torch.testing.assert_close(got[0], ref[0], atol=1e-3, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- random masks
+
+
+def test_random_masks_are_fresh_unless_seeded_and_their_seeds_are_checkpointed(tmp_path):
+    learner = ImpressLearner(_tiny_lenet(), density=0.3)
+    learner.add_random_masks(2)
+    learner.add_random_masks(2)  # no seed: new masks, not a repeat of the first two
+    masks = learner.layers[0].masks()
+    assert not torch.equal(masks[:2], masks[2:])
+    seeds = [d["seed"] for d in learner.random_mask_draws]
+    assert len(set(seeds)) == 2 and [d["first"] for d in learner.random_mask_draws] == [0, 2]
+    learner.add_random_masks(2, seed=7)
+    with pytest.warns(UserWarning, match="seed 7 already drew masks 4..5"):
+        learner.add_random_masks(2, seed=7)
+    assert torch.equal(learner.layers[0].masks()[4:6], learner.layers[0].masks()[6:8])
+    learner.save(tmp_path / "r.safetensors")
+    loaded = ImpressLearner.load(tmp_path / "r.safetensors")
+    assert loaded.random_mask_draws == learner.random_mask_draws
+    # the recorded seed redraws the same masks on a fresh learner
+    again = ImpressLearner(_tiny_lenet(), density=0.3)
+    again.add_random_masks(2, seed=seeds[1])
+    assert torch.equal(again.layers[0].masks(), masks[2:])
+
+
+# ----------------------------------------------------------------------------- checkpoint semantics
+
+
+def _resave(learner, path, edit):
+    """Save ``learner`` with its metadata changed by ``edit`` (valid checksums: only the meaning is bad)."""
+    from impresslearn.checkpoint import save_checkpoint
+    from impresslearn.learner_io import learner_tensors_and_metadata
+
+    tensors, meta = learner_tensors_and_metadata(learner)
+    edit(meta)
+    save_checkpoint(path, tensors, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hybrid_learner():
+    sc = _synthetic(2)
+    learner = ImpressLearner(_tiny_lenet(), density=0.3)
+    learner.learn_basis_mask("b", _loader(sc.task(0).train, True, 0, 64), TrainConfig(epochs=1, lr=0.1))
+    learner.add_random_masks(3, seed=0)
+    learner.learn_alpha("h", _loader(sc.task(1).train, True, 1, 64), ALPHA_CFG, hybrid=True)
+    return learner
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["tasks"][1].update(extra_index=7), "extra_index 7 is out of range"),
+    (lambda m: m["tasks"][1].update(bn_slot=99), "BN slot 99"),
+    (lambda m: m["tasks"][0].update(bn_slot=1), "BN slot 1"),
+    (lambda m: m["tasks"][0].update(mask_index=2), "mask_index 2 does not match"),
+    (lambda m: m["backbone"]["kwargs"].update(colour="red"), "does not build"),
+    (lambda m: m["backbone"]["kwargs"].update(hidden=[2**20, 2**20]), "refused before allocating"),
+    (lambda m: m.update(random_masks=[{"first": 0}]), "random_masks"),
+    (lambda m: m.update(mask_owners=["b"]), "mask owner"),
+])  # fmt: skip
+def test_load_refuses_metadata_that_does_not_describe_the_learner(hybrid_learner, tmp_path, edit, message):
+    path = _resave(hybrid_learner, tmp_path / "bad.safetensors", edit)
+    with pytest.raises(CheckpointError, match=message):
+        ImpressLearner.load(path)
+
+
+def test_version_1_checkpoints_still_load(hybrid_learner, tmp_path):
+    def as_version_1(meta):
+        meta["learner_version"] = 1
+        del meta["random_masks"]
+
+    loaded = ImpressLearner.load(_resave(hybrid_learner, tmp_path / "v1.safetensors", as_version_1))
+    assert loaded.random_mask_draws == [] and loaded.state_sha256() == hybrid_learner.state_sha256()
