@@ -8,6 +8,7 @@
 #ifdef WITH_CPU
 #include "cpu/bank.h"
 #include "cpu/combine.h"
+#include "cpu/isa.h"
 #include "cpu/topk.h"
 #endif
 
@@ -38,6 +39,17 @@ bool is_bank_for(const at::Tensor& bank, int64_t n) {
 // The kernels run their own OpenMP regions; torch.set_num_threads must govern them too.
 int threads() { return static_cast<int>(at::get_num_threads()); }
 
+// The ISA the kernels run (IMPRESSLEARN_CPU_ISA or the widest this processor has);
+// a value that names no ISA, or one this processor lacks, is a ValueError naming it.
+cpu::Isa kernel_isa() {
+  try {
+    return cpu::active_isa();
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, "impresslearn: ", e.what());
+  }
+  return cpu::Isa::portable;  // unreachable: TORCH_CHECK_VALUE(false, ...) throws
+}
+
 at::Tensor combine_masks_cpp(const at::Tensor& weight, const at::Tensor& bank, const at::Tensor& alpha) {
   expect(is_flat_cpu(weight), "combine_masks_cpp takes a contiguous 1-D CPU weight");
   const cpu::Dtype dtype = element_type(weight, "combine_masks_cpp");
@@ -48,7 +60,7 @@ at::Tensor combine_masks_cpp(const at::Tensor& weight, const at::Tensor& bank, c
   expect(k >= 1 && (k + 7) / 8 == bank.size(0), "alpha[K] and the bank disagree: ceil(K/8) != bank planes");
   auto out = at::empty_like(weight);
   cpu::combine_masks(weight.data_ptr(), dtype, bank.data_ptr<uint8_t>(), alpha.data_ptr<float>(), k, n,
-                     out.data_ptr(), threads());
+                     out.data_ptr(), threads(), kernel_isa());
   return out;
 }
 
@@ -63,7 +75,7 @@ at::Tensor combine_masks_alpha_grad_cpp(const at::Tensor& grad, const at::Tensor
   expect(num_masks >= 1 && (num_masks + 7) / 8 == bank.size(0), "num_masks does not match the bank's planes");
   auto out = at::empty({num_masks}, weight.options().dtype(at::kFloat));
   cpu::combine_masks_alpha_grad(grad.data_ptr(), grad_dtype, weight.data_ptr(), weight_dtype, bank.data_ptr<uint8_t>(),
-                                num_masks, n, out.data_ptr<float>(), threads());
+                                num_masks, n, out.data_ptr<float>(), threads(), kernel_isa());
   return out;
 }
 
@@ -147,7 +159,20 @@ TORCH_LIBRARY_IMPL(impresslearn, CPU, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef WITH_CPU
   m.attr("WITH_CPU") = true;
-  m.attr("CPU_ISA") = impresslearn::cpu::isa_name(impresslearn::cpu::best_isa());
+  m.def(
+      "cpu_isa", [] { return std::string(cpu::isa_name(kernel_isa())); },
+      "The ISA the CPU kernels run: IMPRESSLEARN_CPU_ISA (portable, avx2, avx512, auto) or the widest this "
+      "processor supports. ValueError, with the reason, if the variable names no ISA or one this processor lacks.");
+  m.def(
+      "cpu_isas",
+      [] {
+        std::vector<std::string> names;
+        for (cpu::Isa isa : {cpu::Isa::portable, cpu::Isa::avx2, cpu::Isa::avx512})
+          if (cpu::isa_supported(isa)) names.emplace_back(cpu::isa_name(isa));
+        return names;
+      },
+      "The ISAs this processor can run the CPU kernels with, narrowest first.");
+  m.def("cpu_features", &cpu::isa_features, "The processor's ISA extensions that the CPU kernels look for.");
 #else
   m.attr("WITH_CPU") = false;
 #endif

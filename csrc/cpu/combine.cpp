@@ -4,29 +4,31 @@
 // sum_b alpha[8g+b] bit_b(byte) is a table lookup. A 256-entry table per plane
 // would need a gather (slow on this EPYC); instead the byte is split 3 + 3 + 2 bits
 // and each group's 8-entry table lives in one ymm register, so three vpermps look
-// up 8 weights at once with no memory access. Measured (1 thread, n = 4M, K = 256,
-// CPU time): two 16-entry nibble tables (4 vpermps + 2 blends) 40 ms; 3+3+2 with
-// two planes per accumulator pass 27 ms; the portable 256-entry table 48 ms; a
-// plain read of the bank 9 ms.
-// The portable loop uses the 256-entry table T[byte] = plane_value(byte), the same
-// fp32 sum in the same order, so both ISAs give identical bits.
+// up 8 weights at once with no memory access (AVX-512: 16 weights, the tables
+// repeated to 16 lanes). Measured (1 thread, n = 4M, K = 256, CPU time, AVX2 EPYC):
+// two 16-entry nibble tables (4 vpermps + 2 blends) 40 ms; 3+3+2 with two planes per
+// accumulator pass 27 ms; the portable 256-entry table 48 ms; a plain read of the
+// bank 9 ms. The portable loop uses the 256-entry table T[byte] = plane_value(byte),
+// the same fp32 sum in the same order, so every ISA gives identical bits.
 // Work is split into fixed blocks of the weight axis; a block's fp32 accumulator
 // (8 KB) stays in L1 while the G planes stream past it, and every weight is
 // computed by one thread in one fixed order: results do not depend on threads.
 //
 // Alpha gradient. grad_alpha[8g+b] = sum_j u_j bit_b(bank[g, j]) with u = grad * W.
-// Measured on the 2-core AVX2 EPYC of DESIGN section 5 (1 thread, n = 4M, K = 256,
-// CPU time): the per-plane 256-bin weighted histogram takes 230-315 ms, limited by
-// store-to-load forwarding (masks of density 0.1 make byte 0 about 43% of all
-// bytes, so consecutive increments hit the same bin); the AVX2 loop instead keeps
-// 8 accumulators per plane in registers and adds u masked by each bit (bit b moved
-// to the sign bit, vblendvps), 8 lanes at a time, with no memory dependence: 49 ms,
-// under a cycle per weight and plane (8 blends + 8 adds + 8 integer adds per 8).
-// Also measured and dropped: 8 planes at once with one FMA per byte against a table
-// of 0.0/1.0 rows (acc[q] += row[byte] * u_j), 48 ms, no faster and load-bound.
-// The histogram stays as the portable loop, for processors without AVX2 only.
-// Partial sums: fp32 within a block of 4096 weights (512 terms per lane), fp64
-// across blocks, reduced in block order (deterministic for any thread count).
+// The order of the sums is fixed (combine_kernels.h): per block of 2048 weights, 8
+// fp32 lane sums (lane = j % 8, index order), then fp64. Every ISA follows it:
+//   AVX2     8 accumulators per plane in registers; u masked by each bit (bit b
+//            moved to the sign bit, vblendvps), 8 lanes at a time, no memory
+//            dependence: 49 ms (1 thread, n = 4M, K = 256, CPU time, AVX2 EPYC),
+//            under a cycle per weight and plane (8 blends + 8 adds + 8 integer adds).
+//   AVX-512  two blocks side by side in the halves of a zmm register, each lane the
+//            AVX2 loop's lane of its block: a vptestmb gives the mask of one bit for
+//            16 weights and a masked add accumulates, with no blend or shift.
+//   portable the same 8 lanes in plain C++ (GCC vectorizes it at SSE2).
+// Measured and dropped on the AVX2 EPYC: the per-plane 256-bin weighted histogram,
+// 230-315 ms (store-to-load forwarding: masks of density 0.1 make byte 0 about 43% of
+// all bytes); 8 planes at once with one FMA per byte against a table of 0.0/1.0 rows
+// (acc[q] += row[byte] * u_j), 48 ms, no faster and load-bound.
 #include "cpu/combine.h"
 
 #include <immintrin.h>
@@ -35,52 +37,11 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/combine_kernels.h"
+
 namespace impresslearn::cpu {
-namespace {
 
-// Block sizes from 2048 to 65536 weights measured within 5% of each other.
-constexpr int64_t kFwdBlock = 2048;   // fp32 accumulator of 8 KB: L1-resident
-constexpr int64_t kGradBlock = 4096;  // u = grad * W of 16 KB: L1-resident
-
-// A byte's 8 bits split 3 + 3 + 2: each group's partial sums fit the 8 lanes of one
-// ymm register, which vpermps indexes with the low 3 bits of each lane (higher bits
-// are ignored, so x >> 3 needs no mask): 3 in-register lookups per byte, no blends.
-struct alignas(32) PlaneTables {
-  float t0[8];  // t0[v] = sum_{b<3} alpha[8g+b]   * bit_b(v)
-  float t1[8];  // t1[v] = sum_{b<3} alpha[8g+3+b] * bit_b(v)
-  float t2[8];  // t2[v] = sum_{b<2} alpha[8g+6+b] * bit_b(v), v < 4 (lanes 4-7 unused)
-};
-
-// The value every path adds for byte v of plane g, in one fixed fp32 order.
-inline float plane_value(const PlaneTables& t, unsigned v) { return (t.t0[v & 7] + t.t1[(v >> 3) & 7]) + t.t2[v >> 6]; }
-
-std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks, int64_t planes) {
-  std::vector<PlaneTables> tables(planes);
-  const int first[3] = {0, 3, 6}, width[3] = {3, 3, 2};
-  for (int64_t g = 0; g < planes; ++g) {
-    float* out[3] = {tables[g].t0, tables[g].t1, tables[g].t2};
-    for (int grp = 0; grp < 3; ++grp) {
-      for (int v = 0; v < 8; ++v) {
-        float s = 0.0f;
-        for (int b = 0; b < width[grp]; ++b) {
-          const int64_t k = 8 * g + first[grp] + b;
-          if (((v >> b) & 1) && k < num_masks) s += alpha[k];
-        }
-        out[grp][v] = v < (1 << width[grp]) ? s : 0.0f;
-      }
-    }
-  }
-  return tables;
-}
-
-void accumulate_planes_portable(const uint8_t* bank, int64_t n, int64_t planes, const float* table256, int64_t j0,
-                                int64_t len, float* acc) {
-  for (int64_t g = 0; g < planes; ++g) {
-    const float* t = table256 + 256 * g;
-    const uint8_t* p = bank + g * n + j0;
-    for (int64_t j = 0; j < len; ++j) acc[j] += t[p[j]];
-  }
-}
+namespace detail {
 
 // Two planes per pass over the accumulator halve its loads and stores.
 __attribute__((target("avx2,fma"))) void accumulate_planes_avx2(const uint8_t* bank, int64_t n, int64_t planes,
@@ -124,39 +85,22 @@ __attribute__((target("avx2,fma"))) void accumulate_planes_avx2(const uint8_t* b
   }
 }
 
-template <Dtype D>
-void scale_by_weight(const void* weight, int64_t j0, int64_t len, const float* acc, void* out) {
-  using T = typename Element<D>::type;
-  const T* w = static_cast<const T*>(weight) + j0;
-  T* o = static_cast<T*>(out) + j0;
-  for (int64_t j = 0; j < len; ++j) o[j] = Element<D>::store(Element<D>::load(w[j]) * acc[j]);
-}
-
-template <Dtype D>
-void load_as_float(const void* src, int64_t j0, int64_t len, float* dst) {
-  using T = typename Element<D>::type;
-  const T* s = static_cast<const T*>(src) + j0;
-  for (int64_t j = 0; j < len; ++j) dst[j] = Element<D>::load(s[j]);
-}
-
-void load_as_float(const void* src, Dtype dtype, int64_t j0, int64_t len, float* dst) {
-  switch (dtype) {
-    case Dtype::f32: return load_as_float<Dtype::f32>(src, j0, len, dst);
-    case Dtype::f16: return load_as_float<Dtype::f16>(src, j0, len, dst);
-    case Dtype::bf16: return load_as_float<Dtype::bf16>(src, j0, len, dst);
-  }
-}
-
-// sums[b] = sum_j u[j] bit_b(p[j]): a 256-bin weighted histogram, then each bit's
-// sum over the bins that have it set.
+// The 8 lane sums of every bit, then fp64 (combine_kernels.h). "If the bit is set,
+// add" is what the vector loops' blend and masked add do: the lanes never hold -0.0
+// (they start at +0.0, and a sum is -0.0 only if both terms are), so no formulation
+// that adds +0.0 instead could differ either.
 void plane_bit_sums_portable(const uint8_t* p, const float* u, int64_t len, double* sums) {
-  float hist[256];
-  std::memset(hist, 0, sizeof(hist));
-  for (int64_t j = 0; j < len; ++j) hist[p[j]] += u[j];
+  float acc[8][8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8)
+    for (int b = 0; b < 8; ++b)
+      for (int i = 0; i < 8; ++i)
+        if ((p[j + i] >> b) & 1) acc[b][i] += u[j + i];
   for (int b = 0; b < 8; ++b) {
     double s = 0.0;
-    for (int v = 0; v < 256; ++v)
-      if ((v >> b) & 1) s += hist[v];
+    for (float v : acc[b]) s += v;
+    for (int64_t i = j; i < len; ++i)
+      if ((p[i] >> b) & 1) s += u[i];
     sums[b] = s;
   }
 }
@@ -191,6 +135,109 @@ __attribute__((target("avx2,fma"))) void plane_bit_sums_avx2(const uint8_t* p, c
   }
 }
 
+}  // namespace detail
+
+namespace {
+
+using detail::kFwdBlock;
+using detail::kGradBlock;
+using detail::PlaneTables;
+using detail::plane_value;
+
+std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks, int64_t planes) {
+  std::vector<PlaneTables> tables(planes);
+  const int first[3] = {0, 3, 6}, width[3] = {3, 3, 2};
+  for (int64_t g = 0; g < planes; ++g) {
+    float* out[3] = {tables[g].t0, tables[g].t1, tables[g].t2};
+    for (int grp = 0; grp < 3; ++grp) {
+      for (int v = 0; v < 8; ++v) {
+        float s = 0.0f;
+        for (int b = 0; b < width[grp]; ++b) {
+          const int64_t k = 8 * g + first[grp] + b;
+          if (((v >> b) & 1) && k < num_masks) s += alpha[k];
+        }
+        out[grp][v] = v < (1 << width[grp]) ? s : 0.0f;
+      }
+    }
+  }
+  return tables;
+}
+
+void accumulate_planes_portable(const uint8_t* bank, int64_t n, int64_t planes, const float* table256, int64_t j0,
+                                int64_t len, float* acc) {
+  for (int64_t g = 0; g < planes; ++g) {
+    const float* t = table256 + 256 * g;
+    const uint8_t* p = bank + g * n + j0;
+    for (int64_t j = 0; j < len; ++j) acc[j] += t[p[j]];
+  }
+}
+
+template <Dtype D>
+void scale_by_weight(const void* weight, int64_t j0, int64_t len, const float* acc, void* out) {
+  using T = typename Element<D>::type;
+  const T* w = static_cast<const T*>(weight) + j0;
+  T* o = static_cast<T*>(out) + j0;
+  for (int64_t j = 0; j < len; ++j) o[j] = Element<D>::store(Element<D>::load(w[j]) * acc[j]);
+}
+
+template <Dtype D>
+void load_as_float(const void* src, int64_t j0, int64_t len, float* dst) {
+  using T = typename Element<D>::type;
+  const T* s = static_cast<const T*>(src) + j0;
+  for (int64_t j = 0; j < len; ++j) dst[j] = Element<D>::load(s[j]);
+}
+
+void load_as_float(const void* src, Dtype dtype, int64_t j0, int64_t len, float* dst) {
+  switch (dtype) {
+    case Dtype::f32: return load_as_float<Dtype::f32>(src, j0, len, dst);
+    case Dtype::f16: return load_as_float<Dtype::f16>(src, j0, len, dst);
+    case Dtype::bf16: return load_as_float<Dtype::bf16>(src, j0, len, dst);
+  }
+}
+
+// u[0, len) = grad[j0 + j] * weight[j0 + j] in fp32.
+struct Products {
+  const void* grad;
+  Dtype grad_dtype;
+  const void* weight;
+  Dtype weight_dtype;
+
+  void operator()(int64_t j0, int64_t len, float* u) const {
+    alignas(64) float w[kGradBlock];
+    load_as_float(grad, grad_dtype, j0, len, u);
+    load_as_float(weight, weight_dtype, j0, len, w);
+    for (int64_t j = 0; j < len; ++j) u[j] *= w[j];
+  }
+};
+
+// One block's sums of every plane into out[8 * plane + bit].
+void block_bit_sums(const Products& products, const uint8_t* bank, int64_t n, int64_t planes, int64_t blk, Isa isa,
+                    double* out) {
+  alignas(64) float u[kGradBlock];
+  const int64_t j0 = blk * kGradBlock, len = std::min(kGradBlock, n - j0);
+  products(j0, len, u);
+  for (int64_t g = 0; g < planes; ++g) {
+    const uint8_t* p = bank + g * n + j0;
+    if (isa == Isa::portable) detail::plane_bit_sums_portable(p, u, len, out + 8 * g);
+    else detail::plane_bit_sums_avx2(p, u, len, out + 8 * g);
+  }
+}
+
+// Two full blocks a, a + 1 at once on AVX-512 (combine_kernels.h).
+void block_pair_bit_sums(const Products& products, const uint8_t* bank, int64_t n, int64_t planes, int64_t a,
+                         double* out_a, double* out_b) {
+  alignas(64) float u[2][kGradBlock];
+  alignas(64) float u_pair[2 * kGradBlock];
+  products(a * kGradBlock, kGradBlock, u[0]);
+  products((a + 1) * kGradBlock, kGradBlock, u[1]);
+  for (int64_t q = 0; q < kGradBlock / 8; ++q)
+    for (int h = 0; h < 2; ++h) std::memcpy(u_pair + 16 * q + 8 * h, u[h] + 8 * q, 8 * sizeof(float));
+  for (int64_t g = 0; g < planes; ++g) {
+    const uint8_t* pa = bank + g * n + a * kGradBlock;
+    detail::plane_pair_bit_sums_avx512(pa, pa + kGradBlock, u_pair, out_a + 8 * g, out_b + 8 * g);
+  }
+}
+
 }  // namespace
 
 void combine_masks(const void* weight, Dtype dtype, const uint8_t* bank, const float* alpha, int64_t num_masks,
@@ -211,8 +258,11 @@ void combine_masks(const void* weight, Dtype dtype, const uint8_t* bank, const f
     alignas(64) float acc[kFwdBlock];
     const int64_t j0 = blk * kFwdBlock, len = std::min(kFwdBlock, n - j0);
     std::fill(acc, acc + len, 0.0f);
-    if (isa == Isa::avx2) accumulate_planes_avx2(bank, n, planes, tables.data(), j0, len, acc);
-    else accumulate_planes_portable(bank, n, planes, table256.data(), j0, len, acc);
+    switch (isa) {
+      case Isa::avx512: detail::accumulate_planes_avx512(bank, n, planes, tables.data(), j0, len, acc); break;
+      case Isa::avx2: detail::accumulate_planes_avx2(bank, n, planes, tables.data(), j0, len, acc); break;
+      case Isa::portable: accumulate_planes_portable(bank, n, planes, table256.data(), j0, len, acc); break;
+    }
     switch (dtype) {
       case Dtype::f32: scale_by_weight<Dtype::f32>(weight, j0, len, acc, out); break;
       case Dtype::f16: scale_by_weight<Dtype::f16>(weight, j0, len, acc, out); break;
@@ -227,21 +277,22 @@ void combine_masks_alpha_grad(const void* grad, Dtype grad_dtype, const void* we
   const int64_t planes = (num_masks + 7) / 8;
   const int64_t blocks = (n + kGradBlock - 1) / kGradBlock;
   const int64_t slots = 8 * planes;
+  const Products products{grad, grad_dtype, weight, weight_dtype};
   std::vector<double> partial(blocks * slots);  // [block, 8 * plane + bit]
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 8) if (blocks > 1)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    alignas(64) float u[kGradBlock];
-    alignas(64) float w[kGradBlock];
-    const int64_t j0 = blk * kGradBlock, len = std::min(kGradBlock, n - j0);
-    load_as_float(grad, grad_dtype, j0, len, u);
-    load_as_float(weight, weight_dtype, j0, len, w);
-    for (int64_t j = 0; j < len; ++j) u[j] *= w[j];
-    double* out = partial.data() + blk * slots;
-    for (int64_t g = 0; g < planes; ++g) {
-      const uint8_t* p = bank + g * n + j0;
-      if (isa == Isa::avx2) plane_bit_sums_avx2(p, u, len, out + 8 * g);
-      else plane_bit_sums_portable(p, u, len, out + 8 * g);
+  // AVX-512 takes the full blocks two at a time; a last partial or unpaired block
+  // goes to the AVX2 loop, which sums in the same order.
+  const int64_t step = isa == Isa::avx512 ? 2 : 1;
+  const int64_t tasks = (blocks + step - 1) / step;
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 8) if (tasks > 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t a = task * step;
+    if (step == 2 && (a + 2) * kGradBlock <= n) {
+      block_pair_bit_sums(products, bank, n, planes, a, partial.data() + a * slots, partial.data() + (a + 1) * slots);
+      continue;
     }
+    const Isa block_isa = isa == Isa::portable ? Isa::portable : Isa::avx2;
+    for (int64_t blk = a; blk < std::min(a + step, blocks); ++blk)
+      block_bit_sums(products, bank, n, planes, blk, block_isa, partial.data() + blk * slots);
   }
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (blocks * num_masks > (1 << 16))
   for (int64_t k = 0; k < num_masks; ++k) {

@@ -11,6 +11,10 @@
 //   pass 2  one fused write pass: every key above d1 is in the mask, every key below
 //           is out, and the indices with digit d1 are kept as candidates (in index
 //           order, per thread chunk). Uniform scores put about 0.4% of n there.
+//           A chunk whose candidates would take more than 1/8 byte per score (many
+//           ties: 2^28 equal scores once made 2 GB of indices) keeps none and scans
+//           its scores again instead, so the extra memory is at most n / 8 bytes
+//           plus the fixed histograms, whatever the scores.
 //   select  fp32 only: a histogram of the low 15 bits over the candidates gives the
 //           exact threshold key; fp16/bf16 already have it.
 //   ties    the keys equal to the threshold are all candidates; each thread knows
@@ -69,7 +73,8 @@ struct PlaneSink {
 struct ThreadState {
   std::vector<uint32_t> hist;     // high-digit counts of this thread's chunk
   std::vector<uint32_t> low;      // low-digit counts of this thread's candidates
-  std::vector<int64_t> cand;      // indices with the threshold's high digit, ascending
+  std::vector<uint32_t> cand;     // indices with the threshold's high digit, ascending (n < 2^32)
+  bool rescan = false;            // too many candidates to keep: find them by scanning the chunk
   int64_t ties = 0;               // candidates equal to the threshold key
 };
 
@@ -129,21 +134,38 @@ void topk_select(const void* scores_ptr, int64_t n, int64_t k, const Sink& sink,
     d1 = digit_of_kth(total, k, &above1);
 
     // pass 2: decide every key off the threshold digit; keep the others as candidates
+    // (4 bytes each) while they take at most 1/8 byte per score of the chunk
     const uint32_t digit = uint32_t(d1);
-    me.cand.resize(me.hist[d1] + 1);  // +1: the branch-free append writes one slot ahead
-    int64_t* cand = me.cand.data();
-    int64_t count = 0;
-    for (int64_t j = lo; j < hi; ++j) {
-      const uint32_t d = K::key(scores[j]) >> kLowBits;
-      sink.write(j, d > digit);
-      cand[count] = j;
-      count += d == digit;
+    const int64_t count = me.hist[d1];
+    me.rescan = count > (hi - lo) / 32;
+    if (me.rescan) {
+      for (int64_t j = lo; j < hi; ++j) sink.write(j, (K::key(scores[j]) >> kLowBits) > digit);
+    } else {
+      me.cand.resize(count + 1);  // +1: the branch-free append writes one slot ahead
+      uint32_t* cand = me.cand.data();
+      int64_t kept = 0;
+      for (int64_t j = lo; j < hi; ++j) {
+        const uint32_t d = K::key(scores[j]) >> kLowBits;
+        sink.write(j, d > digit);
+        cand[kept] = uint32_t(j);
+        kept += d == digit;
+      }
+      me.cand.resize(kept);
     }
-    me.cand.resize(count);
+    // visits this chunk's candidates in index order, kept or found again
+    auto for_each_candidate = [&](auto&& visit) {
+      if (!me.rescan) {
+        for (uint32_t j : me.cand) visit(int64_t(j));
+        return;
+      }
+      for (int64_t j = lo; j < hi; ++j)
+        if ((K::key(scores[j]) >> kLowBits) == digit) visit(j);
+    };
 
     if constexpr (kLowBits > 0) {
       me.low.assign(kLowBins, 0);
-      for (int64_t j : me.cand) ++me.low[K::key(scores[j]) & (kLowBins - 1)];
+      uint32_t* low = me.low.data();
+      for_each_candidate([&](int64_t j) { ++low[K::key(scores[j]) & (kLowBins - 1)]; });
 #pragma omp barrier
 #pragma omp single
       {
@@ -169,7 +191,7 @@ void topk_select(const void* scores_ptr, int64_t n, int64_t k, const Sink& sink,
     int64_t before = 0;
     for (int u = 0; u < t; ++u) before += state[u].ties;
     int64_t quota = std::clamp<int64_t>(ties_needed - before, 0, me.ties);
-    for (int64_t j : me.cand) {
+    for_each_candidate([&](int64_t j) {
       const uint32_t key = K::key(scores[j]);
       if (key > threshold) {
         sink.set(j);
@@ -177,7 +199,7 @@ void topk_select(const void* scores_ptr, int64_t n, int64_t k, const Sink& sink,
         sink.set(j);
         --quota;
       }
-    }
+    });
   }
 }
 

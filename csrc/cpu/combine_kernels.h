@@ -1,0 +1,50 @@
+// The per-ISA inner loops of combine.cpp, shared with combine_avx512.cpp (the
+// AVX-512 loops live in their own file so that a ctest build can compile them on
+// SIMDe's emulation and run them on a processor without AVX-512).
+#pragma once
+
+#include <cstdint>
+
+namespace impresslearn::cpu::detail {
+
+// Forward blocks: an fp32 accumulator of kFwdBlock floats (8 KB) stays in L1.
+constexpr int64_t kFwdBlock = 2048;
+// Alpha-gradient blocks: u = grad * W of kGradBlock floats (8 KB), 8 fp32 lane sums
+// per bit within a block, fp64 across blocks. Part of the result's definition (it
+// fixes the summation order), identical for every ISA and thread count.
+constexpr int64_t kGradBlock = 2048;
+
+// A byte's 8 bits split 3 + 3 + 2: each group's partial sums fit the 8 lanes of one
+// ymm register, which vpermps indexes with the low 3 bits of each lane (higher bits
+// are ignored, so x >> 3 needs no mask): 3 in-register lookups per byte, no blends.
+struct alignas(32) PlaneTables {
+  float t0[8];  // t0[v] = sum_{b<3} alpha[8g+b]   * bit_b(v)
+  float t1[8];  // t1[v] = sum_{b<3} alpha[8g+3+b] * bit_b(v)
+  float t2[8];  // t2[v] = sum_{b<2} alpha[8g+6+b] * bit_b(v), v < 4 (lanes 4-7 zero)
+};
+
+// The value every path adds for byte v of plane g, in one fixed fp32 order.
+inline float plane_value(const PlaneTables& t, unsigned v) { return (t.t0[v & 7] + t.t1[(v >> 3) & 7]) + t.t2[v >> 6]; }
+
+// acc[0, len) += plane_value(tables[g], bank[g * n + j0 + j]) for every plane g, planes
+// taken two at a time as ((acc + value_g) + value_g+1), a last odd plane alone.
+void accumulate_planes_avx2(const uint8_t* bank, int64_t n, int64_t planes, const PlaneTables* tables, int64_t j0,
+                            int64_t len, float* acc);
+void accumulate_planes_avx512(const uint8_t* bank, int64_t n, int64_t planes, const PlaneTables* tables, int64_t j0,
+                              int64_t len, float* acc);
+
+// sums[b] = sum_j u[j] bit_b(p[j]) for one plane of one block, in the canonical order:
+// lane i (0..7) sums, in fp32 and in index order, u[j] over the j < len - len % 8 with
+// j % 8 == i and bit b set; then sums[b] = ((lane 0 + lane 1) + ... + lane 7) in fp64,
+// plus the tail j >= len - len % 8 in index order, in fp64.
+void plane_bit_sums_portable(const uint8_t* p, const float* u, int64_t len, double* sums);
+void plane_bit_sums_avx2(const uint8_t* p, const float* u, int64_t len, double* sums);
+
+// The same for two full blocks (kGradBlock weights each) at once, one per half of a
+// zmm register: pa, pb their bytes of one plane; u_pair their products interleaved
+// in groups of 8 (u_a[0..7], u_b[0..7], u_a[8..15], ...). Bit-identical to
+// plane_bit_sums_avx2 on each block.
+void plane_pair_bit_sums_avx512(const uint8_t* pa, const uint8_t* pb, const float* u_pair, double* sums_a,
+                                double* sums_b);
+
+}  // namespace impresslearn::cpu::detail
