@@ -187,7 +187,9 @@ def _topk_case(quick: bool) -> Case | None:
 def gpu_cases(quick: bool) -> list:
     if not torch.cuda.is_available():
         return []
-    import impresslearn.ops  # noqa: F401  (registers the triton ops)
+    import impresslearn.ops
+
+    impresslearn.ops.load_triton_ops()  # registered lazily; the cases call torch.ops.impresslearn.*_triton
 
     cases = [_copy_case(quick)]
     if hasattr(torch.ops.impresslearn, "combine_masks_triton"):

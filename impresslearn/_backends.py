@@ -1,29 +1,34 @@
-"""The backend rule, written once for every op (DESIGN section 3).
+"""The backend rule, written once for every op (docs/design.md, section 3).
+
+A backend names a *family* of kernels, and a family means the same thing on every op:
+
+``reference``  pure PyTorch; oracle for tests, fallback, benchmark baseline.
+``cpp``        the C++/OpenMP kernels of ``impresslearn._C``; CPU tensors.
+``gpu``        the GPU kernels: Triton (``impresslearn.kernels``) and CUDA (``_C``),
+               each op taking the one it has (combine, bank and linear: Triton;
+               topk_mask: CUDA); CUDA tensors, or CPU tensors in the Triton
+               interpreter, where an op without a Triton kernel runs its reference.
+``triton``, ``cuda``  other names of ``gpu`` (its two kernel sources).
+
+The kernels an op can have (``OpSpec.impls``) are named by where they come from:
+``reference``, ``cpp``, ``triton``, ``cuda``. :data:`FAMILIES` says, per device, which
+of them a family takes, in order: an op runs on the first one it implements.
 
 Order of precedence:
 
 1. an explicit ``backend=`` argument;
 2. else the ``IMPRESSLEARN_BACKEND`` environment variable;
-3. else automatic: the first backend in the op's preference list for the tensor's
-   device that is available, falling back to ``reference``.
+3. else automatic: the device's family (CPU tensors: ``cpp``, CUDA tensors: ``gpu``),
+   falling back to ``reference`` for an op whose kernel there cannot run.
 
-An explicit choice (1 or 2) that cannot run raises :class:`BackendUnavailable`
-with the reason. An automatic choice that skips a preferred backend logs the
-reason once per (op, backend).
-
-Backends:
-
-``reference``  pure PyTorch; oracle for tests, fallback, benchmark baseline.
-``cpp``        C++/OpenMP kernels of ``impresslearn._C`` (CPU tensors).
-``triton``     Triton kernels in ``impresslearn.kernels`` (CUDA tensors, or CPU
-               tensors when ``TRITON_INTERPRET=1`` was set before import).
-``cuda``       CUDA kernels of ``impresslearn._C`` (CUDA tensors).
+An explicit choice (1 or 2) that cannot run raises :class:`BackendUnavailable` with
+the reason. An automatic choice that skips a kernel logs the reason once per
+(op, kernel). Interpreter mode is decided once, by the Triton kernels themselves
+when they first load (``impresslearn.ops._registry.triton_interpreted``).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -36,80 +41,138 @@ from . import _extension
 log = logging.getLogger("impresslearn")
 
 ENV_VAR = "IMPRESSLEARN_BACKEND"
-BACKENDS = ("reference", "cpp", "triton", "cuda")
+KERNELS = ("reference", "cpp", "triton", "cuda")
+BACKENDS = ("reference", "cpp", "gpu")
+ALIASES = {"triton": "gpu", "cuda": "gpu"}
+
+# family -> device type -> the kernels it takes there, in order; a device type not
+# listed is one the family does not run on (family_reason says why)
+FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
+    "reference": {"*": ("reference",)},  # any device
+    "cpp": {"cpu": ("cpp",)},
+    # on CPU tensors only under the interpreter; topk_mask's GPU kernel is CUDA, so there
+    # it runs its reference (the interpreter is a correctness tool for the Triton kernels)
+    "gpu": {"cuda": ("triton", "cuda"), "cpu": ("triton", "reference")},
+}
+AUTOMATIC = {"cpu": "cpp", "cuda": "gpu"}
+
+
+def _kernels_of(family: str, device: torch.device) -> tuple[str, ...]:
+    devices = FAMILIES[family]
+    return devices.get(device.type, devices.get("*", ()))
 
 
 class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run this op on these tensors."""
 
 
-def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+def canonical(backend: str) -> str:
+    """The family a backend name selects (``triton``/``cuda`` -> ``gpu``); ValueError if unknown."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string or None, got {type(backend).__name__}")
+    family = ALIASES.get(backend, backend)
+    if family not in FAMILIES:
+        names = ", ".join(repr(b) for b in (*BACKENDS, *ALIASES))
+        raise ValueError(f"unknown backend {backend!r}; choose one of {names}")
+    return family
 
 
-@functools.cache
-def _triton_reason() -> str | None:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # pragma: no cover - broken install
-        return f"triton failed to import ({type(exc).__name__}: {exc})"
-    return None
+def _triton_reason(device: torch.device) -> str | None:
+    from .ops._registry import triton_interpreted, triton_load_reason
 
-
-def backend_reason(backend: str, device: torch.device | str) -> str | None:
-    """None if ``backend`` can run on ``device``, else why not (one line)."""
-    device = torch.device(device)
-    if backend == "reference":
+    reason = triton_load_reason()
+    if reason is not None:
+        return reason
+    if device.type == "cuda":
         return None
-    if backend == "cpp":
+    if device.type == "cpu":
+        if triton_interpreted():
+            return None
+        return (
+            "the Triton kernels were loaded compiled (TRITON_INTERPRET was not 1 when they first "
+            "loaded), so they run on CUDA tensors only"
+        )
+    return f"triton does not run on {device.type} tensors"
+
+
+def kernel_reason(kernel: str, device: torch.device | str) -> str | None:
+    """None if ``kernel`` (one of :data:`KERNELS`) can run on ``device``, else why not (one line)."""
+    device = torch.device(device)
+    if kernel == "reference":
+        return None
+    if kernel == "cpp":
         if device.type != "cpu":
             return f"cpp kernels run on CPU tensors, got {device.type}"
         if not _extension.has_cpu_kernels():
             return _extension.unavailable_reason() or "impresslearn._C was built without CPU kernels"
         return None
-    if backend == "triton":
-        reason = _triton_reason()
-        if reason:
-            return reason
-        if device.type == "cuda":
-            return None
-        if device.type == "cpu":
-            return None if triton_interpret() else "triton runs on CPU tensors only under TRITON_INTERPRET=1"
-        return f"triton does not run on {device.type} tensors"
-    if backend == "cuda":
+    if kernel == "triton":
+        return _triton_reason(device)
+    if kernel == "cuda":
         if device.type != "cuda":
             return f"cuda kernels run on CUDA tensors, got {device.type}"
         if not _extension.has_cuda_kernels():
             return _extension.unavailable_reason() or "impresslearn._C was built without CUDA kernels"
         return None
-    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    raise ValueError(f"unknown kernel {kernel!r}; kernels are {KERNELS}")
+
+
+def family_reason(backend: str, device: torch.device | str) -> str | None:
+    """None if the family ``backend`` runs on ``device`` at all, else why not."""
+    family = canonical(backend)
+    device = torch.device(device)
+    if not _kernels_of(family, device):
+        if family == "cpp":
+            return f"the cpp kernels run on CPU tensors, got {device.type}"
+        return f"the {family} kernels do not run on {device.type} tensors"
+    if family == "gpu" and device.type == "cpu":
+        # Triton is the family's only kernel source on CPU tensors (interpreted)
+        reason = _triton_reason(device)
+        return None if reason is None else f"on CPU tensors the gpu kernels need the Triton interpreter: {reason}"
+    if family == "cpp":
+        return kernel_reason("cpp", device)
+    return None
+
+
+def backend_reason(backend: str, device: torch.device | str, op: str | None = None) -> str | None:
+    """None if ``backend`` can run ``op`` (or, without ``op``, run at all) on ``device``, else why not."""
+    if op is None:
+        return family_reason(backend, device)
+    try:
+        select(op, device, backend)
+    except BackendUnavailable as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One op and the backends that implement it.
+    """One op and the kernels that implement it.
 
-    ``impls`` maps a backend name to a callable with the op's signature.
-    ``prefer`` maps a device type to the automatic order of backends.
+    ``impls`` maps a kernel name (:data:`KERNELS`) to a callable with the op's signature;
+    which one runs is decided by :data:`FAMILIES`, never by the op.
     """
 
     name: str
     impls: dict[str, Callable]
-    prefer: dict[str, tuple[str, ...]]
-    # dtypes a kernel backend accepts for the op's main tensor; the reference takes any
+    # dtypes a kernel accepts for the op's main tensor; the reference takes any
     dtypes: dict[str, tuple[torch.dtype, ...]] | None = None
-    # for a backend without its own kernel: how the functional API composes the op there
+    # for a family without a kernel of this op: how the functional API composes the op there
     composed: str | None = None
 
     def __post_init__(self):
         if "reference" not in self.impls:
             raise ValueError(f"op {self.name} needs a reference implementation")
-        for order in self.prefer.values():
-            for b in order:
-                if b not in BACKENDS:
-                    raise ValueError(f"op {self.name}: unknown backend {b!r}")
+        for kernel in self.impls:
+            if kernel not in KERNELS:
+                raise ValueError(f"op {self.name}: unknown kernel {kernel!r}; kernels are {KERNELS}")
+
+    def member(self, backend: str, device: torch.device | str) -> str | None:
+        """The kernel family ``backend`` runs this op with on ``device``, or None if it has none."""
+        for kernel in _kernels_of(canonical(backend), torch.device(device)):
+            if kernel in self.impls:
+                return kernel
+        return None
 
 
 REGISTRY: dict[str, OpSpec] = {}
@@ -121,50 +184,56 @@ def register(spec: OpSpec) -> OpSpec:
     return spec
 
 
-def _requested(backend: str | None) -> str | None:
+def requested_backend(backend: str | None = None) -> str | None:
+    """The explicit choice: ``backend`` if given, else ``IMPRESSLEARN_BACKEND``, else None (automatic)."""
     if backend is not None:
         return backend
     env = os.environ.get(ENV_VAR, "").strip()
     return env or None
 
 
-def _dtype_reason(spec: OpSpec, backend: str, dtype: torch.dtype | None) -> str | None:
-    if dtype is None or spec.dtypes is None or backend not in spec.dtypes:
+def _dtype_reason(spec: OpSpec, kernel: str, dtype: torch.dtype | None) -> str | None:
+    if dtype is None or spec.dtypes is None or kernel not in spec.dtypes:
         return None
-    if dtype in spec.dtypes[backend]:
+    if dtype in spec.dtypes[kernel]:
         return None
-    return f"{backend} kernels of {spec.name} take {', '.join(map(str, spec.dtypes[backend]))}, got {dtype}"
+    return f"{kernel} kernels of {spec.name} take {', '.join(map(str, spec.dtypes[kernel]))}, got {dtype}"
 
 
 def select(
     op: str, device: torch.device | str, backend: str | None = None, dtype: torch.dtype | None = None
 ) -> str:
-    """The backend that runs ``op`` on ``device`` (for tensors of ``dtype``) under the rule above."""
+    """The kernel that runs ``op`` on ``device`` (for tensors of ``dtype``) under the rule above."""
     spec = REGISTRY[op]
     device = torch.device(device)
-    requested = _requested(backend)
+    requested = requested_backend(backend)
     if requested is not None:
-        if requested not in BACKENDS:
-            raise ValueError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
-        if requested not in spec.impls:
-            raise BackendUnavailable(
-                f"{op} has no {requested} implementation (it has: {', '.join(spec.impls)})"
-            )
-        reason = backend_reason(requested, device) or _dtype_reason(spec, requested, dtype)
+        family = canonical(requested)
+        named = requested if requested == family else f"{requested} (= {family})"
+        reason = family_reason(family, device)
         if reason is not None:
-            raise BackendUnavailable(f"{op} cannot run on backend {requested!r}: {reason}")
-        return requested
-    for candidate in spec.prefer.get(device.type, ()):
-        if candidate not in spec.impls:
-            continue
-        if _dtype_reason(spec, candidate, dtype) is not None:
-            continue  # e.g. float64 for gradcheck: the reference serves it, nothing to log
-        reason = backend_reason(candidate, device)
-        if reason is None:
-            return candidate
-        if (op, candidate) not in _warned:
-            _warned.add((op, candidate))
-            log.info("%s: backend %s skipped (%s); falling back", op, candidate, reason)
+            raise BackendUnavailable(f"{op} cannot run on backend {named}: {reason}")
+        kernel = spec.member(family, device)
+        if kernel is None:
+            raise BackendUnavailable(
+                f"{op} has no kernel in backend {named} on {device.type} tensors (it has: {', '.join(spec.impls)})"
+            )
+        reason = kernel_reason(kernel, device) or _dtype_reason(spec, kernel, dtype)
+        if reason is not None:
+            raise BackendUnavailable(f"{op} cannot run on backend {named}: {reason}")
+        return kernel
+    family = AUTOMATIC.get(device.type)
+    kernel = spec.member(family, device) if family is not None else None
+    if kernel is None or kernel == "reference":
+        return "reference"
+    if _dtype_reason(spec, kernel, dtype) is not None:
+        return "reference"  # e.g. float64 for gradcheck: the reference serves it, nothing to log
+    reason = kernel_reason(kernel, device)
+    if reason is None:
+        return kernel
+    if (op, kernel) not in _warned:
+        _warned.add((op, kernel))
+        log.info("%s: %s kernel skipped (%s); falling back to the reference", op, kernel, reason)
     return "reference"
 
 

@@ -1,12 +1,24 @@
-"""``python -m impresslearn.info``: versions, and for every op each backend, available or why not."""
+"""``python -m impresslearn.info``: versions, and for every op each backend, available or why not.
+
+Loads the Triton kernels (they are otherwise loaded at first use) to say whether they run.
+"""
 
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
 
 from . import _backends, _extension, ops  # noqa: F401  (importing ops registers every op)
+from .ops import _registry
+
+_KERNEL_WHERE = {
+    "reference": "pure PyTorch",
+    "cpp": "C++ kernel",
+    "triton": "Triton kernel",
+    "cuda": "CUDA kernel",
+}
 
 
 def _devices() -> list[str]:
@@ -16,13 +28,27 @@ def _devices() -> list[str]:
     return devices
 
 
+def _triton_line() -> str:
+    reason = _registry.triton_load_reason()
+    if reason is not None:
+        return f"triton: {reason}"
+    mode = (
+        "interpreted (TRITON_INTERPRET=1 when they loaded): they run on CPU tensors"
+        if _registry.triton_interpreted()
+        else "compiled: they run on CUDA tensors"
+    )
+    return f"triton: kernels loaded, {mode}"
+
+
 def report() -> str:
+    from . import __version__
+
+    requested = _backends.requested_backend()
     lines = [
-        f"impresslearn {__import__('impresslearn').__version__}",
+        f"impresslearn {__version__}",
         f"python {platform.python_version()}  torch {torch.__version__}  "
         f"cuda {torch.version.cuda or '-'}  threads {torch.get_num_threads()}",
-        f"triton: {_backends._triton_reason() or 'importable'}"
-        + (" (TRITON_INTERPRET=1: Triton runs on CPU tensors)" if _backends.triton_interpret() else ""),
+        _triton_line(),
         f"_C: {_extension.unavailable_reason() or 'loaded'}"
         + (
             f" (cpu kernels: {'yes' if _extension.has_cpu_kernels() else 'no'}, "
@@ -31,17 +57,18 @@ def report() -> str:
             else ""
         ),
         f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none visible'}",
-        f"{_backends.ENV_VAR}={__import__('os').environ.get(_backends.ENV_VAR, '') or '(unset: automatic)'}",
+        f"{_backends.ENV_VAR}={requested or '(unset: automatic)'}",
+        f"backends: {', '.join(_backends.BACKENDS)} "
+        f"({', '.join(f'{a} = {f}' for a, f in _backends.ALIASES.items())}); "
+        f"automatic: {', '.join(f'{d} tensors -> {f}' for d, f in _backends.AUTOMATIC.items())}",
         "",
     ]
     width = max(len(name) for name in _backends.REGISTRY)
     for name, spec in sorted(_backends.REGISTRY.items()):
-        chosen = ", ".join(f"{d} -> {_automatic(spec, d)}" for d in _devices()) if not _backends._requested(None) else "-"
+        chosen = ", ".join(f"{d} -> {_automatic(spec, d)}" for d in _devices()) if requested is None else "-"
         lines.append(f"{name:<{width}}  automatic: {chosen}")
         for backend in _backends.BACKENDS:
             lines.append(f"{'':<{width}}    {backend:<9} {_status(spec, backend)}")
-        if spec.composed:
-            lines.append(f"{'':<{width}}    (elsewhere: {spec.composed})")
     return "\n".join(lines)
 
 
@@ -51,39 +78,28 @@ def _automatic(spec: _backends.OpSpec, device: str) -> str:
 
 
 def _status(spec: _backends.OpSpec, backend: str) -> str:
-    """One line: can ``backend`` run ``spec`` here, and if not, why not."""
-    if backend not in spec.impls:
-        return f"no: {_missing_reason(spec, backend)}"
+    """One line: what ``backend`` runs ``spec`` with, on which tensors, or why it cannot."""
     if backend == "reference":
-        return "available (pure PyTorch, any device)"
-    if backend == "cpp":
-        reason = _backends.backend_reason("cpp", "cpu")
-        return "available on CPU tensors" if reason is None else f"no: {reason}"
-    gpu = torch.cuda.is_available()
-    if backend == "triton":
-        if _backends.triton_interpret():
-            reason = _backends.backend_reason("triton", "cpu")
-            return "available on CPU tensors (interpreted)" if reason is None else f"no: {reason}"
-        if gpu:
-            return "available on CUDA tensors"
-        return "kernels ready; no GPU visible here (CPU tensors run them under TRITON_INTERPRET=1)"
-    return "available on CUDA tensors" if gpu else "compiled; no GPU visible here to run it"
-
-
-def _missing_reason(spec: _backends.OpSpec, backend: str) -> str:
-    if backend == "cuda" and "triton" in spec.impls:
-        return "its GPU kernel is the Triton one"
-    if backend == "triton" and "cuda" in spec.impls:
-        return "its GPU kernel is the CUDA one (csrc/cuda)"
-    if backend in ("cpp", "cuda"):
-        if _extension.extension() is None:
-            return _extension.unavailable_reason()
-        if backend == "cuda" and not _extension.has_cuda_kernels():
-            return "_C was built without CUDA kernels"
-        return "no kernel of its own"
-    if backend == "triton":
-        return _backends._triton_reason() or "no Triton kernel of its own"
-    return "not implemented"
+        return "pure PyTorch, any device"
+    parts = []
+    for device in ("cpu", "cuda"):
+        if not _backends.family_kernels(backend, device):
+            continue
+        kernel = spec.member(backend, device)
+        if kernel is None:
+            parts.append(f"{device} tensors: {spec.composed or 'no kernel'}")
+            continue
+        reason = _backends.kernel_reason(kernel, device)
+        if kernel == "reference" and backend != "reference":
+            where = f"reference ({spec.name} has no Triton kernel; its GPU kernel is CUDA)"
+        else:
+            where = _KERNEL_WHERE[kernel]
+        if device == "cpu" and backend == "gpu":
+            where += ", Triton interpreter only"
+        if reason is None and device == "cuda" and not torch.cuda.is_available():
+            reason = "no GPU visible here"
+        parts.append(f"{device} tensors: {where}" + ("" if reason is None else f" [not here: {reason}]"))
+    return "; ".join(parts) if parts else "-"
 
 
 def main(args=None) -> None:

@@ -1,11 +1,17 @@
-"""The backend rule (impresslearn/_backends.py): argument, then environment, then automatic."""
+"""The backend rule (impresslearn/_backends.py): argument, then environment, then automatic;
+a backend name selects one kernel family on every op; Triton loads lazily, its mode decided once."""
 
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
-from impresslearn import BackendUnavailable, _backends, ops
+from impresslearn import BackendUnavailable, _backends, _extension, ops
+from impresslearn.ops import _registry
 
 
 def test_explicit_argument_wins_over_the_environment(monkeypatch):
@@ -17,16 +23,18 @@ def test_explicit_argument_wins_over_the_environment(monkeypatch):
 def test_environment_variable_is_an_explicit_choice(monkeypatch):
     monkeypatch.setenv("IMPRESSLEARN_BACKEND", "reference")
     assert _backends.select("combine_masks", "cpu") == "reference"
-    monkeypatch.setenv("IMPRESSLEARN_BACKEND", "cuda")
-    with pytest.raises(BackendUnavailable, match="cuda"):
-        ops.pack_masks(torch.ones(2, 3, dtype=torch.bool))
+    monkeypatch.setenv("IMPRESSLEARN_BACKEND", "cpp")
+    with pytest.raises(BackendUnavailable, match="cpp kernels run on CPU tensors, got meta"):
+        ops.pack_masks(torch.ones(2, 3, dtype=torch.bool, device="meta"))
     monkeypatch.setenv("IMPRESSLEARN_BACKEND", "nonsense")
-    with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
+    with pytest.raises(ValueError, match="unknown backend 'nonsense'; choose one of 'reference', 'cpp', 'gpu'"):
         ops.pack_masks(torch.ones(2, 3, dtype=torch.bool))
 
 
 def test_automatic_prefers_the_kernel_and_falls_back_to_the_reference():
     assert _backends.select("combine_masks", "cpu") == "cpp"
+    assert _backends.select("combine_masks", "cuda") == "triton"  # the device's family: gpu
+    assert _backends.select("topk_mask", "cuda") == "cuda"
     # float64 has no kernel: the reference serves it, silently (gradcheck needs it)
     assert _backends.select("combine_masks", "cpu", dtype=torch.float64) == "reference"
     with pytest.raises(BackendUnavailable, match="float64"):
@@ -34,26 +42,186 @@ def test_automatic_prefers_the_kernel_and_falls_back_to_the_reference():
 
 
 def test_automatic_fallback_logs_once(monkeypatch, caplog):
-    spec = _backends.OpSpec("probe_op", {"reference": lambda: None, "cuda": lambda: None}, {"cpu": ("cuda",)})
+    spec = _backends.OpSpec("probe_op", {"reference": lambda: None, "cpp": lambda: None})
     monkeypatch.setitem(_backends.REGISTRY, "probe_op", spec)
     monkeypatch.setattr(_backends, "_warned", set())
+    monkeypatch.setattr(_extension, "has_cpu_kernels", lambda: False)
     with caplog.at_level(logging.INFO, logger="impresslearn"):
         assert _backends.select("probe_op", "cpu") == "reference"
         assert _backends.select("probe_op", "cpu") == "reference"
-    skipped = [r for r in caplog.records if "probe_op: backend cuda skipped" in r.getMessage()]
+    skipped = [r for r in caplog.records if "probe_op: cpp kernel skipped" in r.getMessage()]
     assert len(skipped) == 1
+    with pytest.raises(BackendUnavailable, match="without CPU kernels"):
+        _backends.select("probe_op", "cpu", "cpp")  # explicit: raises instead
 
 
-def test_explicit_backend_the_op_lacks_names_what_it_has():
-    with pytest.raises(BackendUnavailable, match="topk_mask has no triton implementation"):
-        ops.topk_mask(torch.randn(10), 3, backend="triton")
-
-
-def test_every_op_has_a_reference():
+def test_every_op_has_a_reference_and_only_known_kernels():
     with pytest.raises(ValueError, match="reference"):
-        _backends.OpSpec("broken", {"cpp": lambda: None}, {})
+        _backends.OpSpec("broken", {"cpp": lambda: None})
+    with pytest.raises(ValueError, match="unknown kernel 'gpu'"):
+        _backends.OpSpec("broken", {"reference": lambda: None, "gpu": lambda: None})
     for spec in _backends.REGISTRY.values():
         assert "reference" in spec.impls
+
+
+# ----------------------------------------------------------------------------- one name, one family
+
+
+def test_a_backend_name_selects_the_same_family_on_every_op():
+    """issue 11.3: "triton" failed in topk (no Triton topk), "cuda" would fail in combine."""
+    for name, spec in _backends.REGISTRY.items():
+        if spec.composed is None:
+            assert spec.member("cpp", "cpu") == "cpp", name
+        for alias in ("gpu", "triton", "cuda"):
+            # on CUDA tensors every op has a GPU kernel: Triton, or CUDA where it has no Triton one
+            assert spec.member(alias, "cuda") == ("triton" if "triton" in spec.impls else "cuda"), name
+            assert _backends.select(name, "cuda", alias) == spec.member("gpu", "cuda"), name
+    assert _backends.select("topk_mask", "cuda", "triton") == "cuda"
+    assert _backends.select("combine_masks", "cuda", "cuda") == "triton"
+
+
+def test_the_gpu_family_on_cpu_runs_interpreted_triton_and_references_elsewhere():
+    assert _registry.triton_interpreted()  # tests/conftest.py sets TRITON_INTERPRET=1
+    for alias in ("gpu", "triton", "cuda"):
+        assert _backends.select("combine_masks", "cpu", alias) == "triton"
+        assert _backends.select("topk_mask", "cpu", alias) == "reference"
+    scores = torch.randn(50)
+    assert torch.equal(ops.topk_mask(scores, 7, backend="triton"), ops.topk_mask(scores, 7, backend="reference"))
+
+
+def test_unknown_and_misplaced_backends_say_why():
+    with pytest.raises(ValueError, match="unknown backend 'fortran'"):
+        _backends.select("combine_masks", "cpu", "fortran")
+    with pytest.raises(TypeError, match="backend must be a string"):
+        _backends.select("combine_masks", "cpu", 3)
+    with pytest.raises(BackendUnavailable, match="cpp kernels run on CPU tensors, got cuda"):
+        _backends.select("combine_masks", "cuda", "cpp")
+    with pytest.raises(BackendUnavailable, match=r"impress_linear has no kernel in backend cpp"):
+        _backends.select("impress_linear", "cpu", "cpp")  # composed there: combine_masks on cpp + GEMM
+    assert _backends.backend_reason("gpu", "meta") == "the gpu kernels do not run on meta tensors"
+    assert _backends.backend_reason("reference", "meta") is None
+    assert _backends.backend_reason("cpp", "cpu", op="combine_masks") is None
+
+
+# ----------------------------------------------------------------------------- a learner per family
+
+
+def _available_families():
+    params = []
+    for family in _backends.BACKENDS:
+        reason = _backends.family_reason(family, "cpu")
+        marks = [pytest.mark.skip(reason=f"backend {family} unavailable here: {reason}")] if reason else []
+        params.append(pytest.param(family, marks=marks, id=family))
+    return params
+
+
+def _run_learner(backend, monkeypatch):
+    """basis mask, random masks, an alpha task and task inference, recording which kernels ran."""
+    from impresslearn import ImpressLearner, TrainConfig
+    from impresslearn.models import create_model
+    from impresslearn.scenarios import BatchLoader, create_scenario
+
+    used = set()
+    select = _backends.select
+
+    def spy(op, device, backend=None, dtype=None):
+        kernel = select(op, device, backend, dtype)
+        used.add((op, kernel))
+        return kernel
+
+    monkeypatch.setattr(_backends, "select", spy)
+    scenario = create_scenario("synthetic", num_tasks=2, train_size=128, test_size=64, seed=0)
+    model = create_model("lenet300", num_classes=10, seed=0, hidden=[24, 12])
+    learner = ImpressLearner(model, density=0.2, backend=backend)
+    cfg = TrainConfig(epochs=1, lr=0.05, optimizer="adam", seed=0)
+    first, second = scenario.task(0), scenario.task(1)
+    learner.learn_basis_mask(first.name, BatchLoader(first.train, batch_size=64, shuffle=True, seed=0), cfg)
+    learner.add_random_masks(8, seed=0)
+    learner.learn_alpha(second.name, BatchLoader(second.train, batch_size=64, shuffle=True, seed=1), cfg)
+    x, _ = next(iter(BatchLoader(first.test, batch_size=32)))
+    inferred = learner.infer_task(x)
+    monkeypatch.setattr(_backends, "select", select)
+    banks = [layer.bank.clone() for layer in learner.layers]
+    return banks, learner.tasks[second.name].coefficients.detach().clone(), inferred, used
+
+
+@pytest.mark.parametrize("backend", _available_families())
+def test_a_learner_runs_end_to_end_on_every_available_backend(backend, monkeypatch):
+    banks, alpha, inferred, used = _run_learner(backend, monkeypatch)
+    assert {kernel for _, kernel in used} <= set(_backends.family_kernels(backend, "cpu")), used
+    assert any(kernel == _backends.family_kernels(backend, "cpu")[0] for _, kernel in used), used
+    if backend == "reference":
+        return
+    ref_banks, ref_alpha, ref_inferred, _ = _run_learner("reference", monkeypatch)
+    assert all(torch.equal(a, b) for a, b in zip(banks, ref_banks))  # masks are bit-exact
+    torch.testing.assert_close(alpha, ref_alpha, atol=1e-3, rtol=1e-3)
+    assert inferred == ref_inferred
+
+
+# ----------------------------------------------------------------------------- lazy Triton, one mode
+
+
+def _python(code: str, **env) -> str:
+    environ = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "IMPRESSLEARN_BACKEND")}
+    environ.update(env, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=environ, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_import_loads_neither_triton_nor_inductor():
+    """Registering the Triton ops at import cost ~2 s (torch._inductor); they load at first use."""
+    out = _python("""
+        import sys
+        import torch
+        import impresslearn
+        from impresslearn import ops
+        bank = ops.pack_masks(torch.ones(3, 10, dtype=torch.bool))     # the CPU kernels need neither
+        ops.combine_masks(torch.randn(10), bank, torch.rand(3))
+        print(sorted(m for m in ("triton", "torch._inductor", "torch._dynamo") if m in sys.modules))
+    """)
+    assert out.strip() == "[]"
+
+
+def test_interpreter_mode_is_decided_when_the_triton_kernels_first_load():
+    """Setting TRITON_INTERPRET after import works (kernels load at first use); changing it later
+    changes nothing: dispatch asks the loaded kernels, never the environment again."""
+    out = _python("""
+        import os
+        import torch
+        from impresslearn import ops, _backends
+        from impresslearn.ops import _registry
+        os.environ["TRITON_INTERPRET"] = "1"     # after import, before the first Triton use
+        w, m, a = torch.randn(40), torch.rand(9, 40) < 0.5, torch.rand(9)
+        bank = ops.pack_masks(m, backend="gpu")
+        got = ops.combine_masks(w, bank, a, backend="gpu")
+        assert torch.allclose(got, ops.combine_masks(w, bank, a, backend="reference"), atol=1e-5)
+        os.environ["TRITON_INTERPRET"] = "0"
+        assert _registry.triton_interpreted() and _backends.select("combine_masks", "cpu", "gpu") == "triton"
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+    out = _python("""
+        import os
+        import torch
+        from impresslearn import BackendUnavailable, ops
+        try:
+            ops.combine_masks(torch.randn(8), torch.zeros(1, 8, dtype=torch.uint8), torch.rand(1), backend="gpu")
+        except BackendUnavailable as exc:
+            print(exc)
+        os.environ["TRITON_INTERPRET"] = "1"     # too late: the kernels loaded compiled
+        try:
+            ops.pack_masks(torch.ones(1, 8, dtype=torch.bool), backend="gpu")
+        except BackendUnavailable as exc:
+            print(exc)
+    """)
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and all("TRITON_INTERPRET was not 1 when they loaded" in line for line in lines), out
+
+
+# ----------------------------------------------------------------------------- info
 
 
 def test_info_lists_every_op_and_backend():
@@ -62,7 +230,10 @@ def test_info_lists_every_op_and_backend():
     text = info.report()
     for name in ("pack_masks", "unpack_masks", "set_mask", "combine_masks", "topk_mask", "impress_linear"):
         assert name in text
-    block = text[text.index("\npack_masks") + 1 :].split("\n")[1:5]
-    assert [line.split()[0] for line in block] == ["reference", "cpp", "triton", "cuda"]
-    assert "cpp       available on CPU tensors" in block[1]
-    assert "triton    available on CPU tensors (interpreted)" in block[2]  # tests run with TRITON_INTERPRET=1
+    assert "triton: kernels loaded, interpreted" in text  # tests run with TRITON_INTERPRET=1
+    block = text[text.index("\npack_masks") + 1 :].split("\n")[1:4]
+    assert [line.split()[0] for line in block] == ["reference", "cpp", "gpu"]
+    assert block[1].split(None, 1)[1] == "cpu tensors: C++ kernel"
+    assert block[2].split(None, 1)[1].startswith("cpu tensors: Triton kernel, Triton interpreter only; cuda tensors:")
+    topk = text[text.index("\ntopk_mask ") + 1 :].split("\n")[3]
+    assert "cpu tensors: reference (topk_mask has no Triton kernel; its GPU kernel is CUDA)" in topk

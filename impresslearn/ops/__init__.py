@@ -6,6 +6,7 @@ Every op has a pure-PyTorch reference (``*_reference``), kernels registered with
 """
 
 from ._checks import keep_count, num_planes
+from ._registry import load_triton_ops
 from .bank import append_mask, grow_bank, pack_masks, set_mask_, unpack_masks
 from .combine import combine_masks, combine_masks_alpha_grad
 from .linear import impress_conv2d, impress_linear
@@ -20,6 +21,7 @@ __all__ = [
     "impress_conv2d",
     "impress_linear",
     "keep_count",
+    "load_triton_ops",
     "num_planes",
     "pack_masks",
     "set_mask_",

@@ -18,7 +18,7 @@ import torch
 from .. import _backends
 from . import _checks
 from ._checks import num_planes
-from ._registry import compiled_op, triton_module
+from ._registry import compiled_op, triton_ops
 
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 
@@ -70,8 +70,9 @@ if compiled_op("pack_masks_cpp") is not None:
     _IMPLS_UNPACK["cpp"] = torch.ops.impresslearn.unpack_masks_cpp
     _IMPLS_SET["cpp"] = torch.ops.impresslearn.set_mask_cpp
 
-_triton_bank = triton_module("bank")
-if _triton_bank is not None:
+
+def _register_triton(_triton_bank):
+    """Registers the Triton bank ops; runs at their first use (ops/_registry.py: import cost)."""
     from ..kernels._launch import triton_op  # torch.library.triton_op, opaque under TRITON_INTERPRET
 
     @triton_op("impresslearn::pack_masks_triton", mutates_args=())
@@ -86,14 +87,18 @@ if _triton_bank is not None:
     def _set_mask_triton(bank: torch.Tensor, index: int, mask: torch.Tensor) -> None:
         _triton_bank.set_mask_(bank, index, mask)
 
-    _IMPLS_PACK["triton"] = _pack_masks_triton
-    _IMPLS_UNPACK["triton"] = _unpack_masks_triton
-    _IMPLS_SET["triton"] = _set_mask_triton
+    return {"pack": _pack_masks_triton, "unpack": _unpack_masks_triton, "set": _set_mask_triton}
 
-_PREFER = {"cpu": ("cpp",), "cuda": ("triton",)}
-_backends.register(_backends.OpSpec("pack_masks", _IMPLS_PACK, _PREFER))
-_backends.register(_backends.OpSpec("unpack_masks", _IMPLS_UNPACK, _PREFER))
-_backends.register(_backends.OpSpec("set_mask", _IMPLS_SET, _PREFER))
+
+_triton = triton_ops("bank", _register_triton)
+if _triton is not None:
+    _IMPLS_PACK["triton"] = _triton.impl("pack")
+    _IMPLS_UNPACK["triton"] = _triton.impl("unpack")
+    _IMPLS_SET["triton"] = _triton.impl("set")
+
+_backends.register(_backends.OpSpec("pack_masks", _IMPLS_PACK))
+_backends.register(_backends.OpSpec("unpack_masks", _IMPLS_UNPACK))
+_backends.register(_backends.OpSpec("set_mask", _IMPLS_SET))
 
 
 # ----------------------------------------------------------------------------- functional API

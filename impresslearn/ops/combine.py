@@ -24,7 +24,7 @@ import torch
 
 from .. import _backends
 from . import _checks
-from ._registry import compiled_op, triton_module
+from ._registry import compiled_op, triton_ops
 from .bank import unpack_masks_reference
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -87,8 +87,9 @@ if compiled_op("combine_masks_cpp") is not None:
     _FWD["cpp"] = torch.ops.impresslearn.combine_masks_cpp.default
     _BWD["cpp"] = torch.ops.impresslearn.combine_masks_alpha_grad_cpp.default
 
-_triton_combine = triton_module("combine")
-if _triton_combine is not None:
+
+def _register_triton(_triton_combine):
+    """Registers the Triton combine ops; runs at their first use (ops/_registry.py: import cost)."""
     from ..kernels._launch import triton_op  # torch.library.triton_op, opaque under TRITON_INTERPRET
 
     @triton_op("impresslearn::combine_masks_triton", mutates_args=())
@@ -101,8 +102,12 @@ if _triton_combine is not None:
     ) -> torch.Tensor:
         return _triton_combine.combine_masks_alpha_grad(grad, weight, bank, num_masks)
 
-    _FWD["triton"] = _combine_masks_triton
-    _BWD["triton"] = _combine_masks_alpha_grad_triton
+    fwd, bwd = _combine_masks_triton, _combine_masks_alpha_grad_triton
+    torch.library.register_autograd(fwd, _make_backward(fwd, bwd), setup_context=_setup_context)
+    return {"fwd": fwd, "bwd": bwd}
+
+
+_triton = triton_ops("combine", _register_triton)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -130,12 +135,15 @@ def _make_backward(fwd, bwd):
 for _name, _fwd in _FWD.items():
     torch.library.register_autograd(_fwd, _make_backward(_fwd, _BWD[_name]), setup_context=_setup_context)
 
+if _triton is not None:  # after the loop above: the Triton autograd is registered at load
+    _FWD["triton"] = _triton.impl("fwd")
+    _BWD["triton"] = _triton.impl("bwd")
+
 _IMPLS = {"reference": combine_masks_reference, **_FWD}
 _ALPHA_GRAD_IMPLS = {"reference": combine_masks_alpha_grad_reference, **_BWD}
-_PREFER = {"cpu": ("cpp",), "cuda": ("triton",)}
 _DTYPES = {b: KERNEL_DTYPES for b in ("cpp", "triton")}
-_backends.register(_backends.OpSpec("combine_masks", _IMPLS, _PREFER, _DTYPES))
-_backends.register(_backends.OpSpec("combine_masks_alpha_grad", _ALPHA_GRAD_IMPLS, _PREFER, _DTYPES))
+_backends.register(_backends.OpSpec("combine_masks", _IMPLS, _DTYPES))
+_backends.register(_backends.OpSpec("combine_masks_alpha_grad", _ALPHA_GRAD_IMPLS, _DTYPES))
 
 
 # ----------------------------------------------------------------------------- functional API

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .. import _backends
 from . import _checks
-from ._registry import triton_module
+from ._registry import triton_ops
 from .combine import combine_masks
 
 # ----------------------------------------------------------------------------- reference
@@ -36,8 +36,9 @@ _IMPLS = {"reference": impress_linear_reference}
 # Why 64: kernels/linear.py (the fused GEMM stays bandwidth-bound up to ~9 (4 + G) rows).
 FUSED_MAX_ROWS = 64
 
-_triton_linear = triton_module("linear")
-if _triton_linear is not None:
+
+def _register_triton(_triton_linear):
+    """Registers the fused Triton linear ops; runs at their first use (ops/_registry.py: import cost)."""
     from ..kernels._launch import triton_op  # torch.library.triton_op, opaque under TRITON_INTERPRET
 
     @triton_op("impresslearn::impress_linear_triton", mutates_args=())
@@ -75,13 +76,17 @@ if _triton_linear is not None:
         return grad_x, grad_w, None, grad_alpha
 
     torch.library.register_autograd(_impress_linear_triton, _linear_backward, setup_context=_linear_setup_context)
-    _IMPLS["triton"] = _impress_linear_triton
+    return {"linear": _impress_linear_triton}
+
+
+_triton = triton_ops("linear", _register_triton)
+if _triton is not None:
+    _IMPLS["triton"] = _triton.impl("linear")
 
 _backends.register(
     _backends.OpSpec(
         "impress_linear",
         _IMPLS,
-        {"cuda": ("triton",)},
         {"triton": (torch.float32, torch.float16, torch.bfloat16)},
         composed="combine_masks on the chosen backend, then PyTorch's GEMM (also on CUDA above the fused row limit)",
     )

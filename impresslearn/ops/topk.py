@@ -67,10 +67,9 @@ for _backend in ("cpp", "cuda"):
     _MASK[_backend] = getattr(torch.ops.impresslearn, f"topk_mask_{_backend}")
     _INTO[_backend] = getattr(torch.ops.impresslearn, f"topk_mask_into_{_backend}")
 
-_PREFER = {"cpu": ("cpp",), "cuda": ("cuda",)}
 _DTYPES = {b: KERNEL_DTYPES for b in ("cpp", "cuda")}
-_backends.register(_backends.OpSpec("topk_mask", _MASK, _PREFER, _DTYPES))
-_backends.register(_backends.OpSpec("topk_mask_into", _INTO, _PREFER, _DTYPES))
+_backends.register(_backends.OpSpec("topk_mask", _MASK, _DTYPES))
+_backends.register(_backends.OpSpec("topk_mask_into", _INTO, _DTYPES))
 
 
 # ----------------------------------------------------------------------------- functional API

@@ -95,6 +95,7 @@ def test_autograd_weight_and_alpha(k, n, dtype):
 
 
 def test_opcheck():
+    ops.load_triton_ops()  # registered lazily, at first use; torch.ops.* needs them now
     _, weight, bank, alpha, grad = _problem(9, 37, torch.float32)
     torch.library.opcheck(torch.ops.impresslearn.combine_masks_triton, (weight, bank, alpha))
     torch.library.opcheck(torch.ops.impresslearn.combine_masks_alpha_grad_triton, (grad, weight, bank, 9))

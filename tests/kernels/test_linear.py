@@ -150,6 +150,7 @@ def test_bad_input_is_caught_before_the_kernel():
 
 
 def test_opcheck():
+    ops.load_triton_ops()  # registered lazily, at first use; torch.ops.* needs them now
     _, weight, bank, alpha, x, grad = _problem(2, 5, 7, 9, torch.float32)
     torch.library.opcheck(torch.ops.impresslearn.impress_linear_triton, (x, weight, bank, alpha))
     torch.library.opcheck(
