@@ -24,10 +24,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ._config import ConfigError, _positive_int, _require
+from ._config import ConfigError, _positive_int, _require, check_folder_name, check_integer
 
 KIB = 1024.0
-PAPER_MASK_BITS_PER_WEIGHT = 2  # 16-bit indices at density 1/8, as the paper's column works out
+# 16-bit indices at density 1/8, as the paper's column works out (defined in impresslearn.accounting)
+from ..accounting import PAPER_TABLE2_MASK_BITS_PER_WEIGHT as PAPER_MASK_BITS_PER_WEIGHT  # noqa: E402
 _TORCHVISION_PREFIX = "torchvision."
 
 
@@ -57,7 +58,9 @@ class AccountingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_folder_name(self.name, "name")
         _require(len(self.rows) > 0, "rows", "must not be empty")
+        object.__setattr__(self, "seed", check_integer(self.seed, "seed", minimum=0))
 
 
 def accounting_config_from_dict(data: Mapping[str, Any]) -> AccountingConfig:

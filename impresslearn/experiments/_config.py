@@ -48,6 +48,21 @@ def _set_ints(obj: Any, **values: int | None) -> None:
         object.__setattr__(obj, name, value)
 
 
+def check_folder_name(value: Any, key: str) -> str:
+    """``value`` if it can name a folder under the output root: one plain path component.
+
+    The experiment name becomes ``runs/<name>``; ``..``, ``.``, an absolute path, a separator
+    or a control character would put results somewhere else (``..`` wrote into the current
+    folder's parent once), so they are refused.
+    """
+    _require(isinstance(value, str) and bool(value), key, f"must be a non-empty string, got {value!r}")
+    bad = [c for c in value if c in "/\\" or ord(c) < 32 or ord(c) == 127]
+    _require(not bad and value not in (".", "..") and value.strip() == value and not value.startswith("-"), key,
+             f"must be a single plain folder name (no '/', '\\', '.', '..', control characters, leading '-' or "
+             f"surrounding spaces), got {value!r}")
+    return value
+
+
 def _tuple(value: Any, key: str) -> tuple:
     if isinstance(value, (list, tuple)):
         return tuple(value)
@@ -201,8 +216,7 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "densities", _tuple(self.densities, "densities"))
         object.__setattr__(self, "seeds", _tuple(self.seeds, "seeds"))
-        _require(isinstance(self.name, str) and bool(self.name) and "/" not in self.name, "name",
-                 f"must be a non-empty string without '/', got {self.name!r}")
+        check_folder_name(self.name, "name")
         _require(len(self.densities) > 0, "densities", "must not be empty")
         for s in self.densities:
             _require(isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 < s <= 1.0, "densities",
@@ -356,17 +370,34 @@ def resolve_dict(data: Mapping[str, Any], overrides: list[str] | tuple = (), qui
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple = (), quick: bool = False) -> ExperimentConfig:
-    """Read a YAML config, apply quick/overrides, validate. Errors name the file and the key."""
+def read_yaml(path: str | Path) -> dict:
+    """The top-level mapping of a YAML config file; ConfigError for anything else.
+
+    Binary junk, text that is not UTF-8, YAML errors and a top level that is not a mapping
+    all raise ConfigError naming the file (never a traceback from the parser).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file in UTF-8 ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple = (), quick: bool = False) -> ExperimentConfig:
+    """Read a YAML config, apply quick/overrides, validate. Errors name the file and the key."""
+    path = Path(path)
+    data = read_yaml(path)
     try:
         return config_from_dict(resolve_dict(data, overrides, quick))
     except ConfigError as exc:

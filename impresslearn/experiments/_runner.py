@@ -13,21 +13,33 @@ Trained masks are the expensive part, and the same mask recurs across runs (a co
 holds the count-5 set's masks; the SupSup masks of the new tasks are the same in every run of a
 seed). Every trained mask is therefore cached, in memory and under ``<out>/cache/masks/``, by a
 hash of what determines it bit for bit: scenario, model, backbone seed, density, mask-training
-config, task index and popup seed. A resumed sweep reuses the masks of the killed one.
+config, task index and popup seed, and the numerics of the machine that trained it (see
+``numerics_key``). A resumed sweep reuses the masks of the killed one.
+
+Training is not bit-identical across CPU thread counts: torch's GEMM splits its sums
+differently with 1 and 2 threads, and edge-popup's top-k turns last-bit differences into other
+masks. The thread count, device, backend and torch version are therefore part of the cache key:
+a sweep resumed with another OMP_NUM_THREADS trains its masks again instead of mixing masks
+from two numerics into one result.
+
+A cache entry is a safetensors file (no pickle) whose metadata carries a SHA-256 over the
+masks and the metadata; an entry that does not verify is logged and retrained, never used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..accounting import model_sizes, supsup_bytes_per_task
+from ..metrics import accuracy_summary
 from ._config import stable_hash
 
 log = logging.getLogger(__name__)
@@ -119,6 +131,7 @@ class RunContext:
         return stable_hash({
             "scenario": params["scenario"], "model": params["model"], "mask_train": params["mask_train"],
             "backbone_seed": seed, "density": density, "task": task_index, "popup_seed": popup_seed,
+            "numerics": numerics_key(self.device, self.backend),
         }, length=20)
 
     def mask(self, params: dict, seed: int, density: float, task_index: int, popup_seed: int) -> dict:
@@ -126,16 +139,16 @@ class RunContext:
         key = self.mask_key(params, seed, density, task_index, popup_seed)
         if key in self._masks:
             return self._masks[key]
-        path = self.cache_dir / f"{key}.pt"
+        path = self.cache_dir / f"{key}{MASK_CACHE_SUFFIX}"
         if path.is_file():
             try:
-                entry = torch.load(path, weights_only=True)
+                entry = read_mask_entry(path, key)
                 self._masks[key] = entry
                 return entry
-            except Exception as exc:  # a damaged cache file is retrained, never trusted
-                log.warning("%s: unreadable mask cache entry (%s); retraining", path, exc)
+            except MaskCacheError as exc:  # a damaged cache file is retrained, never trusted
+                log.warning("%s; retraining", exc)
         entry = self._train_mask(params, seed, density, task_index, popup_seed)
-        _atomic_torch_save(entry, path)
+        write_mask_entry(path, key, entry)
         self._masks[key] = entry
         return entry
 
@@ -149,7 +162,7 @@ class RunContext:
         phase = params["mask_train"]
         task, train, test = self.loaders(params, task_index, phase["batch_size"], seed=popup_seed)
         name = f"mask/{task_index}/{popup_seed}"
-        index = learner.learn_basis_mask(name, train, train_config(phase, popup_seed))
+        index = learner.learn_basis_mask(name, train, train_config(phase, popup_seed)).task.mask_index
         accuracy = float(learner.evaluate(name, test))
         self.trained_masks += 1
         return {"masks": export_mask(learner, index), "accuracy": accuracy, "task": task_index,
@@ -181,17 +194,70 @@ def _prod(shape) -> int:
     return n
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def numerics_key(device: str, backend: str | None) -> dict:
+    """What, besides the inputs, decides a trained mask bit for bit (the mask cache key has it).
+
+    The thread count changes how torch's GEMM splits its sums (OMP_NUM_THREADS=1 and 2 give
+    different ResNet-18 banks); device, backend and torch version change the kernels.
+    """
+    return {"threads": torch.get_num_threads(), "device": str(device), "backend": backend or "auto",
+            "torch": torch.__version__}
+
+
+# ----------------------------------------------------------------------------- mask cache files
+
+MASK_CACHE_SUFFIX = ".safetensors"
+MASK_CACHE_FORMAT = "impresslearn.mask_cache/1"
+
+
+class MaskCacheError(ValueError):
+    """A mask cache file cannot be trusted (unreadable, damaged, foreign); it is retrained."""
+
+
+def _entry_checksum(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def write_mask_entry(path: Path, key: str, entry: dict) -> None:
+    """Store a trained mask (per-layer bool tensors + its accuracy) as safetensors + checksum."""
+    from safetensors.torch import save
+
+    from .._atomic import atomic_write
+
+    tensors = {f"mask.{i}": m.to(torch.bool).contiguous() for i, m in enumerate(entry["masks"])}
+    meta = {"format": MASK_CACHE_FORMAT, "key": key, "accuracy": float(entry["accuracy"]),
+            "task": int(entry["task"]), "popup_seed": int(entry["popup_seed"]), "num_layers": len(tensors)}
+    header = {"meta": json.dumps(meta, sort_keys=True), "sha256": _entry_checksum(tensors, meta)}
+    atomic_write(path, save(tensors, metadata=header), make_parents=True)
+
+
+def read_mask_entry(path: Path, key: str) -> dict:
+    """A cache entry written by ``write_mask_entry`` for ``key``; MaskCacheError if it does not verify."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        meta = json.loads(header["meta"])
+        expected = header["sha256"]
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise MaskCacheError(f"{path}: unreadable mask cache entry ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != MASK_CACHE_FORMAT or meta.get("key") != key:
+        raise MaskCacheError(f"{path}: not the mask cache entry of key {key}")
+    if _entry_checksum(tensors, meta) != expected:
+        raise MaskCacheError(f"{path}: checksum mismatch (the file was damaged after it was written)")
+    n = meta.get("num_layers")
+    names = [f"mask.{i}" for i in range(n)] if isinstance(n, int) else None
+    if names is None or sorted(tensors) != sorted(names) or any(tensors[k].dtype != torch.bool for k in names):
+        raise MaskCacheError(f"{path}: expected {n} bool masks, holds {sorted(tensors)}")
+    return {"masks": [tensors[k] for k in names], "accuracy": meta["accuracy"], "task": meta["task"],
+            "popup_seed": meta["popup_seed"]}
 
 
 def train_config(phase: dict, seed: int):
@@ -252,7 +318,7 @@ def run_supsup(run, ctx: RunContext) -> dict:
         "accuracy_matrix": [accs],  # a SupSup mask never changes once stored: one row, BWT = 0
         "chance": 1.0 / ctx.scenario(p).num_classes,
         "mask_bits": n_weights, "mask_ones": k,
-        "bytes_per_task": (n_weights + 7) // 8,  # one bit per weight, as stored in a bank plane
+        "bytes_per_task": supsup_bytes_per_task(*model_sizes(learner.model)),  # impresslearn.accounting
         "num_layers": len(entry["masks"]),
         "learner_layers": learner.num_layers,
     }
@@ -306,6 +372,7 @@ def run_impress(run, ctx: RunContext) -> dict:
         "accuracy_matrix": matrix, "alpha_seconds": round(alpha_time, 3),
         "num_masks": learner.num_masks, "num_layers": learner.num_layers,
         "bytes_per_task": _jsonable_bytes(learner.bytes_per_task(names[0])),
+        **accuracy_summary(matrix),  # acc, bwt, forgetting (impresslearn.metrics): BWT = 0 by construction
     }
     if p.get("label_free_matrix", True):
         no_labels, hits = [], []

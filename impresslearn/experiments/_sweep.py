@@ -4,18 +4,28 @@ Each run is one point of the sweep (an evaluation kind x seed x density x basis 
 its id is a hash of everything that determines its result (scenario, model, training phases,
 the run's own parameters), never of paths or the experiment's name. A finished run writes
 ``<out>/runs/<id>.json`` atomically (temp file, fsync, rename), so a sweep killed at any point
-restarts where it stopped: a run whose file exists and parses is skipped, a half-written temp
-file is ignored and overwritten.
+restarts where it stopped: a run whose file exists, parses, belongs to the run and matches the
+checksum stored in it is skipped; any other file (truncated, not UTF-8, not a JSON object, a
+foreign or hand-edited record) is logged and the run is repeated. A half-written temp file is
+ignored and overwritten.
+
+One runner at a time owns an output folder: ``run_sweep`` holds ``<out>/.lock`` (an OS file
+lock, released when the process ends, however it ends) and records in ``<out>/.lock.owner``
+who holds it, so a second runner stops at once and says which process has the folder.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
+import os
 import platform
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -151,20 +161,93 @@ def run_path(out_dir: Path, run: RunSpec) -> Path:
     return Path(out_dir) / "runs" / f"{run.run_id}.json"
 
 
+def record_checksum(record: dict) -> str:
+    """SHA-256 of a run record's canonical JSON, without its own ``checksum`` field."""
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_record(record: Any, run_id: str) -> str | None:
+    """Why ``record`` is not the finished result of run ``run_id``, or None if it is."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    if record.get("run_id") != run_id:
+        return f"run_id is {record.get('run_id')!r}, expected {run_id!r}"
+    if record.get("status") != "done":
+        return f"status is {record.get('status')!r}, not 'done'"
+    for key, kind in (("spec", dict), ("result", dict)):
+        if not isinstance(record.get(key), kind):
+            return f"{key!r} is missing or not a JSON object"
+    if "checksum" not in record:
+        return "no checksum (written by an older version, or edited)"
+    if record["checksum"] != record_checksum(record):
+        return "checksum mismatch: the file was changed after the run wrote it"
+    return None
+
+
 def load_finished(out_dir: Path, run: RunSpec) -> dict | None:
-    """The stored result of a run, or None if absent or unreadable (then it is run again)."""
+    """The stored result of a run, or None if absent or not trustworthy (then it is run again)."""
     path = run_path(out_dir, run)
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         log.warning("%s: unreadable (%s); the run will be repeated", path, exc)
         return None
-    if record.get("run_id") != run.run_id or record.get("status") != "done" or "result" not in record:
-        log.warning("%s: incomplete or foreign record; the run will be repeated", path)
+    problem = check_record(record, run.run_id)
+    if problem is not None:
+        log.warning("%s: %s; the run will be repeated", path, problem)
         return None
     return record
+
+
+# ----------------------------------------------------------------------------- the folder lock
+
+
+class OutputFolderLocked(RuntimeError):
+    """Another runner holds the output folder; the message says which process."""
+
+
+LOCK_NAME = ".lock"
+LOCK_OWNER_NAME = ".lock.owner"
+
+
+@contextmanager
+def output_folder_lock(out_dir: Path):
+    """Hold ``<out>/.lock`` for the duration; refuse at once if another runner holds it.
+
+    The lock is the operating system's (``filelock``: flock on POSIX), so a runner killed with
+    SIGKILL releases it; ``.lock.owner`` says who holds it (pid, host, start time) for the
+    error message of the runner that is refused.
+    """
+    from filelock import FileLock, Timeout
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out_dir / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            owner = json.loads((out_dir / LOCK_OWNER_NAME).read_text())
+            who = f"pid {owner['pid']} on host {owner['host']} since {owner['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            who = "another process (owner file unreadable)"
+        raise OutputFolderLocked(
+            f"{out_dir}: another runner is using this output folder ({who}); wait for it to finish, "
+            f"or choose another --out") from None
+    try:
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_text(out_dir / LOCK_OWNER_NAME, json.dumps(owner))
+        yield
+    finally:
+        try:
+            (out_dir / LOCK_OWNER_NAME).unlink()
+        except FileNotFoundError:
+            pass
+        lock.release()
 
 
 Executor = Callable[[RunSpec, dict], dict]
@@ -192,11 +275,18 @@ def run_sweep(
     ``executor(run, context) -> result dict`` does the work (default: the real runner);
     ``context`` is shared by all runs of this call (the runner keeps its mask cache there).
     ``max_runs`` stops after that many executed runs (to split a long sweep across sessions).
+    Raises ``OutputFolderLocked`` if another runner is using ``out_dir``.
     """
+    if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1):
+        raise ValueError(f"max_runs must be a positive integer or None, got {max_runs!r}")
+    with output_folder_lock(Path(out_dir)):
+        return _run_sweep_locked(config, Path(out_dir), executor, context, progress, max_runs)
+
+
+def _run_sweep_locked(config: ExperimentConfig, out_dir: Path, executor: Executor | None, context: dict | None,
+                      progress: bool, max_runs: int | None) -> SweepOutcome:
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     if executor is None:
         from ._runner import execute_run as executor
@@ -235,6 +325,7 @@ def run_sweep(
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "host": {"python": platform.python_version(), "machine": platform.machine()},
         }
+        record["checksum"] = record_checksum(record)
         atomic_write_text(run_path(out_dir, run), json.dumps(record, indent=1, sort_keys=True))
         records[run.run_id] = record
         executed.append(run.run_id)

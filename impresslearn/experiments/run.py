@@ -12,9 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
-from ._config import ConfigError, load_config, resolve_dict
+from ._config import ConfigError, load_config, read_yaml, resolve_dict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,21 +41,11 @@ def _positive_count(text: str) -> int:
     return value
 
 
-def _raw(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    return data
-
-
 def run_accounting_config(path: Path, overrides, quick: bool, out: Path | None, progress: bool) -> Path:
     from ._accounting import accounting_config_from_dict, run_accounting
     from ._sweep import atomic_write_text
 
-    data = resolve_dict(_raw(path), overrides, quick)
+    data = resolve_dict(read_yaml(path), overrides, quick)
     try:
         config = accounting_config_from_dict(data)
     except ConfigError as exc:
@@ -74,9 +62,7 @@ def main(args: argparse.Namespace) -> int:
     path = Path(args.config)
     out = Path(args.out) if args.out else None
     try:
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        if _raw(path).get("kind") == "accounting":
+        if read_yaml(path).get("kind") == "accounting":
             out = run_accounting_config(path, args.overrides, args.quick, out, not args.no_progress)
             print(f"accounting written to {out / 'accounting.json'}")
             return 0
@@ -84,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"impresslearn run: {exc}", file=sys.stderr)
         return 2
-    from ._sweep import expand, load_finished, run_sweep
+    from ._sweep import OutputFolderLocked, expand, load_finished, run_sweep
 
     out = out or Path("runs") / config.name
     if args.dry_run:
@@ -96,7 +82,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"{len(runs)} runs, {done} finished, output {out}")
         return 0
     context = {"data_root": args.data_root, "device": args.device, "backend": args.backend}
-    outcome = run_sweep(config, out, context=context, progress=not args.no_progress, max_runs=args.max_runs)
+    try:
+        outcome = run_sweep(config, out, context=context, progress=not args.no_progress, max_runs=args.max_runs)
+    except OutputFolderLocked as exc:
+        print(f"impresslearn run: {exc}", file=sys.stderr)
+        return 3
     if not args.no_plots:
         from ._plots import plot_experiment
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from impresslearn.experiments import ConfigError, config_from_dict, expand, load_config
@@ -219,10 +219,75 @@ def test_train_config_accepts_exactly_the_valid_values(field, value):
         valid = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                  and (value > low if open_low else value >= low) and (high is None or value < high))
     if valid:
-        assert getattr(TrainConfig(**{field: value}), field) == value
-        assert getattr(config_from_dict(minimal(alpha_train={field: value})).alpha_train, field) == value
+        stored = value if field in _INT_MIN else float(value)  # reals are stored as float
+        assert getattr(TrainConfig(**{field: value}), field) == stored
+        assert getattr(config_from_dict(minimal(alpha_train={field: value})).alpha_train, field) == stored
     else:
         with pytest.raises(ConfigError, match=f"^{field}: "):
             TrainConfig(**{field: value})
         with pytest.raises(ConfigError, match=f"^alpha_train.{field}: "):
             config_from_dict(minimal(alpha_train={field: value}))
+
+
+# ----------------------------------------------------------------------------- files and names
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=300), st.binary(max_size=40).map(lambda b: b"name: c\n" + b)))
+def test_any_bytes_as_config_give_a_config_or_a_config_error(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("cfg") / "junk.yaml"
+    path.write_bytes(data)
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        assert str(path) in str(exc)
+
+
+def test_binary_junk_config_is_a_config_error_on_the_command_line(tmp_path, capsys):
+    from impresslearn.cli import main
+
+    path = tmp_path / "junk.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    assert main(["run", str(path)]) == 2
+    assert "junk.yaml: not a text file in UTF-8" in capsys.readouterr().err
+    path.write_bytes(b"name: c\n\x00\x01\x02")
+    assert main(["run", str(path)]) == 2
+    assert "junk.yaml: not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "/abs", "a\\b", "", " x", "x\n", "-rf", "a\x00b"])
+def test_output_folder_name_must_be_one_plain_component(name):
+    with pytest.raises(ConfigError, match="^name: "):
+        config_from_dict(minimal(name=name))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.text(min_size=1, max_size=12))
+def test_an_accepted_name_stays_inside_the_output_root(name, tmp_path_factory):
+    root = tmp_path_factory.getbasetemp() / "runs"
+    try:
+        config = config_from_dict(minimal(name=name))
+    except ConfigError:
+        return
+    target = (root / config.name).resolve()
+    assert target.parent == root.resolve() and target.name == name
+
+
+def test_set_name_dotdot_does_not_write_outside(tmp_path, capsys, monkeypatch):
+    from impresslearn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = _config_file(tmp_path)
+    assert main(["run", str(config), "--set", "name=..", "--no-progress"]) == 2
+    assert "name: must be a single plain folder name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_accounting_config_name_is_checked_too(tmp_path, capsys):
+    from impresslearn.cli import main
+
+    path = tmp_path / "acc.yaml"
+    path.write_text("kind: accounting\nname: ../escape\n"
+                    "rows: [{dataset: D, model: lenet300, basis_size: 5, max_tasks: 3, kwargs: {num_classes: 10}}]\n")
+    assert main(["run", str(path)]) == 2
+    assert "name: must be a single plain folder name" in capsys.readouterr().err

@@ -60,7 +60,7 @@ def test_config_family_runs_end_to_end_on_synthetic(name, extra, tmp_path, reque
             assert 0.0 <= res["identification_rate"] <= 1.0
     # Masks are shared: each distinct (task, popup seed) is trained once in the sweep...
     trained = context["runner"].trained_masks
-    cached = len(list((tmp_path / "cache" / "masks").glob("*.pt")))
+    cached = len(list((tmp_path / "cache" / "masks").glob("*.safetensors")))
     assert trained == cached
     # ...and a rerun trains nothing and computes nothing.
     context2 = {}

@@ -4,6 +4,8 @@ import csv
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from impresslearn.experiments import config_from_dict, expand, run_sweep
 from impresslearn.experiments._sweep import load_finished, run_path
@@ -112,3 +114,133 @@ def test_max_runs_and_result_files_complete(tmp_path):
     # every run stores 3 non-empty entries with labels and 2 without
     assert len(matrix) == 5 * len(outcome.records)
     assert (tmp_path / "config.yaml").is_file()
+
+
+# ----------------------------------------------------------------------------- damaged or foreign run files
+
+
+def _finished_sweep(tmp_path):
+    config = make_config(densities=[0.1], seeds=[0], evaluate={"basis_gn": False, "hybrid": False})
+    run_sweep(config, tmp_path, fake_executor([]), progress=False)
+    return config, expand(config)[2]
+
+
+BAD_RUN_FILES = {
+    "list": b"[]",
+    "null": b"null",
+    "result is a list": None,  # built from the real record below
+    "no spec": None,
+    "not UTF-8": b'{"run_id": "\xff\xfe"}',
+    "binary": bytes(range(256)),
+    "deep nesting": b"[" * 100_000,
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RUN_FILES))
+def test_bad_run_file_repeats_the_run(tmp_path, case):
+    config, victim = _finished_sweep(tmp_path)
+    path = run_path(tmp_path, victim)
+    data = BAD_RUN_FILES[case]
+    if data is None:
+        record = json.loads(path.read_text())
+        if case == "no spec":
+            del record["spec"]
+        else:
+            record["result"] = []
+        data = json.dumps(record).encode()
+    path.write_bytes(data)
+    calls = []
+    outcome = run_sweep(config, tmp_path, fake_executor(calls), progress=False)
+    assert calls == [victim.run_id]
+    assert load_finished(tmp_path, victim) is not None and len(outcome.records) == len(expand(config))
+
+
+def test_hand_edited_result_is_rejected(tmp_path):
+    config, victim = _finished_sweep(tmp_path)
+    path = run_path(tmp_path, victim)
+    record = json.loads(path.read_text())
+    record["result"]["mean_accuracy"] = 0.99  # a valid-looking edit
+    path.write_text(json.dumps(record))
+    assert load_finished(tmp_path, victim) is None
+    calls = []
+    run_sweep(config, tmp_path, fake_executor(calls), progress=False)
+    assert calls == [victim.run_id]
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert 0.99 not in [r["result"]["mean_accuracy"] for r in payload["runs"]]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=200), st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
+        ["run_id", "status", "spec", "result", "checksum", "x"]), inner, max_size=5), max_leaves=12)))
+def test_any_run_file_content_is_trusted_only_if_it_verifies(tmp_path_factory, data):
+    """Generated file contents: load_finished never raises, and returns only a verified record."""
+    from impresslearn.experiments._sweep import check_record
+
+    out = tmp_path_factory.mktemp("sweep")
+    run = expand(make_config(densities=[0.1], seeds=[0]))[0]
+    path = run_path(out, run)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data if isinstance(data, bytes) else json.dumps(data).encode())
+    record = load_finished(out, run)
+    assert record is None or check_record(record, run.run_id) is None
+
+
+# ----------------------------------------------------------------------------- one runner per folder
+
+
+def test_a_second_runner_on_the_same_folder_is_refused_and_told_who_holds_it(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import textwrap
+
+    from impresslearn.experiments._sweep import OutputFolderLocked, output_folder_lock
+
+    # Another process holds the folder (as a second `impresslearn run` would see it).
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from impresslearn.experiments._sweep import output_folder_lock
+        with output_folder_lock({str(tmp_path)!r}):
+            print("locked", flush=True)
+            sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        calls = []
+        with pytest.raises(OutputFolderLocked, match=f"pid {holder.pid} on host {socket.gethostname()}"):
+            run_sweep(make_config(densities=[0.1], seeds=[0]), tmp_path, fake_executor(calls), progress=False)
+        assert calls == [], "the refused runner must not execute anything"
+    finally:
+        holder.communicate("done\n", timeout=60)
+    # Released when the holder ends; the same process cannot take it twice either.
+    with output_folder_lock(tmp_path):
+        assert json.loads((tmp_path / ".lock.owner").read_text())["pid"] == os.getpid()
+        with pytest.raises(OutputFolderLocked):
+            run_sweep(make_config(densities=[0.1], seeds=[0]), tmp_path, fake_executor([]), progress=False)
+    assert not (tmp_path / ".lock.owner").exists()
+
+
+def test_lock_is_released_when_the_holder_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom impresslearn.experiments._sweep import output_folder_lock\n"
+        f"with output_folder_lock({str(tmp_path)!r}):\n    print('locked', flush=True)\n    time.sleep(600)\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=60)
+    calls = []
+    run_sweep(make_config(densities=[0.1], seeds=[0]), tmp_path, fake_executor(calls), progress=False)
+    assert calls, "a dead runner's lock must not block the folder"
+
+
+def test_max_runs_is_validated():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_runs"):
+            run_sweep(make_config(), "unused", fake_executor([]), progress=False, max_runs=bad)
