@@ -66,6 +66,13 @@ def forgetting(R) -> float:
     return float(drops.mean())
 
 
+def accuracy_summary(R) -> dict[str, float]:
+    """``{"bwt", "forgetting"}`` of an accuracy matrix given as nested lists with None where not
+    measured (a run's ``accuracy_matrix``), as the experiment runner stores them per run."""
+    values = np.array([[math.nan if v is None else float(v) for v in row] for row in R], dtype=np.float64)
+    return {"bwt": backward_transfer(values), "forgetting": forgetting(values)}
+
+
 def _require_measured(values: np.ndarray, message: str) -> None:
     if np.isnan(values).any():
         raise ValueError(f"{message}; missing for task(s) {np.flatnonzero(np.isnan(values)).tolist()}")

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -71,3 +72,28 @@ def test_formatting():
     assert table.splitlines()[2] == "| a | 90.0 |  |  |"
     assert "| c | 60.0 | 85.0 | 70.0 |" in table
     assert format_table([{"k": 5, "acc": 0.91234}]) == "| k | acc |\n|---|---|\n| 5 | 0.91 |"
+
+
+def test_accuracy_summary_reads_a_run_matrix_with_holes():
+    from impresslearn.metrics import accuracy_summary
+
+    rows = [[None if math.isnan(v) else float(v) for v in row] for row in R]
+    assert accuracy_summary(rows) == pytest.approx({"bwt": backward_transfer(R), "forgetting": forgetting(R)})
+    assert accuracy_summary([[0.5, 0.6]]) == {"bwt": 0.0, "forgetting": 0.0}
+
+
+@pytest.mark.filterwarnings("ignore:.*optimiser steps:UserWarning")
+def test_experiment_runs_report_bwt_and_forgetting_from_these_metrics(tmp_path):
+    """A tiny real sweep: every new-task run stores BWT and forgetting, exactly 0 (no task changes)."""
+    from pathlib import Path
+
+    from impresslearn.experiments import load_config, run_sweep
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "fmnist_permuted.yaml", [
+        "scenario.name=synthetic", "scenario.kwargs={train_size: 64, test_size: 32}", "basis.kinds=[random]",
+        "model.kwargs={hidden: [16, 8]}", "evaluate.basis_gn=false", "num_new_tasks=2", "scenario.num_tasks=4",
+        "evaluate.supsup=false", "evaluate.incorrect_mask=false"], quick=True)  # fmt: skip
+    run_sweep(config, tmp_path, progress=False)
+    results = json.loads((tmp_path / "results.json").read_text())["runs"]
+    impress = [r["result"] for r in results if r["spec"]["run_kind"] == "impress"]
+    assert impress and all(res["bwt"] == 0.0 and res["forgetting"] == 0.0 for res in impress)
