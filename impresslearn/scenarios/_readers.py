@@ -1,7 +1,8 @@
 """Readers for the files of each data set, in torchvision's on-disk layouts.
 
 The MNIST-like sets are IDX files (gzip or plain), decoded with numpy in one
-``frombuffer``; CIFAR-100 is the ``cifar-100-python`` pickle layout. Decoded
+``frombuffer``; CIFAR-100 is the ``cifar-100-python`` pickle layout, read with a restricted unpickler
+that admits only containers and numpy arrays (never code named by the file). Decoded
 arrays are cached per process, so every task and every scenario built on the
 same files shares one copy. Downloads happen only when asked, through
 torchvision's own downloaders, into the torchvision layout that is then read here.
@@ -174,11 +175,56 @@ def load_cifar100(root: str | os.PathLike | None, split: str, download: bool = F
     )
 
 
+class UnsafePickleError(pickle.UnpicklingError):
+    """A data file's pickle names a Python object outside what its format uses; nothing was run."""
+
+
+def _numpy_pickle_globals() -> dict[tuple[str, str], object]:
+    # The callables a pickled numpy array refers to, under the module names numpy 1 and 2 use.
+    reconstruct = np.ndarray((0,), np.uint8).__reduce__()[0]    # protocols 0-4
+    frombuffer = np.zeros(1, np.uint8).__reduce_ex__(5)[0]       # protocol 5
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for module in ("numpy.core", "numpy._core"):
+        allowed[(f"{module}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{module}.numeric", "_frombuffer")] = frombuffer
+    import codecs
+
+    # Python 3 writes bytes in protocol 0-2 pickles as _codecs.encode(text, "latin1").
+    allowed[("_codecs", "encode")] = codecs.encode
+    return allowed
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers, strings, numbers and numpy arrays.
+
+    The ``cifar-100-python`` batches are dicts of lists, strings and one uint8 array; a pickle
+    that asks for any other global (``os.system``, ``builtins.eval``, a class) could run code,
+    so it is refused before anything of it is called.
+    """
+
+    _ALLOWED = _numpy_pickle_globals()
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"refusing to load {module}.{name}: a CIFAR-100 file holds only dicts, lists, strings, "
+                "numbers and numpy arrays") from None
+
+
+def load_data_pickle(path: str | os.PathLike) -> object:
+    """Read a data-set pickle (CIFAR-100's layout) without running any code it names."""
+    with open(path, "rb") as f:
+        return _DataUnpickler(f, encoding="latin1").load()
+
+
 @functools.lru_cache(maxsize=4)
 def _decode_cifar(path: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+        entry = load_data_pickle(path)
+    except UnsafePickleError as exc:
+        raise ValueError(f"{path}: not a CIFAR-100 pickle: {exc}") from None
     except Exception as exc:  # a damaged pickle raises many kinds of errors
         raise ValueError(f"{path}: cannot read the CIFAR-100 pickle: {exc}") from exc
     if not isinstance(entry, dict) or "data" not in entry or "fine_labels" not in entry:

@@ -7,6 +7,8 @@ import struct
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from impresslearn.scenarios import BatchLoader, DataNotFoundError, create_scenario
 from impresslearn.scenarios import _readers
@@ -194,3 +196,68 @@ def test_download_true_fetches_into_root_then_reads_the_torchvision_layout(tmp_p
     sc = create_scenario("split_mnist", root=tmp_path / "data", download=True)
     assert calls == [("mnist", tmp_path / "data")]
     assert len(sc.task(0).train) == 12
+
+
+# ----------------------------------------------------------------------------- CIFAR-100 pickles: no code from data
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_pickles_of_every_protocol_load(tmp_path, protocol):
+    from impresslearn.scenarios._readers import load_data_pickle
+
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    entry = {"data": data, "fine_labels": [3, 4], "filenames": [b"a.png", "b.png"], "batch_label": "training"}
+    path = tmp_path / "train"
+    path.write_bytes(pickle.dumps(entry, protocol=protocol))
+    loaded = load_data_pickle(path)
+    assert np.array_equal(loaded["data"], data) and loaded["fine_labels"] == [3, 4]
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted(marker, kind):
+    if kind == "os.system":
+        return pickle.dumps({"data": _RunsCode(marker), "fine_labels": []})
+    if kind == "builtins.eval":
+        return (b"cbuiltins\neval\n(V__import__('pathlib').Path('" + str(marker).encode() + b"').touch()\ntR.")
+    if kind == "a class":
+        return pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "fine_labels": [0], "x": _RunsCode})
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.eval", "a class"])
+def test_crafted_cifar_pickle_runs_no_code_and_is_refused(tmp_path, kind):
+    from impresslearn.scenarios import _readers
+
+    _readers._decode_cifar.cache_clear()
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    (folder / "meta").write_bytes(pickle.dumps({}))
+    (folder / "train").write_bytes(_crafted(marker, kind))
+    (folder / "test").write_bytes(_crafted(marker, kind))
+    with pytest.raises(ValueError, match=r"not a CIFAR-100 pickle: refusing to load \w+\.\w+"):
+        create_scenario("split_cifar100", root=tmp_path)
+    assert not marker.exists(), "code named by the data file ran"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200))
+def test_any_bytes_as_cifar_file_give_data_or_a_value_error(tmp_path, data):
+    from impresslearn.scenarios import _readers
+
+    path = tmp_path / "junk"
+    path.write_bytes(b"\x80\x02" + data)
+    _readers._decode_cifar.cache_clear()
+    try:
+        _readers._decode_cifar(str(path))
+    except ValueError as exc:
+        assert str(path) in str(exc)
