@@ -1,6 +1,6 @@
 """Byte-plane mask banks: pack, unpack, and add or replace one mask.
 
-Format (DESIGN section 2): the bank of a layer with ``n`` weights and ``K`` masks is
+Format (docs/design.md, Formats): the bank of a layer with ``n`` weights and ``K`` masks is
 ``uint8[ceil(K/8), n]``; bit ``b`` of byte ``[g, j]`` is mask ``8g + b`` at flat weight
 index ``j``; unused bits are 0. Equivalent PyTorch::
 
@@ -112,6 +112,7 @@ def pack_masks(masks: torch.Tensor, *, backend: str | None = None) -> torch.Tens
 
 def unpack_masks(bank: torch.Tensor, num_masks: int, *, backend: str | None = None) -> torch.Tensor:
     """Unpack the first ``num_masks`` masks of a bank into ``bool[K, n]``."""
+    num_masks = _checks.check_int("num_masks", num_masks, minimum=1)
     _checks.check_bank(bank, num_masks)
     return _backends.dispatch("unpack_masks", bank.device, backend)(bank, num_masks)
 
@@ -127,13 +128,14 @@ def set_mask_(bank: torch.Tensor, index: int, mask: torch.Tensor, *, backend: st
     _checks.check_same_device(bank=bank, mask=mask)
     if mask.shape[0] != bank.shape[1]:
         raise ValueError(f"mask has {mask.shape[0]} elements but the bank covers {bank.shape[1]} weights")
-    _checks.check_mask_index(index, bank.shape[0] * 8, allow_append=False)
+    index = _checks.check_mask_index(index, bank.shape[0] * 8, allow_append=False)
     _backends.dispatch("set_mask", bank.device, backend)(bank, index, mask)
     return bank
 
 
 def grow_bank(bank: torch.Tensor, num_masks: int) -> torch.Tensor:
     """The bank with room for mask number ``num_masks``: a new zero plane every 8 masks, else itself."""
+    num_masks = _checks.check_int("num_masks", num_masks, minimum=0)
     _checks.check_bank(bank, num_masks if num_masks > 0 else None)
     if num_masks % 8 == 0:
         bank = torch.cat([bank, bank.new_zeros(1, bank.shape[1])])
@@ -145,4 +147,5 @@ def append_mask(bank: torch.Tensor, num_masks: int, mask: torch.Tensor, *, backe
 
     Adding a mask rewrites one plane; a new plane is allocated only every 8 masks.
     """
+    num_masks = _checks.check_int("num_masks", num_masks, minimum=0)
     return set_mask_(grow_bank(bank, num_masks), num_masks, mask, backend=backend)

@@ -154,6 +154,7 @@ def _check(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor) -> Non
     _checks.check_bank(bank, n=weight.numel())
     _checks.check_alpha(alpha, bank)
     _checks.check_same_device(weight=weight, bank=bank, alpha=alpha)
+    _checks.check_finite("alpha", alpha)
 
 
 def combine_masks(
@@ -180,6 +181,7 @@ def combine_masks_alpha_grad(
     _checks.check_tensor("weight", weight, dtypes=_checks.FLOAT_DTYPES)
     if grad.shape != weight.shape:
         raise ValueError(f"grad has shape {tuple(grad.shape)} but weight has {tuple(weight.shape)}")
+    num_masks = _checks.check_int("num_masks", num_masks, minimum=1)
     _checks.check_bank(bank, num_masks, n=weight.numel())
     _checks.check_same_device(grad=grad, weight=weight, bank=bank)
     dtype = torch.float64 if torch.float64 in (weight.dtype, grad.dtype) else weight.dtype

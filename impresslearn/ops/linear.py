@@ -100,8 +100,9 @@ def impress_linear(
     x: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, *, backend: str | None = None
 ) -> torch.Tensor:
     """``x @ (weight * sum_k alpha[k] mask_k)^T``; ``weight`` is ``[out, in]``, ``x`` is ``[..., in]``."""
-    _checks.check_tensor("x", x, dtypes=_checks.FLOAT_DTYPES, contiguous=False)
+    _checks.check_tensor("x", x, dtypes=_checks.FLOAT_DTYPES, min_ndim=1, contiguous=False)
     _checks.check_tensor("weight", weight, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    _checks.check_tensor("alpha", alpha, dtypes=_checks.FLOAT_DTYPES, ndim=1)  # its values: combine checks
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x has {x.shape[-1]} features but the weight expects {weight.shape[1]}")
     rows = x.numel() // max(1, x.shape[-1])
@@ -115,6 +116,7 @@ def impress_linear(
             _checks.check_bank(bank, n=weight.numel())
             _checks.check_alpha(alpha, bank)
             _checks.check_same_device(x=x, weight=weight, bank=bank, alpha=alpha)
+            _checks.check_finite("alpha", alpha)
             y = _IMPLS["triton"](x.reshape(rows, x.shape[-1]).contiguous(), weight, bank, alpha.float())
             return y.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, combine_masks(weight, bank, alpha, backend=backend))
@@ -133,6 +135,23 @@ def impress_conv2d(
     backend: str | None = None,
 ) -> torch.Tensor:
     """``conv2d(x, weight * sum_k alpha[k] mask_k)``: combine, then PyTorch's convolution (cuDNN on GPU)."""
+    _checks.check_tensor("x", x, dtypes=_checks.FLOAT_DTYPES, contiguous=False)
+    if x.dim() not in (3, 4):
+        raise ValueError(f"x must be [C, H, W] or [N, C, H, W], got shape {tuple(x.shape)}")
     _checks.check_tensor("weight", weight, dtypes=_checks.FLOAT_DTYPES, ndim=4)
+    groups = _checks.check_int("groups", groups, minimum=1)
+    stride, dilation = _conv_pair("stride", stride, minimum=1), _conv_pair("dilation", dilation, minimum=1)
+    padding = _conv_pair("padding", padding, minimum=0)
     w_eff = combine_masks(weight, bank, alpha, backend=backend)
     return F.conv2d(x, w_eff, None, stride, padding, dilation, groups)
+
+
+def _conv_pair(name: str, value, *, minimum: int):
+    """An int or a pair of ints (numpy integers too), as F.conv2d takes; padding may also be a string."""
+    if name == "padding" and isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        return tuple(_checks.check_int(name, v, minimum=minimum) for v in value)
+    return _checks.check_int(name, value, minimum=minimum)

@@ -7,10 +7,11 @@ Equivalent PyTorch (the reference below)::
 
 Exactly ``k`` ones. Ties break towards the lower flat index on every backend
 (the stable sort keeps equal keys in index order). ``-0.0`` and ``0.0`` tie.
-Scores must be finite: a NaN has no place in the order.
+Scores must be finite: a NaN has no place in the order, so the functional API
+refuses NaN and +-inf (ValueError) on every backend.
 
 ``topk_mask_into_`` writes the mask straight into plane ``index // 8``, bit
-``index % 8`` of a byte-plane bank (DESIGN section 2), which is how edge-popup
+``index % 8`` of a byte-plane bank (docs/design.md, Formats), which is how edge-popup
 stores a finished basis mask.
 
 Order in this file: reference, kernel registration (C++ in ``csrc/cpu/topk.cpp``,
@@ -75,19 +76,21 @@ _backends.register(_backends.OpSpec("topk_mask_into", _INTO, _DTYPES))
 # ----------------------------------------------------------------------------- functional API
 
 
-def _check_scores(scores: torch.Tensor, k: int) -> None:
+def _check_scores(scores: torch.Tensor, k: int) -> int:
+    """Checks scores and k; returns k as a Python int."""
     _checks.check_tensor("scores", scores, dtypes=_checks.FLOAT_DTYPES)
     if scores.numel() < 1:
         raise ValueError("scores must have at least one element")
-    if not isinstance(k, int) or isinstance(k, bool):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = _checks.check_int("k", k)
     if not 1 <= k <= scores.numel():
         raise ValueError(f"k must be in [1, {scores.numel()}] for {scores.numel()} scores, got {k}")
+    _checks.check_finite("scores", scores)
+    return k
 
 
 def topk_mask(scores: torch.Tensor, k: int, *, backend: str | None = None) -> torch.Tensor:
     """bool mask shaped like ``scores`` with exactly ``k`` ones at the largest ``|scores|``."""
-    _check_scores(scores, k)
+    k = _check_scores(scores, k)
     impl = _backends.dispatch("topk_mask", scores.device, backend, scores.dtype)
     return impl(scores.reshape(-1), k).view(scores.shape)
 
@@ -96,10 +99,10 @@ def topk_mask_into_(
     bank: torch.Tensor, index: int, scores: torch.Tensor, k: int, *, backend: str | None = None
 ) -> torch.Tensor:
     """Write ``topk_mask(scores, k)`` as mask ``index`` of ``bank`` in place; returns ``bank``."""
-    _check_scores(scores, k)
+    k = _check_scores(scores, k)
     _checks.check_bank(bank, n=scores.numel())
     _checks.check_same_device(bank=bank, scores=scores)
-    _checks.check_mask_index(index, bank.shape[0] * 8, allow_append=False)
+    index = _checks.check_mask_index(index, bank.shape[0] * 8, allow_append=False)
     impl = _backends.dispatch("topk_mask_into", scores.device, backend, scores.dtype)
     impl(bank, index, scores.reshape(-1), k)
     return bank
@@ -124,6 +127,8 @@ def edge_popup_weight(
     weight: torch.Tensor, scores: torch.Tensor, density: float, *, backend: str | None = None
 ) -> torch.Tensor:
     """The masked weight of edge-popup (Ramanujan et al. 2019), differentiable in ``scores``."""
+    _checks.check_tensor("weight", weight, dtypes=_checks.FLOAT_DTYPES, contiguous=False)
+    _checks.check_tensor("scores", scores, dtypes=_checks.FLOAT_DTYPES)
     if scores.shape != weight.shape:
         raise ValueError(f"scores have shape {tuple(scores.shape)} but weight has {tuple(weight.shape)}")
     k = _checks.keep_count(weight.numel(), density)
