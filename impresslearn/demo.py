@@ -47,7 +47,8 @@ def _fmt_bytes(n: float) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .learner import ImpressLearner, TrainConfig
+    from .config import TrainConfig
+    from .learner import ImpressLearner
     from .models import create_model
     from .scenarios import BatchLoader, DataNotFoundError, create_scenario
 
@@ -128,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
           f"{report['num_layers']} layers, 1 bit per weight), coefficients {_fmt_bytes(report['coefficient_bytes'])}; "
           f"total {_fmt_bytes(report['total_bytes'])} vs SupSup {_fmt_bytes(report['supsup_total_bytes'])} "
           f"for {report['num_tasks']} tasks ({report['compression']:.2f}x); a new task adds "
-          f"{_fmt_bytes(report['num_masks'] * report['num_layers'] * 4)} vs SupSup's "
+          f"{_fmt_bytes(report['new_task_bytes'])} vs SupSup's "
           f"{_fmt_bytes(report['supsup_bytes_per_task'])}")  # fmt: skip
     print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
 
