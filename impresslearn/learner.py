@@ -85,11 +85,7 @@ class ImpressLearner:
     def bind_task(self, name: str) -> TaskRecord:
         """Make the model compute task ``name`` (its coefficients and BN slot)."""
         rec = self.tasks[name]
-        extra = None
-        if rec.kind == "hybrid":  # the last layer: the task's own mask in the extra bank
-            extra = torch.zeros(rec.extra_index + 1, device=self.device)
-            extra[rec.extra_index] = 1.0
-        bind_coefficients(self.model, rec.coefficients, last_layer_extra=extra)
+        bind_coefficients(self.model, rec.coefficients, last_layer_extra=rec.last_layer_extra())
         set_bn_slot(self.model, rec.bn_slot)
         return rec
 

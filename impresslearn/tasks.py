@@ -60,6 +60,14 @@ class TaskRecord:
     def num_masks(self) -> int:
         return self.coefficients.shape[0]
 
+    def last_layer_extra(self) -> torch.Tensor | None:
+        """A hybrid task's coefficients over the last layer's extra masks: one-hot on its own mask."""
+        if self.extra_index is None:
+            return None
+        e = torch.zeros(self.extra_index + 1, device=self.coefficients.device)
+        e[self.extra_index] = 1.0
+        return e
+
 
 class TaskRegistry(Mapping):
     """Stored tasks by name, in the order they were stored; records are frozen, names unique."""

@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from impresslearn import ImpressLearner, TrainConfig
 from impresslearn.models import create_model
-from impresslearn.objectives import MIN_TRAINING_STEPS, AlphaObjective, EdgePopupObjective, eq2_penalty, fit
+from impresslearn.objectives import MIN_TRAINING_STEPS, AlphaObjective, EdgePopupObjective, eq2_penalty
 from impresslearn.scenarios import BatchLoader, create_scenario
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*optimiser steps:UserWarning")
