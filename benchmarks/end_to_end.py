@@ -1,4 +1,4 @@
-"""End-to-end timings of the method (DESIGN section 6), each ratio measured in one run.
+"""End-to-end timings of the method (docs/design.md, Targets), each ratio measured in one run.
 
     python benchmarks/end_to_end.py            # LeNet-300-100, K = 250, batch 128
     python benchmarks/end_to_end.py --quick    # small K and few steps: a smoke run

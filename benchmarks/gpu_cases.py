@@ -1,6 +1,6 @@
 """GPU rows for benchmarks/kernels.py: ``gpu_cases(quick) -> list`` (read there by duck typing).
 
-Rows (DESIGN section 6, GPU targets; reported with the device by kernels.py):
+Rows (docs/design.md, Targets: the GPU rows; reported with the device by kernels.py):
 
 * ``gpu_copy``: a device-to-device copy, the measured memory bandwidth that the
   combine rows are judged against (combine >= 70% of it);

@@ -1,7 +1,7 @@
-"""Kernel throughput tables (DESIGN section 6): each case names its reference,
+"""Kernel throughput tables (docs/design.md, Targets): each case names its reference,
 baselines and candidates; one run times them all on the same machine.
 
-    python benchmarks/kernels.py            # full sizes (DESIGN targets), 2 threads
+    python benchmarks/kernels.py            # full sizes (docs/design.md, Targets), 2 threads
     python benchmarks/kernels.py --quick    # small sizes, a smoke run of seconds
     python benchmarks/kernels.py --threads 1 --out DIR --only topk
 

@@ -3,7 +3,7 @@
 Every report (the learner's, the demo's, the experiment runner's, Table 2, the ImageNet script)
 counts with these functions, so their numbers agree.
 
-What a task stores, in bytes (stored formats of DESIGN section 2):
+What a task stores, in bytes (stored formats: docs/design.md, Formats):
 
 - a binary mask: 1 bit per weight, a byte plane per layer: ``sum_i ceil(n_i / 8)``;
 - coefficients ``A_t[K_t, d]``: fp32, ``4 * K_t * d``;

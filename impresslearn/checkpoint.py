@@ -1,6 +1,6 @@
 """The checkpoint file: tensors in safetensors, JSON metadata in its header, one file.
 
-Layout (DESIGN section 2): a plain safetensors file whose header ``__metadata__``
+Layout (docs/design.md, Formats): a plain safetensors file whose header ``__metadata__``
 holds three strings:
 
 ``format``          ``"impresslearn-checkpoint"``

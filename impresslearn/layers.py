@@ -1,8 +1,8 @@
-"""Masked layers of a frozen random backbone (DESIGN section 1).
+"""Masked layers of a frozen random backbone (docs/design.md, Notation).
 
 ``ImpressLinear`` and ``ImpressConv2d`` are ``nn.Linear`` / ``nn.Conv2d`` without bias whose
 frozen weight ``W_i`` is generated from a seed on the CPU. Each holds its byte-plane bank
-(``uint8[ceil(K/8), n_i]``, DESIGN section 2) and is driven by one *mask source* at a time:
+(``uint8[ceil(K/8), n_i]``, docs/design.md, Formats) and is driven by one *mask source* at a time:
 
 ``ScoresSource``       edge-popup scores being trained: ``W' = W * topk(|S|, k_i)``.
 ``CoefficientSource``  coefficients over the bank: ``W_eff = W * sum_k alpha[k] B[k]``. A basis

@@ -1,6 +1,6 @@
 """Triton kernels for byte-plane mask banks: pack, unpack, replace one mask.
 
-Format (DESIGN section 2): ``bank[g, j]`` bit ``b`` is mask ``8g + b`` at weight ``j``;
+Format (docs/design.md, Formats): ``bank[g, j]`` bit ``b`` is mask ``8g + b`` at weight ``j``;
 unused bits are 0. The reference is ``impresslearn.ops.bank.*_reference``.
 
 All three kernels are pure data movement (a byte in, a byte out per weight and

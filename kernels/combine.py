@@ -1,6 +1,6 @@
 """Triton kernels for combine: ``W_eff = W * sum_k alpha[k] B[k]`` and its alpha gradient.
 
-Paper Eq. 1 for one layer; the bank is byte planes (DESIGN section 2): bit ``b`` of
+Paper Eq. 1 for one layer; the bank is byte planes (docs/design.md, Formats): bit ``b`` of
 ``bank[g, j]`` is mask ``8g + b`` at weight ``j``. The reference is
 ``impresslearn.ops.combine.combine_masks_reference``.
 

@@ -1,4 +1,4 @@
-// Byte-plane mask banks (DESIGN section 2): bit b of bank[g * n + j] is mask 8g+b at
+// Byte-plane mask banks (docs/design.md, Formats): bit b of bank[g * n + j] is mask 8g+b at
 // weight j. Plain C++ on raw pointers, no torch headers, so ctest builds it alone.
 #pragma once
 

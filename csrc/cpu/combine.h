@@ -1,6 +1,6 @@
 // combine (paper Eq. 1) on byte-plane banks: W_eff[j] = W[j] * sum_k alpha[k] bit_k(j),
 // and its alpha gradient grad_alpha[k] = sum_j grad[j] W[j] bit_k(j).
-// bank is uint8[G * n], G = ceil(K/8), bit b of bank[g * n + j] is mask 8g+b (DESIGN 2).
+// bank is uint8[G * n], G = ceil(K/8), bit b of bank[g * n + j] is mask 8g+b (docs/design.md).
 // Bits of masks >= K are ignored (treated as alpha = 0), as the reference does.
 #pragma once
 

@@ -1,4 +1,4 @@
-// pack / unpack / set_mask against the bit formula of DESIGN section 2, on odd shapes.
+// pack / unpack / set_mask against the bit formula of docs/design.md (Formats), on odd shapes.
 #include <cstring>
 
 #include "cpu/bank.h"

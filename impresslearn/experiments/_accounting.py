@@ -8,7 +8,7 @@ The paper's definitions (section 4.3, Table 2 caption):
   integers"; every row of the paper's column equals ``2 * O`` bits (O / 4096 kB, e.g. LeNet
   266,200 weights -> 64.99 kB), i.e. one 16-bit index per kept weight at density 1/8. We use
   the same rule to compare with the paper, and also give our stored size (1 bit per weight in
-  a bank plane, DESIGN section 2) and the index size at the run's density;
+  a bank plane, docs/design.md, Formats) and the index size at the run's density;
 - ``|alpha^t| = |M| * d`` float32 coefficients per new task;
 - ``Phi = |alpha^t| * 4 B + |M| * mask / max_tasks`` (basis masks amortised over every task the
   data set can produce; an unbounded task count leaves only the alpha term);

@@ -1,4 +1,4 @@
-"""The ops of impresslearn: the contract between Python and the kernels (DESIGN section 3).
+"""The ops of impresslearn: the contract between Python and the kernels (docs/design.md, Ops).
 
 Every op has a pure-PyTorch reference (``*_reference``), kernels registered with
 ``torch.library``, and a functional API that picks the backend by the rule in

@@ -142,7 +142,7 @@ def test_bad_model_kwargs_are_refused():
 
 
 def test_resnet50_bank_bytes_at_250_masks():
-    """The honest figure behind DESIGN's '<= 0.8 GB': 32 byte planes over every conv/linear weight."""
+    """The honest figure behind docs/design.md's '<= 0.8 GB' target: 32 byte planes over every conv/linear weight."""
     learner = ImpressLearner(create_model("resnet50", num_classes=1000, seed=0))
     mem = script.memory_report(learner, planned_masks=250)
     assert mem["layers"] == 54 and mem["weights"] == 25_502_912
