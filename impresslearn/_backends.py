@@ -57,9 +57,10 @@ FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
 AUTOMATIC = {"cpu": "cpp", "cuda": "gpu"}
 
 
-def _kernels_of(family: str, device: torch.device) -> tuple[str, ...]:
-    devices = FAMILIES[family]
-    return devices.get(device.type, devices.get("*", ()))
+def family_kernels(backend: str, device: torch.device | str) -> tuple[str, ...]:
+    """The kernels the family ``backend`` takes on ``device``, in order (empty: it does not run there)."""
+    devices = FAMILIES[canonical(backend)]
+    return devices.get(torch.device(device).type, devices.get("*", ()))
 
 
 class BackendUnavailable(RuntimeError):
@@ -88,10 +89,7 @@ def _triton_reason(device: torch.device) -> str | None:
     if device.type == "cpu":
         if triton_interpreted():
             return None
-        return (
-            "the Triton kernels were loaded compiled (TRITON_INTERPRET was not 1 when they first "
-            "loaded), so they run on CUDA tensors only"
-        )
+        return "the Triton kernels are compiled (TRITON_INTERPRET was not 1 when they loaded): CUDA tensors only"
     return f"triton does not run on {device.type} tensors"
 
 
@@ -121,7 +119,7 @@ def family_reason(backend: str, device: torch.device | str) -> str | None:
     """None if the family ``backend`` runs on ``device`` at all, else why not."""
     family = canonical(backend)
     device = torch.device(device)
-    if not _kernels_of(family, device):
+    if not family_kernels(family, device):
         if family == "cpp":
             return f"the cpp kernels run on CPU tensors, got {device.type}"
         return f"the {family} kernels do not run on {device.type} tensors"
@@ -169,7 +167,7 @@ class OpSpec:
 
     def member(self, backend: str, device: torch.device | str) -> str | None:
         """The kernel family ``backend`` runs this op with on ``device``, or None if it has none."""
-        for kernel in _kernels_of(canonical(backend), torch.device(device)):
+        for kernel in family_kernels(backend, device):
             if kernel in self.impls:
                 return kernel
         return None
