@@ -379,6 +379,7 @@ def hybrid_learner():
     (lambda m: m["backbone"]["kwargs"].update(hidden=[2**20, 2**20]), "refused before allocating"),
     (lambda m: m.update(random_masks=[{"first": 0}]), "random_masks"),
     (lambda m: m.update(mask_owners=["b"]), "mask owner"),
+    (lambda m: m["tasks"][1].update(name="b"), "a task named 'b' is already stored"),
 ])  # fmt: skip
 def test_load_refuses_metadata_that_does_not_describe_the_learner(hybrid_learner, tmp_path, edit, message):
     path = _resave(hybrid_learner, tmp_path / "bad.safetensors", edit)
