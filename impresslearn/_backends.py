@@ -1,4 +1,4 @@
-"""The backend rule, written once for every op (docs/design.md, section 3).
+"""The backend rule, written once for every op (docs/design.md, Backends).
 
 A backend names a *family* of kernels, and a family means the same thing on every op:
 

@@ -9,7 +9,7 @@ The Triton kernels are registered lazily. Importing ``triton`` and registering a
 on the CPU kernels never needs, so ``import impresslearn`` only checks that the
 kernel files exist (``importlib.util.find_spec``, no import). The first call that
 dispatches to a Triton kernel, or :func:`load_triton_ops`, imports every kernel
-module at once and registers every Triton op (see docs/design.md, section 3).
+module at once and registers every Triton op (docs/design.md, Ops).
 Loading them together is what makes the interpreter mode one decision:
 ``@triton.jit`` reads ``TRITON_INTERPRET`` when a kernel module is imported, so
 all kernels share the mode that held at that one moment, and dispatch asks the
