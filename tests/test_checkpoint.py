@@ -181,3 +181,91 @@ def test_weights_sha256_sees_values_dtype_shape_and_order():
     # Known answer: pins the hash definition so a silent change cannot go unnoticed.
     assert weights_sha256([torch.zeros(2, dtype=torch.uint8)]) == __import__("hashlib").sha256(
         b"uint8[2];\x00\x00").hexdigest()
+
+
+# ----------------------------------------------------------------------------- temp files and modes
+
+_KILLED_WRITER = r"""
+import os, sys, time
+from impresslearn import _atomic, checkpoint
+import torch
+
+def write_half_then_hang(f, data):
+    f.write(memoryview(data)[: len(data) // 2])
+    f.flush()
+    print("half written", flush=True)
+    time.sleep(60)  # killed here, between write and rename
+
+_atomic._write_all = write_half_then_hang
+checkpoint.save_checkpoint(sys.argv[1], {"x": torch.arange(1 << 20, dtype=torch.float32)}, {"from": "killed"})
+"""
+
+
+def _start_writer(tmp_path, target):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    line = proc.stdout.readline()
+    assert line.strip() == "half written", line
+    return proc
+
+
+def test_sigkill_mid_write_keeps_the_old_file_and_the_next_save_removes_the_temp(tmp_path):
+    import signal
+
+    path = _save(tmp_path)
+    before = path.read_bytes()
+    proc = _start_writer(tmp_path, path)
+    try:
+        temps = [n for n in os.listdir(tmp_path) if n != "a.ckpt"]
+        assert len(temps) == 1 and temps[0].startswith(".a.ckpt.") and f"-{proc.pid}." in temps[0], temps
+        assert (tmp_path / temps[0]).stat().st_size >= 2 << 20  # half of a 4 MiB tensor: the write was under way
+        assert _atomic.stale_temporaries(path) == []  # its writer is alive: not stale
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["a.ckpt", temps[0]]  # nothing could remove it on SIGKILL
+    assert _atomic.stale_temporaries(path) == [tmp_path / temps[0]]
+    save_checkpoint(path, {"y": torch.ones(3)}, {"after": True})
+    assert os.listdir(tmp_path) == ["a.ckpt"]
+    assert load_checkpoint(path)[1] == {"after": True}
+
+
+def test_only_dead_writers_temporaries_of_the_same_target_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    host = _atomic._host()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    keep = [
+        f".a.ckpt.{host}-{os.getpid()}.0123456789ab.tmp",  # this process: maybe another thread writing
+        f".a.ckpt.{host}-1.0123456789ab.tmp",  # pid 1 is alive
+        f".a.ckpt.otherhost-{dead_pid}.0123456789ab.tmp",  # another host on a shared file system
+        f".b.ckpt.{host}-{dead_pid}.0123456789ab.tmp",  # another target
+        f".a.ckpt.{host}-{dead_pid}.notours.tmp",  # not the writer's pattern
+        ".a.ckpt.abc123.tmp",  # the old mkstemp pattern: no pid to check
+        "a.ckpt.tmp",
+    ]
+    gone = f".a.ckpt.{host}-{dead_pid}.0123456789ab.tmp"
+    for name in keep + [gone]:
+        (tmp_path / name).write_bytes(b"partial")
+    save_checkpoint(tmp_path / "a.ckpt", {"x": torch.ones(2)}, {})
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + ["a.ckpt"])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_get_the_mode_the_umask_gives(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "m.ckpt", {"x": torch.ones(2)}, {})
+        _atomic.atomic_write(tmp_path / "m.json", "{}")
+    finally:
+        os.umask(old)
+    for name in ("m.ckpt", "m.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
