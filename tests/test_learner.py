@@ -394,3 +394,20 @@ def test_version_1_checkpoints_still_load(hybrid_learner, tmp_path):
 
     loaded = ImpressLearner.load(_resave(hybrid_learner, tmp_path / "v1.safetensors", as_version_1))
     assert loaded.random_mask_draws == [] and loaded.state_sha256() == hybrid_learner.state_sha256()
+
+
+# ----------------------------------------------------------------------------- accounting
+
+
+def test_one_definition_of_bytes_per_task_for_impresslearn_and_supsup():
+    from impresslearn import accounting
+
+    sizes, features = [100, 17], [3]
+    supsup = 13 + 3 + 2 * 4 * 3  # ceil(100/8) + ceil(17/8) mask bytes + fp32 mean and var of 3 channels
+    assert accounting.supsup_bytes_per_task(sizes, features) == supsup
+    assert accounting.task_bytes("new", 5, sizes, features) == accounting.TaskBytes(0, 40, 24, 64, supsup)
+    assert accounting.task_bytes("basis", 1, sizes, features).total == 16 + 8 + 24
+    assert accounting.task_bytes("hybrid", 5, sizes, features).mask_bits == 3  # its own last-layer mask
+    assert accounting.bank_bytes(sizes, 9) == 2 * 117 and accounting.dense_float_masks_bytes(sizes, 9) == 9 * 117 * 4
+    with pytest.raises(ValueError, match="kind"):
+        accounting.task_bytes("supsup", 1, sizes, features)
