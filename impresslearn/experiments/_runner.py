@@ -269,7 +269,7 @@ def train_config(phase: dict, seed: int):
 
 
 # ----------------------------------------------------------------------------- learner adapters
-# Everything that reaches into the learner beyond the public API of /work/notes/api.md is here.
+# Everything that reaches into the learner beyond its public API is here.
 
 
 def export_mask(learner, index: int) -> list[torch.Tensor]:
