@@ -71,7 +71,12 @@ def _tuple(value: Any, key: str) -> tuple:
 
 @dataclass(frozen=True)
 class ScenarioSpec:
-    """Which task sequence, and how much of each task's data (``None``: all of it)."""
+    """Which task sequence, and how much of each task's data (``None``: all of it).
+
+    ``name`` is a registered scenario or the dotted import path of a function or class that
+    returns one (your own data: ``impresslearn.scenarios.CustomScenario``); it is called with
+    ``num_tasks``, ``seed``, ``root``, ``train_subset``, ``test_subset`` and ``kwargs``.
+    """
 
     name: str
     num_tasks: int
@@ -83,6 +88,12 @@ class ScenarioSpec:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(self.name), "scenario.name", "must be a non-empty string")
+        from ..scenarios import resolve_scenario  # a name or a dotted import path: refused here, not mid-sweep
+
+        try:
+            resolve_scenario(self.name)
+        except ValueError as exc:
+            raise ConfigError(f"scenario.name: {exc}") from None
         _set_ints(
             self,
             num_tasks=_positive_int(self.num_tasks, "scenario.num_tasks"),

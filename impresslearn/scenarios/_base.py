@@ -113,9 +113,11 @@ class Scenario:
     """A fixed sequence of ``num_tasks`` tasks with ``num_classes`` classes each.
 
     Subclasses set ``name``, ``num_tasks``, ``num_classes``, ``input_shape`` and
-    implement ``_build_task(t) -> (train, test)``. ``spec`` holds the keyword
-    arguments that recreate the scenario with ``create_scenario(name, **spec)``
-    (it goes into checkpoints and experiment records).
+    implement ``build_task(t) -> (train, test)``, two torch Datasets of ``(x, y)``
+    (or ``(x, y, task_label)``) examples. ``spec`` holds the keyword arguments that
+    recreate the scenario with ``create_scenario(name, **spec)`` (it goes into
+    checkpoints and experiment records). For data you already hold, use
+    ``CustomScenario`` instead of a subclass.
     """
 
     name: str = ""
@@ -138,7 +140,7 @@ class Scenario:
         if t in self._cache:
             self._cache.move_to_end(t)
             return self._cache[t]
-        train, test = self._build_task(t)
+        train, test = self.build_task(t)
         task = Task(index=t, name=self.task_name(t), train=train, test=test)
         if self.cache_size:
             self._cache[t] = task
@@ -146,8 +148,9 @@ class Scenario:
                 self._cache.popitem(last=False)
         return task
 
-    def _build_task(self, t: int) -> tuple[Dataset, Dataset]:
-        raise NotImplementedError
+    def build_task(self, t: int) -> tuple[Dataset, Dataset]:
+        """The (train, test) data sets of task ``t`` (0 <= t < num_tasks); ``task(t)`` caches them."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_task(t) -> (train, test)")
 
     def _check_index(self, t: int) -> int:
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)):

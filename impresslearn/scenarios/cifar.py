@@ -87,7 +87,7 @@ class SplitCIFAR100(Scenario):
         t = self._check_index(t)
         return self.class_order[t * self.num_classes : (t + 1) * self.num_classes]
 
-    def _build_task(self, t: int):
+    def build_task(self, t: int):
         classes = self.classes(t)
         remap = np.full(100, -1, dtype=np.int64)
         remap[classes] = np.arange(len(classes))

@@ -120,7 +120,7 @@ class SplitImageNet(Scenario):
         resize = round(self.image_size * 256 / 224)
         return T.Compose([T.Resize(resize), T.CenterCrop(self.image_size), T.ToTensor(), normalize])
 
-    def _build_task(self, t: int):
+    def build_task(self, t: int):
         out = []
         for split in ("train", "val"):
             per_class: list[list[tuple[str, int]]] = []

@@ -87,7 +87,7 @@ class PermutedScenario(MnistLikeScenario):
         rng = np.random.default_rng(derive_seed("permuted", self.seed, t))
         return torch.from_numpy(rng.permutation(int(np.prod(self.input_shape))))
 
-    def _build_task(self, t: int):
+    def build_task(self, t: int):
         perm = self.permutation(t).numpy()
         out = []
         for split in ("train", "test"):
@@ -112,7 +112,7 @@ class RotatedScenario(MnistLikeScenario):
         """Rotation of task ``t`` in degrees, counter-clockwise."""
         return self.angles[self._check_index(t)]
 
-    def _build_task(self, t: int):
+    def build_task(self, t: int):
         out = []
         for split in ("train", "test"):
             images, labels = self._source(split)
@@ -162,7 +162,7 @@ class SplitScenario(MnistLikeScenario):
         t = self._check_index(t)
         return self.class_order[t * self.num_classes : (t + 1) * self.num_classes]
 
-    def _build_task(self, t: int):
+    def build_task(self, t: int):
         classes = self.classes(t)
         remap = np.full(10, -1, dtype=np.int64)
         remap[classes] = np.arange(len(classes))

@@ -41,7 +41,7 @@ class Synthetic(Scenario):
                          train_size=train_size, test_size=test_size, noise=self.noise, seed=self.seed,
                          train_subset=train_subset, test_subset=test_subset)
 
-    def _build_task(self, t: int):
+    def build_task(self, t: int):
         g = torch.Generator().manual_seed(derive_seed("synthetic", self.seed, t))
         prototypes = torch.randn(self.num_classes, *self.input_shape, generator=g)
         out = []
