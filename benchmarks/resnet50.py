@@ -168,14 +168,10 @@ def available_backends(device: str) -> dict[str, str | None]:
     from impresslearn import _backends
     from impresslearn.ops import combine  # noqa: F401  (registers the op)
 
-    impls = _backends.REGISTRY["combine_masks"].impls
     out = {}
-    for b in _backends.BACKENDS:
-        if b not in impls:
-            out[b] = "no combine_masks implementation"
-            continue
-        reason = _backends.backend_reason(b, device)
-        if b == "triton" and device == "cpu" and reason is None:
+    for b in _backends.BACKENDS:  # families: reference, cpp, gpu
+        reason = _backends.backend_reason(b, device, op="combine_masks")
+        if b == "gpu" and device == "cpu" and reason is None:
             reason = "runs on CPU only in the Triton interpreter, a correctness tool (minutes per step)"
         out[b] = reason
     return out
