@@ -3,9 +3,12 @@
 import json
 import os
 import struct
+import warnings
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from impresslearn import _atomic
 from impresslearn import checkpoint as ckpt
@@ -55,9 +58,13 @@ def test_file_is_plain_safetensors_with_version_and_checksums(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         assert torch.equal(f.get_tensor("bank/0"), _tensors()["bank/0"])
-    assert meta["format"] == "impresslearn-checkpoint" and meta["format_version"] == "1"
+    assert meta["format"] == "impresslearn-checkpoint" and meta["format_version"] == "2"
     digests = json.loads(meta["sha256"])
     assert digests["bank/0"] == ckpt.tensor_sha256(_tensors()["bank/0"])
+    header = ckpt.read_checkpoint_header(path)
+    layout = {name: (e["dtype"], e["shape"]) for name, e in header.items() if name != "__metadata__"}
+    assert layout["alpha"] == ("BF16", [9, 3])
+    assert meta["header_sha256"] == ckpt.header_sha256("2", meta["metadata"], meta["sha256"], layout)
 
 
 def test_missing_file(tmp_path):
@@ -269,3 +276,204 @@ def test_files_get_the_mode_the_umask_gives(tmp_path, umask):
         os.umask(old)
     for name in ("m.ckpt", "m.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+
+# ----------------------------------------------------------------------------- the header checksum (format 2)
+
+# Metadata shaped like the learner's: the fields whose one-bit flips used to load silently.
+TASKS_META = {
+    "tasks": [
+        {"name": "b0", "kind": "basis", "bn_slot": 0, "extra_index": None},
+        {"name": "b1", "kind": "hybrid", "bn_slot": 1, "extra_index": 1},
+    ],
+}
+
+
+def _split(data: bytes) -> tuple[int, bytes]:
+    (n,) = struct.unpack("<Q", data[:8])
+    return n, data[8 : 8 + n]
+
+
+def _replace_in_header(path, old: bytes, new: bytes) -> None:
+    """Replace the one occurrence of ``old`` in the JSON header by ``new`` (same length)."""
+    assert len(old) == len(new)
+    data = path.read_bytes()
+    n, header = _split(data)
+    assert header.count(old) == 1, (old, header)
+    path.write_bytes(data[:8] + header.replace(old, new) + data[8 + n :])
+
+
+def _save_tasks(tmp_path):
+    path = tmp_path / "t.ckpt"
+    save_checkpoint(path, {"tasks.0": torch.ones(9, 3), "tasks.1": torch.full((9, 3), 0.5)}, TASKS_META)
+    return path
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (rb'bn_slot\": 1', rb'bn_slot\": 0'),  # task b1 would read b0's BN statistics
+        (rb'extra_index\": 1', rb'extra_index\": 0'),  # b1 would use another last-layer mask
+        (rb'\"b1\"', rb'\"b0\"'),  # b1 vanishes, b0 gets b1's coefficients
+        (rb'bn_slot\": 1', rb'bn_slot\": 9'),  # out of range: used to fail only at predict
+    ],
+    ids=["bn_slot", "extra_index", "task_name", "bn_slot_range"],
+)
+def test_changed_metadata_values_are_refused(tmp_path, old, new):
+    path = _save_tasks(tmp_path)
+    load_checkpoint(path)
+    _replace_in_header(path, old, new)
+    with pytest.raises(CheckpointError, match="damaged header, SHA-256 mismatch"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (b'"dtype":"F32","shape":[9,3]', b'"dtype":"I32","shape":[9,3]'),  # same bytes read as int32
+        (b'"dtype":"F32","shape":[9,3]', b'"dtype":"F32","shape":[3,9]'),  # same byte count, transposed
+    ],
+    ids=["dtype", "shape"],
+)
+def test_changed_tensor_dtype_or_shape_is_refused(tmp_path, old, new):
+    path = _save_tasks(tmp_path)
+    data = path.read_bytes()
+    n, header = _split(data)
+    first = header.index(old)  # change only the first tensor's entry
+    path.write_bytes(data[:8] + header[:first] + new + header[first + len(old) :] + data[8 + n :])
+    with pytest.raises(CheckpointError, match="damaged header, SHA-256 mismatch"):
+        load_checkpoint(path)
+
+
+def test_missing_header_checksum_is_refused(tmp_path):
+    path = _save_tasks(tmp_path)
+    _replace_in_header(path, b'"header_sha256"', b'"header_sha257"')
+    with pytest.raises(CheckpointError, match="checksum or metadata is missing"):
+        load_checkpoint(path)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.floats(0.0, 1.0, exclude_max=True), bit=st.integers(0, 7), in_header=st.booleans())
+def test_any_one_bit_flip_is_refused(tmp_path, where, bit, in_header):
+    """A flipped bit anywhere in the file (header length, JSON header, padding, tensor data) is refused."""
+    path = tmp_path / "flip.ckpt"
+    save_checkpoint(path, {"tasks.0": torch.ones(9, 3), "bank": torch.arange(40, dtype=torch.uint8)}, TASKS_META)
+    data = bytearray(path.read_bytes())
+    n, _ = _split(bytes(data))
+    start, stop = (0, 8 + n) if in_header else (8 + n, len(data))
+    pos = start + int(where * (stop - start))
+    data[pos] ^= 1 << bit
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- absurd sizes
+
+
+def _raw_file(path, entries: dict, data: bytes, meta=None) -> None:
+    """A safetensors file written by hand, so its header can say anything."""
+    header = dict(entries)
+    if meta is not None:
+        header["__metadata__"] = meta
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"dtype": "F32", "shape": [2**20, 2**20, 2**20], "data_offsets": [0, 16]}, "declares F32"),  # 4 EiB
+        ({"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 8]}, "holds 8 bytes"),
+        ({"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}, "damaged shape"),
+        ({"dtype": "F32", "shape": [True, 4], "data_offsets": [0, 16]}, "damaged shape"),
+        ({"dtype": "F32", "shape": "4", "data_offsets": [0, 16]}, "damaged shape"),
+        ({"dtype": "Q32", "shape": [4], "data_offsets": [0, 16]}, "unknown dtype 'Q32'"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [-16, 16]}, "damaged header entry"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0, 2**62]}, "truncated"),
+    ],
+)
+def test_declared_sizes_are_checked_against_the_file_before_allocating(tmp_path, entry, message):
+    path = tmp_path / "big.ckpt"
+    _raw_file(path, {"w": entry}, bytes(16), {"format": "impresslearn-checkpoint", "format_version": "2"})
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- format 1 files
+
+
+def _save_version_1(path, tensors, metadata) -> None:
+    """The version-1 writer, as it was: no header checksum."""
+    from safetensors.torch import save as safetensors_save
+
+    tensors = {name: t.contiguous() for name, t in tensors.items()}
+    header = {
+        "format": "impresslearn-checkpoint",
+        "format_version": "1",
+        "sha256": json.dumps({name: ckpt.tensor_sha256(t) for name, t in tensors.items()}, sort_keys=True),
+        "metadata": json.dumps(metadata, sort_keys=True, allow_nan=True),
+    }
+    path.write_bytes(safetensors_save(tensors, metadata=header))
+
+
+def test_version_1_file_loads_with_a_warning_and_upgrades(tmp_path):
+    path = tmp_path / "old.ckpt"
+    tensors = {"tasks.0": torch.ones(9, 3), "bank": torch.arange(40, dtype=torch.uint8)}
+    _save_version_1(path, tensors, TASKS_META)
+    with pytest.warns(ckpt.UncheckedHeaderWarning, match="upgrade_checkpoint"):
+        loaded, metadata = load_checkpoint(path)
+    assert metadata == TASKS_META and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+    ckpt.upgrade_checkpoint(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["format_version"] == "2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded, metadata = load_checkpoint(path)
+    assert metadata == TASKS_META and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    _replace_in_header(path, rb'bn_slot\": 1', rb'bn_slot\": 0')  # now protected
+    with pytest.raises(CheckpointError, match="damaged header"):
+        load_checkpoint(path)
+
+
+def test_version_1_tensor_data_is_still_checked(tmp_path):
+    path = tmp_path / "old.ckpt"
+    _save_version_1(path, {"bank": torch.arange(40, dtype=torch.uint8)}, {})
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.warns(ckpt.UncheckedHeaderWarning), pytest.raises(CheckpointError, match="SHA-256 mismatch for tensor"):
+        load_checkpoint(path)
+
+
+def test_dtypes_safetensors_cannot_store_are_refused_before_writing(tmp_path):
+    with pytest.raises(TypeError, match="complex128"):
+        save_checkpoint(tmp_path / "c.ckpt", {"z": torch.zeros(2, dtype=torch.complex128)}, {})
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- through the learner
+
+
+def test_learner_checkpoint_with_a_changed_header_value_is_refused(tmp_path):
+    """End to end through ImpressLearner.save / load: the checksum guards the learner's own metadata."""
+    from impresslearn import ImpressLearner
+    from impresslearn.models import create_model
+
+    model = create_model("lenet300", num_classes=3, seed=0, in_features=6, hidden=(5, 4))
+    learner = ImpressLearner(model, density=0.5)
+    learner.add_random_masks(3, seed=0)
+    learner.register_task("t0", torch.full((3, learner.num_layers), 1 / 3))
+    learner.register_task("t1", torch.full((3, learner.num_layers), 0.25))
+    path = tmp_path / "learner.ckpt"
+    learner.save(path)
+    ImpressLearner.load(path)
+    # hidden=(5, 4) -> (5, 6): a one-bit flip in the backbone spec (0x34 '4' -> 0x36 '6')
+    _replace_in_header(path, rb"5, 4]", rb"5, 6]")
+    with pytest.raises(CheckpointError, match="damaged header"):
+        ImpressLearner.load(path)
