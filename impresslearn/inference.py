@@ -328,71 +328,145 @@ def _stacked_weights(layer, column: int, is_last: bool, records, device) -> torc
     return out
 
 
-def _task_batched_forward(learner, x: torch.Tensor, records) -> torch.Tensor:
-    """Logits ``[c, N, classes]`` of the ``c`` tasks in ``records``, each alone, in one forward.
+def _per_mask_linear(layer, x: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+    """``Z[k] = x @ (W * B_k)^T`` for every bank mask: ``[K, N, out]``.
 
-    The batch is repeated ``c`` times along dim 0 and every masked layer and BN temporarily
-    computes task ``j`` on rows ``j*N:(j+1)*N``: a Linear becomes a bmm over stacked effective
-    weights, a Conv2d a grouped convolution, a BN normalises each group with its task's slot.
-    Other modules must act per example (ReLU, pooling, flatten, residual adds do).
+    A linear layer fed the shared batch computes ``sum_k alpha[k] Z[k]`` for any task, so
+    ``T`` tasks cost ``K`` products plus a ``[T, K] x [K, N*out]`` mix instead of T combines
+    and T products: the win when T > K.
     """
-    layers, bns = _layers_and_bns(learner)
-    c, n = len(records), x.shape[0]
-    device = x.device
-    weights = [_stacked_weights(layer, i, i == len(layers) - 1, records, device) for i, layer in enumerate(layers)]
-    slots = [rec.bn_slot for rec in records]
+    k, n = layer.num_masks, layer.weight.numel()
+    out_features = layer.weight.shape[0]
+    flat_w = layer.weight.reshape(1, -1)
+    z = torch.empty(k, x.shape[0], out_features, device=x.device, dtype=x.dtype)
+    step = max(1, chunk_bytes // max(1, 4 * n))
+    for start in range(0, k, step):
+        stop = min(k, start + step)
+        masks = ops.unpack_masks(layer.bank, stop, backend=layer.backend)[start:stop]
+        masked = (masks.to(flat_w.dtype) * flat_w).reshape((stop - start) * out_features, -1)
+        z[start:stop] = (x @ masked.T).reshape(x.shape[0], stop - start, out_features).transpose(0, 1)
+    return z
 
-    def linear_forward(layer, w):
+
+class _ExhaustiveForward:
+    """Runs ``c`` tasks, each alone, through the model in one forward (see :func:`exhaustive_entropies`).
+
+    Rows ``j*N:(j+1)*N`` of every activation belong to task ``j``; the shared batch enters with
+    ``N`` rows and is spread over the tasks by the first module that depends on the task. Every
+    masked layer and BN computes its task per group: a Linear is a bmm over stacked effective
+    weights (or the per-mask mix of :func:`_per_mask_linear`), a Conv2d a grouped convolution,
+    a BN normalises each group with its task's slot. Other modules must act per example
+    (ReLU, pooling, flatten and residual adds do).
+    """
+
+    def __init__(self, learner, x: torch.Tensor, num_tasks: int, chunk_bytes: int):
+        self.learner = learner
+        self.x = x
+        self.n = x.shape[0]
+        self.chunk_bytes = chunk_bytes
+        layers, _ = _layers_and_bns(learner)
+        self.per_mask: dict[int, torch.Tensor] = {}
+        for i, layer in enumerate(layers):
+            # only the first masked layer: it is the first module whose input the task changes, so
+            # its input is the same for every chunk and its per-mask products can be kept
+            self.per_mask[i] = (
+                i == 0 and len(layers) > 1 and isinstance(layer, ImpressLinear) and num_tasks > layer.num_masks
+                and layer.num_masks * self.n * layer.weight.shape[0] * 4 <= chunk_bytes
+            )  # fmt: skip
+
+    def _spread(self, inp: torch.Tensor, c: int) -> torch.Tensor:
+        return inp.repeat(c, *([1] * (inp.dim() - 1))) if inp.shape[0] == self.n else inp
+
+    def logits(self, records) -> torch.Tensor:
+        learner, n = self.learner, self.n
+        layers, bns = _layers_and_bns(learner)
+        c = len(records)
+        device = self.x.device
+        slots = [rec.bn_slot for rec in records]
+        forwards = {}
+        for i, layer in enumerate(layers):
+            is_last = i == len(layers) - 1
+            if self.per_mask[i] is not False:
+                forwards[layer] = self._per_mask_forward(layer, i, records)
+            elif isinstance(layer, ImpressConv2d):
+                forwards[layer] = self._conv_forward(layer, _stacked_weights(layer, i, is_last, records, device), c)
+            elif isinstance(layer, ImpressLinear):
+                forwards[layer] = self._linear_forward(_stacked_weights(layer, i, is_last, records, device), c)
+            else:  # pragma: no cover - impress_layers returns only these two
+                raise TypeError(f"cannot batch {type(layer).__name__}")
+        for bn in bns:
+            forwards[bn] = self._bn_forward(bn, slots, c)
+        try:
+            for module, forward in forwards.items():
+                module.forward = forward  # an instance attribute shadows the class's forward
+            logits = learner.model(self.x)
+        finally:
+            for module in forwards:
+                vars(module).pop("forward", None)
+        if logits.shape[0] == n and c > 1:  # no module depended on the task (cannot happen with a masked layer)
+            logits = self._spread(logits, c)
+        return logits.reshape(c, n, -1)
+
+    def _per_mask_forward(self, layer, column: int, records):
+        n = self.n
+
         def forward(inp):
-            y = torch.bmm(inp.reshape(c, n, -1), w.transpose(1, 2))
-            return y.reshape(c * n, -1)
+            if inp.shape[0] != n:  # not the shared batch: the per-mask route does not apply
+                w = _stacked_weights(layer, column, False, records, inp.device)
+                return self._linear_forward(w, len(records))(inp)
+            if self.per_mask[column] is True:
+                self.per_mask[column] = _per_mask_linear(layer, inp, self.chunk_bytes)
+            z = self.per_mask[column]
+            alpha = torch.zeros(len(records), z.shape[0], device=z.device, dtype=z.dtype)
+            for j, rec in enumerate(records):
+                alpha[j, : rec.num_masks] = rec.coefficients[:, column]
+            return (alpha @ z.reshape(z.shape[0], -1)).reshape(len(records) * n, -1)
 
         return forward
 
-    def conv_forward(layer, w):
+    def _linear_forward(self, w: torch.Tensor, c: int):
+        n = self.n
+
         def forward(inp):
-            _, ch, hh, ww = inp.shape
-            grouped = inp.reshape(c, n, ch, hh, ww).transpose(0, 1).reshape(n, c * ch, hh, ww)
-            y = F.conv2d(
-                grouped, w.reshape(-1, *w.shape[2:]), None, layer.stride, layer.padding, layer.dilation,
-                layer.groups * c,
-            )  # fmt: skip
+            if inp.shape[0] == n:  # the shared batch: one GEMM against all c weights
+                y = inp @ w.reshape(-1, w.shape[-1]).T
+                return y.reshape(n, c, -1).transpose(0, 1).reshape(c * n, -1)
+            return torch.bmm(inp.reshape(c, n, -1), w.transpose(1, 2)).reshape(c * n, -1)
+
+        return forward
+
+    def _conv_forward(self, layer, w: torch.Tensor, c: int):
+        n = self.n
+
+        def forward(inp):
+            conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+            if inp.shape[0] == n:  # the shared batch: one convolution with all c weights stacked
+                y = F.conv2d(inp, w.reshape(-1, *w.shape[2:]), None, groups=layer.groups, **conv)
+            else:
+                _, ch, hh, ww = inp.shape
+                grouped = inp.reshape(c, n, ch, hh, ww).transpose(0, 1).reshape(n, c * ch, hh, ww)
+                y = F.conv2d(grouped, w.reshape(-1, *w.shape[2:]), None, groups=layer.groups * c, **conv)
             return y.reshape(n, c, -1, *y.shape[2:]).transpose(0, 1).reshape(c * n, -1, *y.shape[2:])
 
         return forward
 
-    def bn_forward(bn):
+    def _bn_forward(self, bn, slots: list[int], c: int):
         def forward(inp):
-            grouped = inp.reshape(c, n, *inp.shape[1:])
+            grouped = self._spread(inp, c).reshape(c, self.n, *inp.shape[1:])
             shape = (c, 1, bn.num_features) + (1,) * (inp.dim() - 2)
             mean = bn.running_mean[slots].reshape(shape)
             var = bn.running_var[slots].reshape(shape)
-            return ((grouped - mean) * torch.rsqrt(var + bn.eps)).reshape(inp.shape)
+            return ((grouped - mean) * torch.rsqrt(var + bn.eps)).reshape(c * self.n, *inp.shape[1:])
 
         return forward
 
-    patched = []
-    try:
-        for layer, w in zip(layers, weights):
-            if isinstance(layer, ImpressConv2d):
-                layer.forward = conv_forward(layer, w)
-            elif isinstance(layer, ImpressLinear):
-                layer.forward = linear_forward(layer, w)
-            else:  # pragma: no cover - impress_layers returns only these two
-                raise TypeError(f"cannot batch {type(layer).__name__}")
-            patched.append(layer)
-        for bn in bns:
-            bn.forward = bn_forward(bn)
-            patched.append(bn)
-        logits = learner.model(x.repeat(c, *([1] * (x.dim() - 1))))
-    finally:
-        for module in patched:
-            del module.forward  # the instance attribute shadowed the class's forward
-    return logits.reshape(c, n, -1)
-
 
 def exhaustive_entropies(learner, x: torch.Tensor, names: Sequence[str], *, chunk_bytes: int = EXHAUSTIVE_CHUNK_BYTES) -> torch.Tensor:
-    """Per-example output entropy ``[T, N]`` of each task in ``names`` bound alone (its BN slot)."""
+    """Per-example output entropy ``[T, N]`` of each task in ``names`` bound alone (its BN slot).
+
+    Tasks run in chunks whose stacked effective weights fit in ``chunk_bytes``; a linear layer
+    that sees the shared batch is computed once per bank mask when T > K (:func:`_per_mask_linear`).
+    """
     layers, _ = _layers_and_bns(learner)
     per_task = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers)
     chunk = max(1, min(len(names), chunk_bytes // max(1, per_task)))
@@ -400,9 +474,9 @@ def exhaustive_entropies(learner, x: torch.Tensor, names: Sequence[str], *, chun
     out = []
     learner.model.eval()
     with torch.no_grad():
+        runner = _ExhaustiveForward(learner, x, len(records), chunk_bytes)
         for start in range(0, len(records), chunk):
-            logits = _task_batched_forward(learner, x, records[start : start + chunk])
-            out.append(_entropy(logits))
+            out.append(_entropy(runner.logits(records[start : start + chunk])))
     return torch.cat(out)
 
 
@@ -488,6 +562,21 @@ def task_fingerprint(
     )  # fmt: skip
 
 
+_FINGERPRINT_CACHE: dict = {}
+
+
+def _stacked_fingerprints(fingerprints: tuple, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean[T, m]`` and ``var[T, m]`` in fp32, kept for the last candidate list (1000 stacks ~ ms)."""
+    key = (tuple(id(fp) for fp in fingerprints), str(device))
+    if _FINGERPRINT_CACHE.get("key") != key:
+        with torch.inference_mode(False):
+            mean = torch.stack([fp.mean for fp in fingerprints]).float().to(device)
+            var = torch.stack([fp.var for fp in fingerprints]).float().to(device)
+        # the fingerprints are held too, so their ids cannot be reused while the key is alive
+        _FINGERPRINT_CACHE.update(key=key, held=fingerprints, value=(mean, var))
+    return _FINGERPRINT_CACHE["value"]
+
+
 def fingerprint_log_likelihoods(x: torch.Tensor, fingerprints: Sequence[TaskFingerprint]) -> torch.Tensor:
     """Per-example log-likelihood ``[T, N]`` of the batch's sketch under each task's diagonal Gaussian."""
     first = fingerprints[0]
@@ -495,8 +584,7 @@ def fingerprint_log_likelihoods(x: torch.Tensor, fingerprints: Sequence[TaskFing
         if not fp.same_sketch(first):
             raise ValueError("the fingerprints were computed with different sketches (input size, sketch_dim or seed)")
     z = _sketch(x, first.input_size, first.sketch_dim, first.seed)  # [N, m]
-    mean = torch.stack([fp.mean for fp in fingerprints]).float().to(z.device)  # [T, m]
-    var = torch.stack([fp.var for fp in fingerprints]).float().to(z.device)
+    mean, var = _stacked_fingerprints(tuple(fingerprints), z.device)
     inv = 1.0 / var
     # sum_j (z_j - mu_j)^2 / var_j expanded into three products: O(N m T), no [T, N, m] tensor
     quad = (z * z) @ inv.T - 2.0 * z @ (mean * inv).T + (mean * mean * inv).sum(1)

@@ -82,6 +82,24 @@ def test_exhaustive_scores_are_each_tasks_own_entropy(mixed):
     torch.testing.assert_close(small, inference.exhaustive_entropies(learner, x, list(learner.tasks)))
 
 
+def test_exhaustive_per_mask_route_when_tasks_outnumber_masks():
+    """T > K: the first layer is computed once per mask and mixed per task; same entropies as each task alone."""
+    learner = ImpressLearner(create_model("lenet300", num_classes=10, seed=0, hidden=[32, 16]), density=0.3)
+    learner.add_random_masks(3, seed=0)
+    g = torch.Generator().manual_seed(0)
+    for t in range(7):
+        learner.register_task(f"n{t}", torch.rand(3 if t % 2 else 2, 3, generator=g))  # K_t = 2 pads with zeros
+    x = torch.randn(16, 1, 28, 28, generator=g)
+    names = list(learner.tasks)
+    runner = inference._ExhaustiveForward(learner, x, len(names), inference.EXHAUSTIVE_CHUNK_BYTES)
+    assert runner.per_mask == {0: True, 1: False, 2: False}  # eligible: the first layer only
+    want = torch.stack([_entropy_alone(learner, n, x) for n in names])
+    # all 7 tasks in one chunk, then one task per chunk (8 KB: room for Z[3, 16, 32], not for a task's weights)
+    for chunk_bytes in (inference.EXHAUSTIVE_CHUNK_BYTES, 8192):
+        got = inference.exhaustive_entropies(learner, x, names, chunk_bytes=chunk_bytes)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_exhaustive_on_a_conv_net_uses_each_tasks_bn_slot():
     sc = create_scenario("synthetic", num_tasks=2, train_size=128, test_size=64, seed=0)
     model = create_model("resnet18_cifar", num_classes=10, in_channels=1, width=4, blocks=[1, 1, 1, 1], seed=0)
