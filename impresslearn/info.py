@@ -56,6 +56,7 @@ def report() -> str:
             if _extension.extension() is not None
             else ""
         ),
+        f"cpu kernels ISA: {_cpu_isa()}",
         f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none visible'}",
         f"{_backends.ENV_VAR}={requested or '(unset: automatic)'}",
         f"backends: {', '.join(_backends.BACKENDS)} "
@@ -70,6 +71,20 @@ def report() -> str:
         for backend in _backends.BACKENDS:
             lines.append(f"{'':<{width}}    {backend:<9} {_status(spec, backend)}")
     return "\n".join(lines)
+
+
+def _cpu_isa() -> str:
+    """The ISA the C++ kernels run (IMPRESSLEARN_CPU_ISA, else the widest this CPU has) and the others it could."""
+    if not _extension.has_cpu_kernels():
+        return "- (no C++ kernels)"
+    ext = _extension.extension()
+    if not hasattr(ext, "cpu_isa"):
+        return "unknown (impresslearn._C predates the ISA dispatch: rebuild it)"
+    try:
+        isa = ext.cpu_isa()
+    except ValueError as exc:  # the variable names no ISA, or one this CPU lacks
+        return f"none: {exc}"
+    return f"{isa} (this CPU runs {', '.join(ext.cpu_isas())}; IMPRESSLEARN_CPU_ISA=portable|avx2|avx512 forces one)"
 
 
 def _automatic(spec: _backends.OpSpec, device: str) -> str:
