@@ -67,9 +67,10 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     NaN scores first), so a non-finite input would give backend-dependent results.
     Why ``aminmax``: it is one pass with no temporary and propagates NaN, so both ends are
     finite exactly when every element is; ``isfinite(t).all()`` writes a bool tensor of
-    ``t``'s size and measured slower than the top-k itself on 25M scores. The cost is about
-    a tenth of ``topk_mask`` on 25M scores (2 CPU threads) and nothing measurable on alpha
-    (K values); on CUDA it adds one host synchronisation per call.
+    ``t``'s size and measured slower than the top-k itself on 25M scores. Measured on 25M
+    scores, 2 threads of a busy 2-core machine: 0.12x (fp32) and 0.15x (bf16) the time of
+    the cpp top-k kernel, against 1.2-1.4x for ``isfinite().all()``; about 12 us on an
+    alpha of 250 values. On CUDA it adds one host synchronisation per call.
     """
     if t.numel() == 0 or t.device.type == "meta":  # a meta tensor has no values to check
         return
