@@ -153,6 +153,15 @@ def test_confidence_is_the_share_preferring_the_pick_to_the_runner_up(mixed):
         learner, x, method="fingerprint", fingerprints=fps).confidence  # fmt: skip
 
 
+def test_default_uses_fingerprints_when_every_candidate_has_one(mixed):
+    sc, learner, batches, fps = mixed
+    assert infer_task(learner, batches[0], fingerprints=fps).method == "fingerprint"
+    partial = {n: fp for n, fp in fps.items() if n != "t4"}
+    assert infer_task(learner, batches[0], fingerprints=partial).method == "exhaustive"
+    assert infer_task(learner, batches[0], fingerprints=partial, candidates=["t0", "t1"]).method == "fingerprint"
+    assert infer_task(learner, batches[0]).method == "exhaustive"
+
+
 def test_candidates_restrict_the_choice(mixed):
     sc, learner, batches, fps = mixed
     res = infer_task(learner, batches[0], method="exhaustive", candidates=["t1", "t2"])
