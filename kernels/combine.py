@@ -36,7 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check_interpretable, launch
+from ..ops import _checks
+from ._launch import FLOAT_DTYPES, check_interpretable, launch
 
 _FWD_BLOCK = 2048  # 16 weights per thread at 4 warps: 16-byte vector loads of each plane
 _BWD_BLOCK = 1024  # 8 fp32 values per thread at 4 warps; [num_programs, K] partials stay small
@@ -122,12 +123,34 @@ def _combine_alpha_grad_kernel(
 
 
 # ----------------------------------------------------------------------------- host launchers
-# Inputs are checked by impresslearn.ops.combine before they get here: flat contiguous
-# weight[n] (fp32/fp16/bf16), bank uint8[ceil(K/8), n], alpha fp32[K], one device.
+# impresslearn.ops.combine checks the inputs with messages for users; the launchers
+# repeat what the kernels assume, since torch.ops.impresslearn.*_triton can be called
+# directly: flat contiguous weight[n] (fp32/fp16/bf16), bank uint8[ceil(K/8), n],
+# alpha fp32[K], one device (a strided tensor would be read as contiguous, silently).
+
+
+def check_alpha(alpha: torch.Tensor, bank: torch.Tensor) -> int:
+    """alpha: contiguous fp32[K] with ceil(K/8) == the bank's planes; returns K.
+
+    Layout only: a check of the values would cost a device sync per launch.
+    """
+    _checks.check_tensor("alpha", alpha, dtypes=(torch.float32,), ndim=1)
+    k = alpha.shape[0]
+    if k < 1 or _checks.num_planes(k) != bank.shape[0]:
+        raise ValueError(f"bank and alpha disagree on K: alpha has {k} coefficients, the bank {bank.shape[0]} byte planes")
+    return k
+
+
+def _check_flat(name: str, t: torch.Tensor, bank: torch.Tensor) -> None:
+    _checks.check_tensor(name, t, dtypes=FLOAT_DTYPES, ndim=1)
+    _checks.check_bank(bank, n=t.shape[0])
 
 
 def coefficient_table(alpha: torch.Tensor, num_planes: int) -> torch.Tensor:
     """fp32[G, 256]: the partial sum of each plane's 8 coefficients for every byte value."""
+    _checks.check_tensor("alpha", alpha, dtypes=(torch.float32,), ndim=1)
+    if _checks.num_planes(alpha.shape[0]) != num_planes:
+        raise ValueError(f"alpha has {alpha.shape[0]} coefficients, which do not fill {num_planes} byte planes")
     table = torch.empty((num_planes, 256), dtype=torch.float32, device=alpha.device)
     launch(_coeff_table_kernel, (num_planes,), alpha, table, alpha.shape[0])
     return table
@@ -135,6 +158,8 @@ def coefficient_table(alpha: torch.Tensor, num_planes: int) -> torch.Tensor:
 
 def combine_masks(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, use_table: bool = True) -> torch.Tensor:
     """weight[n] * (alpha @ unpack(bank)) -> [n] in weight's dtype."""
+    _check_flat("weight", weight, bank)
+    check_alpha(alpha, bank)
     check_interpretable(weight=weight)
     planes, n = bank.shape
     out = torch.empty_like(weight)
@@ -153,6 +178,9 @@ def combine_masks_alpha_grad(
     grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int
 ) -> torch.Tensor:
     """fp32[K]: grad_alpha[k] = sum_j grad_j weight_j bit_k(j)."""
+    _check_flat("grad", grad, bank)
+    _check_flat("weight", weight, bank)
+    _checks.check_bank(bank, num_masks)
     check_interpretable(grad=grad, weight=weight)
     planes, n = bank.shape
     if n == 0:

@@ -28,9 +28,13 @@ Small batches leave few output tiles (``N / BLOCK_N``) for a GPU of 132 SMs, so 
 forward and ``grad_x`` split their contraction into ``split`` slices that write fp32
 partial results summed by ``torch.sum`` (split-K without atomics).
 
-fp32 tiles use ``tl.dot(..., input_precision="ieee")`` unless the caller allows TF32
-(as ``torch.backends.cuda.matmul.allow_tf32`` does for ``F.linear``); fp16/bf16 tiles
-go to the tensor cores with fp32 accumulation.
+fp32 tiles use ``tl.dot(..., input_precision="ieee")`` unless PyTorch allows TF32 for
+fp32 matmuls (``torch.backends.cuda.matmul.fp32_precision == "tf32"``, which is what
+``F.linear`` follows); fp16/bf16 tiles go to the tensor cores with fp32 accumulation.
+
+Grid: the long axis (output tiles along N for the forward, along C for ``grad_x``, all
+weight tiles for the weight gradients) is axis x, which allows 2**31 - 1 programs;
+axes y (row blocks) and z (split-K slices) allow 65535, far above what they get.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import check_interpretable, launch
-from .combine import coefficient_table, mask_coefficients, reduce_bits_into
+from ..ops import _checks
+from ._launch import FLOAT_DTYPES, MAX_GRID, check_interpretable, launch
+from .combine import check_alpha, coefficient_table, mask_coefficients, reduce_bits_into
 
 # Tiles chosen from ptxas reports for sm_90 (no GPU was at hand to time them): with
 # BLOCK_C = 64 the forward used 255 registers and spilled 128-760 bytes per thread at
@@ -71,7 +76,7 @@ def _linear_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """out[split, m, n] = sum_{c in slice split} x[m, c] W_eff[n, c]  (fp32 partials)."""
-    pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_n, pid_m, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -94,7 +99,7 @@ def _linear_grad_x_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """out[split, m, c] = sum_{n in slice split} g[m, n] W_eff[n, c]  (fp32 partials)."""
-    pid_m, pid_c, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_c, pid_m, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
@@ -142,12 +147,46 @@ def _linear_grad_params_kernel(
 
 
 # ----------------------------------------------------------------------------- host launchers
-# Inputs are checked by impresslearn.ops.linear: x [M, C] and weight [N, C] contiguous,
-# one dtype among fp32/fp16/bf16; bank uint8[ceil(K/8), N*C]; alpha fp32[K]; one device.
+# impresslearn.ops.linear checks the inputs with messages for users; the launchers
+# repeat what the kernels assume, since torch.ops.impresslearn.*_triton can be called
+# directly: x [M, C] and weight [N, C] contiguous, one dtype among fp32/fp16/bf16
+# (tl.dot takes two operands of one type); bank uint8[ceil(K/8), N*C]; alpha fp32[K];
+# one device.
+
+
+def _check_matrix(name: str, t: torch.Tensor, rows: int | None = None, cols: int | None = None) -> None:
+    _checks.check_tensor(name, t, dtypes=FLOAT_DTYPES, ndim=2)
+    if (rows is not None and t.shape[0] != rows) or (cols is not None and t.shape[1] != cols):
+        want = f"[{rows if rows is not None else '*'}, {cols if cols is not None else '*'}]"
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {want}")
+
+
+def _check_same_dtype(**tensors: torch.Tensor) -> None:
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{n} {str(d).replace('torch.', '')}" for n, d in dtypes.items())
+        raise TypeError(f"the fused linear kernels take one dtype for all of: {listed}")
+
+
+def _check_weight(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor) -> None:
+    _check_matrix("weight", weight)
+    _checks.check_bank(bank, n=weight.numel())
+    check_alpha(alpha, bank)
+
+
+def tf32_allowed() -> bool:
+    """Whether PyTorch lets fp32 matmuls on CUDA use TF32, by the current API.
+
+    ``torch.backends.cuda.matmul.fp32_precision`` resolves the global setting
+    (``torch.backends.fp32_precision``) and the legacy ``allow_tf32`` flag; reading
+    ``allow_tf32`` itself raises once the new API has set 'tf32' (torch >= 2.9).
+    """
+    return torch.backends.cuda.matmul.fp32_precision == "tf32"
 
 
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
-    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+    # the interpreter (CPU tensors) computes tl.dot in fp32 whatever it is told
+    if dtype == torch.float32 and device.type == "cuda" and tf32_allowed():
         return "tf32"
     return "ieee"
 
@@ -164,7 +203,7 @@ def _splits(output_tiles: int, reduction: int, block: int, device: torch.device,
             return 1
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         split = triton.cdiv(2 * sms, max(1, output_tiles))
-    return max(1, min(split, steps))
+    return max(1, min(split, steps, MAX_GRID[2]))
 
 
 def _sum_splits(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -174,6 +213,9 @@ def _sum_splits(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def linear_forward(x, weight, bank, alpha, *, use_table: bool = True, split: int | None = None):
     """x [M, C] @ W_eff^T -> [M, N] in x's dtype."""
+    _check_weight(weight, bank, alpha)
+    _check_matrix("x", x, cols=weight.shape[1])
+    _check_same_dtype(x=x, weight=weight)
     check_interpretable(x=x, weight=weight)
     m, c = x.shape
     n = weight.shape[0]
@@ -185,7 +227,7 @@ def linear_forward(x, weight, bank, alpha, *, use_table: bool = True, split: int
     split = triton.cdiv(c, per_split)
     partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     table = coefficient_table(alpha, planes)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, _BLOCK_N), split)
+    grid = (triton.cdiv(n, _BLOCK_N), triton.cdiv(m, block_m), split)
     launch(
         _linear_fwd_kernel, grid, x, weight, bank, table, alpha, partial, m, n, c, n * c, planes, alpha.shape[0], per_split,
         PRECISION=_precision(x.dtype, x.device), USE_TABLE=use_table,
@@ -196,6 +238,9 @@ def linear_forward(x, weight, bank, alpha, *, use_table: bool = True, split: int
 
 def linear_grad_input(grad, weight, bank, alpha, *, use_table: bool = True, split: int | None = None):
     """grad [M, N] @ W_eff -> [M, C] in grad's dtype."""
+    _check_weight(weight, bank, alpha)
+    _check_matrix("grad", grad, cols=weight.shape[0])
+    _check_same_dtype(grad=grad, weight=weight)
     check_interpretable(grad=grad, weight=weight)
     m, n = grad.shape
     c = weight.shape[1]
@@ -207,7 +252,7 @@ def linear_grad_input(grad, weight, bank, alpha, *, use_table: bool = True, spli
     split = triton.cdiv(n, per_split)
     partial = torch.empty((split, m, c), dtype=torch.float32, device=grad.device)
     table = coefficient_table(alpha, planes)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(c, _BLOCK_C), split)
+    grid = (triton.cdiv(c, _BLOCK_C), triton.cdiv(m, block_m), split)
     launch(
         _linear_grad_x_kernel, grid, grad, weight, bank, table, alpha, partial, m, n, c, n * c, planes, alpha.shape[0],
         per_split, PRECISION=_precision(grad.dtype, grad.device), USE_TABLE=use_table,
@@ -218,6 +263,10 @@ def linear_grad_input(grad, weight, bank, alpha, *, use_table: bool = True, spli
 
 def linear_grad_params(grad, x, weight, bank, alpha, weight_grad: bool, *, use_table: bool = True):
     """(grad_weight [N, C] or an empty tensor, grad_alpha fp32[K]) from grad [M, N] and x [M, C]."""
+    _check_weight(weight, bank, alpha)
+    _check_matrix("grad", grad, cols=weight.shape[0])
+    _check_matrix("x", x, rows=grad.shape[0], cols=weight.shape[1])
+    _check_same_dtype(grad=grad, x=x)
     check_interpretable(grad=grad, x=x, weight=weight)
     m, n = grad.shape
     c = x.shape[1]

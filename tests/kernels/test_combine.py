@@ -1,7 +1,8 @@
 """Triton combine kernels (kernels/combine.py) against a float64 evaluation of paper Eq. 1.
 
-Runs on CPU tensors under TRITON_INTERPRET=1 (tests/conftest.py); the ``gpu`` tests
-repeat the comparison on a CUDA device, with bf16, when one is present.
+Runs on CPU tensors under TRITON_INTERPRET=1 where there is no GPU, and compiled on
+CUDA tensors where there is one (tests/conftest.py); the ``test_gpu_*`` tests add bf16
+and large n on a CUDA device.
 """
 
 import pytest
@@ -10,16 +11,21 @@ import torch
 from impresslearn import ops
 from impresslearn.ops.bank import pack_masks_reference
 from impresslearn.ops.combine import TOLERANCES
+from tests.conftest import TRITON_DEVICE, TRITON_ON_CPU
 
 kc = pytest.importorskip("impresslearn.kernels.combine")
 
 # n is never a multiple of 8, 32 or a block size; large K gets a small n (interpreter speed)
 CASES = [(1, 13), (7, 1001), (8, 2049), (9, 4099), (64, 777), (250, 301)]
 DTYPES = (torch.float32, torch.float16)
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or TRITON_ON_CPU, reason="needs a CUDA device and compiled kernels (TRITON_INTERPRET=0)"
+)
+# on a GPU host every test here runs the compiled kernels on CUDA tensors (tests/conftest.py)
+pytestmark = [] if TRITON_ON_CPU else [pytest.mark.gpu]
 
 
-def _problem(k, n, dtype, device="cpu", seed=0):
+def _problem(k, n, dtype, device=TRITON_DEVICE, seed=0):
     g = torch.Generator().manual_seed(seed)
     masks = torch.rand(k, n, generator=g) < 0.3
     weight = torch.randn(n, generator=g).to(dtype)
@@ -56,8 +62,9 @@ def test_shift_and_mask_path_matches_table_path(k, n):
 
 
 def test_coefficient_table_is_the_subset_sums():
-    alpha = torch.randn(11)
-    table = kc.coefficient_table(alpha, 2)
+    alpha = torch.randn(11, device=TRITON_DEVICE)
+    table = kc.coefficient_table(alpha, 2).cpu()
+    alpha = alpha.cpu()
     padded = torch.cat([alpha, torch.zeros(5)]).view(2, 8)
     for v in (0, 1, 2, 3, 128, 255, 0b10110101):
         bits = torch.tensor([(v >> b) & 1 for b in range(8)], dtype=torch.float32)

@@ -3,8 +3,9 @@
 Compared with a float64 evaluation of ``x @ (W * alpha @ B)^T``. A kernel may err at
 most twice as much as PyTorch's own composition (combine + F.linear) in the same
 dtype, plus the dtype's atol (flash-attention's rule, STYLE.md). Runs on CPU tensors
-under TRITON_INTERPRET=1; the ``gpu`` tests repeat it on CUDA with bf16 and batch sizes
-around the fused/cuBLAS threshold.
+under TRITON_INTERPRET=1 where there is no GPU, compiled on CUDA tensors where there is
+one (tests/conftest.py); ``test_gpu_*`` adds bf16 and batch sizes around the
+fused/cuBLAS threshold on a CUDA device.
 """
 
 import pytest
@@ -15,6 +16,7 @@ from impresslearn import ops
 from impresslearn.ops import linear as linear_op
 from impresslearn.ops.bank import pack_masks_reference
 from impresslearn.ops.combine import TOLERANCES
+from tests.conftest import TRITON_DEVICE, TRITON_ON_CPU
 
 kl = pytest.importorskip("impresslearn.kernels.linear")
 
@@ -22,7 +24,11 @@ kl = pytest.importorskip("impresslearn.kernels.linear")
 # large K gets a single weight tile (interpreter speed)
 CASES = [(1, 13, 9, 1), (3, 37, 45, 7), (16, 33, 70, 8), (5, 20, 30, 9), (2, 5, 7, 64), (2, 5, 7, 250)]
 DTYPES = (torch.float32, torch.float16)
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or TRITON_ON_CPU, reason="needs a CUDA device and compiled kernels (TRITON_INTERPRET=0)"
+)
+# on a GPU host every test here runs the compiled kernels on CUDA tensors (tests/conftest.py)
+pytestmark = [] if TRITON_ON_CPU else [pytest.mark.gpu]
 
 
 @pytest.fixture
@@ -39,7 +45,7 @@ def fused_calls(monkeypatch):
     return calls
 
 
-def _problem(m, n, c, k, dtype, device="cpu", seed=0):
+def _problem(m, n, c, k, dtype, device=TRITON_DEVICE, seed=0):
     g = torch.Generator().manual_seed(seed)
     masks = torch.rand(k, n * c, generator=g) < 0.3
     weight = (torch.randn(n, c, generator=g) / c**0.5).to(dtype)
