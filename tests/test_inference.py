@@ -265,7 +265,7 @@ def test_bad_input_gives_clear_errors(mixed):
         infer_task(learner, x, candidates=[])
     with pytest.raises(TypeError, match="not one string"):
         infer_task(learner, x, candidates="t0")
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="method must be .auto. or one of"):
         infer_task(learner, x, method="magic")
     with pytest.raises(TypeError, match="floating point"):
         infer_task(learner, x.long())
