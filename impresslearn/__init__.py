@@ -14,6 +14,7 @@ from ._backends import BackendUnavailable
 from .layers import (
     ImpressConv2d,
     ImpressLinear,
+    ImpressMultiheadAttention,
     MultitaskNonAffineBN,
     add_bn_slot,
     bind_coefficients,
@@ -36,6 +37,7 @@ __all__ = [
     "ImpressConv2d",
     "ImpressLearner",
     "ImpressLinear",
+    "ImpressMultiheadAttention",
     "MultitaskNonAffineBN",
     "TaskRecord",
     "TrainConfig",

@@ -421,6 +421,86 @@ class ImpressConv2d(_ImpressMixin, nn.Conv2d):
         return super().extra_repr() + self._impress_repr()
 
 
+# ----------------------------------------------------------------------------- attention
+
+
+class ImpressMultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention`` whose input and output projections are masked layers.
+
+    ``nn.MultiheadAttention`` hands its weights straight to ``F.multi_head_attention_forward``,
+    so masking its ``out_proj`` child would never reach the output. Here the q, k and v weights
+    are one ``in_proj = ImpressLinear(E, 3E)`` (stacked as ``in_proj_weight`` is) and the output
+    projection an ``out_proj = ImpressLinear(E, E)``; both take part in the bank and the
+    coefficients like any masked layer (in that order), and the forward passes their effective
+    weights to the same functional attention, with the same signature and results.
+
+    Takes ``nn.MultiheadAttention``'s arguments plus ``seed`` (``in_proj`` draws from ``seed``,
+    ``out_proj`` from ``seed + 1``) and ``init``. Only the packed form is supported: ``kdim`` and
+    ``vdim`` equal to ``embed_dim`` and no ``add_bias_kv`` (learned key/value biases).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = False,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        seed: int | None = None,
+        init: str = "signed_constant",
+    ):
+        super().__init__()
+        if add_bias_kv:
+            raise ValueError("ImpressMultiheadAttention does not support add_bias_kv (learned key/value biases)")
+        if (kdim or embed_dim) != embed_dim or (vdim or embed_dim) != embed_dim:
+            raise ValueError(
+                f"ImpressMultiheadAttention needs kdim == vdim == embed_dim = {embed_dim} (one packed in_proj), "
+                f"got kdim={kdim}, vdim={vdim}"
+            )
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
+        self.add_zero_attn, self.batch_first = add_zero_attn, batch_first
+        self.in_proj = ImpressLinear(embed_dim, 3 * embed_dim, bias, device, dtype, seed=seed, init=init)
+        out_seed = None if seed is None else seed + 1
+        self.out_proj = ImpressLinear(embed_dim, embed_dim, bias, device, dtype, seed=out_seed, init=init)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batched = query.dim() == 3
+        if self.batch_first and batched:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        out, weights = F.multi_head_attention_forward(
+            query, key, value, self.embed_dim, self.num_heads,
+            self.in_proj.effective_weight(), self.in_proj.bias, None, None, self.add_zero_attn, self.dropout,
+            self.out_proj.effective_weight(), self.out_proj.bias, training=self.training,
+            key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights, is_causal=is_causal,
+        )  # fmt: skip
+        if self.batch_first and batched:
+            out = out.transpose(1, 0)
+        return out, weights
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
+
+
 # ----------------------------------------------------------------------------- batch norm
 
 

@@ -1,6 +1,7 @@
 """``convert``: swap a model's layers for Impress layers (torchao's module-swap style).
 
-Linear -> ImpressLinear, Conv2d -> ImpressConv2d, BatchNorm1d/2d -> MultitaskNonAffineBN, then
+Linear -> ImpressLinear, Conv2d -> ImpressConv2d, BatchNorm1d/2d -> MultitaskNonAffineBN,
+MultiheadAttention -> ImpressMultiheadAttention, then
 the backbone is regenerated from ``seed``. The rule is that a conversion either keeps what the
 model computes (up to the masks) or refuses with the module's name; it never changes the model
 silently:
@@ -11,9 +12,10 @@ silently:
   and activation; timm's ``Linear`` only differs under TorchScript).
 - A module registered under several names becomes one masked layer under all of them. A
   Parameter shared between two modules is refused (swapping one would untie them).
-- Modules whose forward reads a child's weight directly, not through the child's forward
-  (``nn.MultiheadAttention``, torchvision's Swin attention), are refused: a mask would never
-  reach that weight. Exclude them with ``module_filter_fn``.
+- ``nn.MultiheadAttention`` becomes ``ImpressMultiheadAttention`` (its forward reads
+  ``in_proj_weight`` and ``out_proj.weight`` directly, so both are masked there). Other modules
+  whose forward reads a child's weight directly (torchvision's Swin attention) are refused: a
+  mask would never reach that weight. Exclude them with ``module_filter_fn``.
 - Biases are dropped with a warning naming the layers (the ImpressLearn backbone has none),
   or kept frozen with ``keep_bias=True``.
 - A second ``convert`` of a converted model is a no-op when it would give the same backbone,
@@ -29,15 +31,25 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..layers import INITS, ImpressConv2d, ImpressLinear, MultitaskNonAffineBN, backbone_weight, impress_layers
+from ..layers import (
+    INITS,
+    ImpressConv2d,
+    ImpressLinear,
+    ImpressMultiheadAttention,
+    MultitaskNonAffineBN,
+    backbone_weight,
+    impress_layers,
+)
 
 FilterFn = Callable[[nn.Module, str], bool]
 
-_IMPRESS_TYPES = (ImpressLinear, ImpressConv2d, MultitaskNonAffineBN)
-_BASES = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+_IMPRESS_TYPES = (ImpressLinear, ImpressConv2d, MultitaskNonAffineBN, ImpressMultiheadAttention)
+_BASES = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.MultiheadAttention)
 
 # Modules whose forward reads a child Linear's weight (or its own weight Parameters) directly:
 # swapping the child would mask a weight the forward never multiplies through the child.
+# nn.MultiheadAttention itself is swapped whole (ImpressMultiheadAttention); it is listed for
+# when module_filter_fn keeps it but not its out_proj.
 _READS_CHILD_WEIGHTS = {
     "torch.nn.modules.activation.MultiheadAttention": "its forward passes in_proj_weight and out_proj.weight "
     "straight to F.multi_head_attention_forward",
@@ -124,6 +136,21 @@ def _batch_norm_act(module: nn.BatchNorm2d, keep_bias: bool) -> nn.Module:
     return nn.Sequential(_batch_norm(module, keep_bias), module.drop, module.act)
 
 
+def _attention(module: nn.MultiheadAttention, keep_bias: bool) -> ImpressMultiheadAttention:
+    """nn.MultiheadAttention -> ImpressMultiheadAttention: in_proj_weight and out_proj masked."""
+    w = module.out_proj.weight
+    bias = keep_bias and module.in_proj_bias is not None
+    new = ImpressMultiheadAttention(
+        module.embed_dim, module.num_heads, module.dropout, bias, False, module.add_zero_attn,
+        batch_first=module.batch_first, device=w.device, dtype=w.dtype,
+    )  # fmt: skip
+    if bias:
+        with torch.no_grad():
+            new.in_proj.bias.copy_(module.in_proj_bias)
+            new.out_proj.bias.copy_(module.out_proj.bias)
+    return new
+
+
 def _linear_ignoring_torchscript(module: nn.Linear, keep_bias: bool) -> ImpressLinear:
     # timm's Linear only casts weight and bias to the input dtype under TorchScript
     return _linear(module, keep_bias)
@@ -134,6 +161,7 @@ _SWAPS: dict[type, Callable] = {
     nn.Conv2d: _conv,
     nn.BatchNorm1d: _batch_norm,
     nn.BatchNorm2d: _batch_norm,
+    nn.MultiheadAttention: _attention,
 }
 # subclasses with their own forward whose behaviour has an exact equivalent, by qualified name
 _KNOWN_SUBCLASSES: dict[str, Callable] = {
@@ -157,6 +185,12 @@ def _swap_function(module: nn.Module, fqn: str) -> Callable | None:
             f"convert cannot mask {fqn or 'the model'} ({_qualname(module)}): it subclasses {base.__name__} with its "
             f"own forward, which a plain Impress layer would drop. Keep it as it is with "
             f"module_filter_fn=lambda module, fqn: fqn != {fqn!r}"
+        )
+    if base is nn.MultiheadAttention and (not module._qkv_same_embed_dim or module.bias_k is not None):
+        raise ValueError(
+            f"convert cannot mask {fqn or 'the model'} (MultiheadAttention): only kdim == vdim == embed_dim without "
+            f"add_bias_kv is supported. Keep it as it is with module_filter_fn=lambda module, fqn: not "
+            f"fqn.startswith({fqn!r})"
         )
     return _SWAPS[base]
 
@@ -202,6 +236,11 @@ def convert(
         swap = _swap_function(module, fqns[0])
         if swap is not None:
             plan[key] = swap
+    # a swapped attention module replaces its children (out_proj) with its own
+    swapped_attention = [names[k][0] + "." for k in plan if isinstance(modules[k], nn.MultiheadAttention)]
+    for key in list(plan):
+        if any(all(f.startswith(prefix) for f in names[key]) for prefix in swapped_attention):
+            del plan[key]
 
     _refuse_weights_read_elsewhere(model, names, modules, plan)
     _refuse_shared_parameters(names, modules, plan)
@@ -210,8 +249,7 @@ def convert(
     if existing:
         return _second_conversion(model, seed, init, existing, [names[k][0] for k in plan])
 
-    dropped = [names[k][0] for k in plan if not keep_bias and getattr(modules[k], "bias", None) is not None
-               and not isinstance(modules[k], nn.modules.batchnorm._BatchNorm)]  # fmt: skip
+    dropped = [names[k][0] for k in plan if not keep_bias and _has_bias(modules[k])]
     replacements = {key: swap(modules[key], keep_bias) for key, swap in plan.items()}
     if id(model) in replacements:
         model = replacements[id(model)]
@@ -232,13 +270,18 @@ def convert(
     return model
 
 
+def _has_bias(module: nn.Module) -> bool:
+    if isinstance(module, nn.MultiheadAttention):
+        return module.in_proj_bias is not None
+    return not isinstance(module, nn.modules.batchnorm._BatchNorm) and getattr(module, "bias", None) is not None
+
+
 def _refuse_weights_read_elsewhere(model, names, modules, plan) -> None:
     for key, module in modules.items():
         reason = _READS_CHILD_WEIGHTS.get(_qualname(module))
-        if reason is None:
+        if reason is None or key in plan:  # swapped whole: its replacement masks those weights itself
             continue
-        inside = [names[k][0] for k in plan if any(n == names[key][0] or n.startswith(names[key][0] + ".")
-                                                  for n in names[k])]  # fmt: skip
+        inside = [names[k][0] for k in plan if any(n.startswith(names[key][0] + ".") for n in names[k])]
         if inside:
             prefix = names[key][0]
             raise ValueError(

@@ -149,10 +149,48 @@ def test_convert_refuses_subclasses_with_their_own_forward_and_weights_read_else
 
     attention = nn.Sequential(nn.Linear(8, 8, bias=False))
     attention.append(nn.MultiheadAttention(8, 2, bias=False))
-    with pytest.raises(ValueError, match=r"cannot mask 1 \(MultiheadAttention\).*in_proj_weight"):
-        convert(attention, seed=0)
+    with pytest.raises(ValueError, match=r"cannot mask 1 \(MultiheadAttention\).*in_proj_weight"):  # out_proj alone
+        convert(attention, seed=0, module_filter_fn=lambda mod, fqn: fqn != "1")
     convert(attention, seed=0, module_filter_fn=lambda mod, fqn: not fqn.startswith("1"))
     assert isinstance(attention[0], ImpressLinear) and type(attention[1].out_proj) is not ImpressLinear
+    with pytest.raises(ValueError, match=r"cannot mask 0 \(MultiheadAttention\): only kdim == vdim"):
+        convert(nn.Sequential(nn.MultiheadAttention(8, 2, kdim=4)), seed=0)
+    swin = pytest.importorskip("torchvision.models.swin_transformer")
+    with pytest.raises(ValueError, match=r"cannot mask 0 \(ShiftedWindowAttention\).*qkv.weight"):
+        convert(nn.Sequential(swin.ShiftedWindowAttention(8, [2, 2], [1, 1], 2)), seed=0)
+
+
+@pytest.mark.parametrize("batch_first, bias", [(True, False), (False, True)])
+def test_convert_masks_both_projections_of_multihead_attention(batch_first, bias):
+    from impresslearn import task_bound
+    from impresslearn.layers import ImpressMultiheadAttention
+
+    original = nn.MultiheadAttention(8, 2, bias=bias, batch_first=batch_first)
+    reference = nn.MultiheadAttention(8, 2, bias=bias, batch_first=batch_first)
+    reference.load_state_dict(original.state_dict())
+    model = convert(nn.Sequential(original), seed=0, keep_bias=True)
+    attention = model[0]
+    assert isinstance(attention, ImpressMultiheadAttention)
+    assert impress_layers(model) == [attention.in_proj, attention.out_proj]
+    g = torch.Generator().manual_seed(0)
+    masks = [torch.rand(2, *layer.weight.shape, generator=g) < 0.5 for layer in impress_layers(model)]
+    for layer, pair in zip(impress_layers(model), masks):
+        for m in pair:
+            layer.add_mask(m)
+    alpha = torch.randn(2, 2, generator=g)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(attention.in_proj.weight * torch.einsum("k,koi->oi", alpha[:, 0], masks[0].float()))
+        reference.out_proj.weight.copy_(attention.out_proj.weight * torch.einsum("k,koi->oi", alpha[:, 1], masks[1].float()))
+    q, kv = torch.randn(3, 4, 8, generator=g), torch.randn(3, 5, 8, generator=g)  # batch 3, lengths 4 and 5
+    if not batch_first:
+        q, kv = q.transpose(0, 1), kv.transpose(0, 1)
+    padding = torch.zeros(3, 5, dtype=torch.bool)  # [batch, source length] in both layouts
+    padding[:, -1] = True
+    with task_bound(model, alpha):
+        got, got_weights = attention(q, kv, kv, key_padding_mask=padding)
+    want, want_weights = reference(q, kv, kv, key_padding_mask=padding)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_weights, want_weights)
 
 
 def test_convert_biases_warn_by_name_or_stay_frozen():
