@@ -186,3 +186,16 @@ def test_learner_trains_on_task_labelled_batches():
     with pytest.warns(UserWarning, match="optimiser steps"):
         learner.learn_basis_mask("a", loader, TrainConfig(epochs=1, lr=0.05, optimizer="adam"))
     assert 0.0 <= learner.evaluate("a", loader) <= 1.0
+
+
+def test_readme_custom_scenario_snippet_runs():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "CustomScenario(" in b]
+    namespace = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    scenario = namespace["scenario"]
+    assert (scenario.num_tasks, scenario.num_classes, scenario.input_shape) == (3, 10, (1, 28, 28))
+    assert scenario.task(2).name == "scaled/2" and len(scenario.task(2).test) == 100
