@@ -3,7 +3,7 @@
 For each model: convert a copy, give every masked layer K = 13 random masks and bind random
 coefficients ``alpha[13, d]`` (BN on a fresh slot, eval mode). The reference is the original
 architecture computed densely: each converted layer's weight set to ``W * sum_k alpha[k] M_k``
-with the masks and the sum computed here (a float32 GEMV over the bool masks), its bias zero, and each BN
+with the masks and the sum computed here (float32, mask by mask), its bias zero, and each BN
 set to what a fresh slot does (mean 0, variance 1, no affine). Both forwards must agree at fp32
 tolerance. Models that ``convert`` refuses are listed with the reason it must give.
 
@@ -150,9 +150,20 @@ CASES = [
 
 def _random_masks(n: int, generator: torch.Generator) -> torch.Tensor:
     """``bool[K, n]``: K independent fair-coin masks, bit j of random byte g giving mask 8g + j."""
-    byte = torch.randint(0, 256, (math.ceil(K / 8), 1, n), generator=generator, dtype=torch.uint8)
-    bits = (byte >> torch.arange(8, dtype=torch.uint8).view(1, 8, 1)) & 1
-    return bits.view(-1, n)[:K].bool()
+    masks = torch.empty(K, n, dtype=torch.bool)
+    for g in range(math.ceil(K / 8)):
+        byte = torch.randint(0, 256, (n,), generator=generator, dtype=torch.uint8)
+        for j in range(min(8, K - 8 * g)):
+            masks[8 * g + j] = (byte >> j) & 1
+    return masks
+
+
+def _combined(masks: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """``sum_k coefficients[k] * masks[k]`` in float32, one mask at a time (big layers stay in memory)."""
+    out = torch.zeros(masks.shape[1])
+    for mask, a in zip(masks, coefficients.tolist()):
+        out.add_(mask.float(), alpha=a)
+    return out
 
 
 def _dense_parameters(reference: nn.Module, fqn: str) -> tuple[nn.Parameter, nn.Parameter | None]:
@@ -203,8 +214,7 @@ def check_case(case: ZooCase) -> dict:
     for fqn, layer in named.items():
         masks = _random_masks(layer.weight.numel(), generator)
         layer.load_banks_(ops.pack_masks(masks), K, layer.extra_bank, 0)
-        combined = alpha[:, column[id(layer)]] @ masks.float()  # sum_k alpha[k] M_k, one GEMV
-        dense_weights[fqn] = layer.weight * combined.view_as(layer.weight)
+        dense_weights[fqn] = layer.weight * _combined(masks, alpha[:, column[id(layer)]]).view_as(layer.weight)
 
     for bn in multitask_bns(model):
         bn.add_slot()
