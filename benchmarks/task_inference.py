@@ -128,17 +128,22 @@ def build_rotated(args) -> tuple[ImpressLearner, dict, object]:
     return learner, state, sc
 
 
-def fingerprints_for(learner, sc, names, path: Path, sketch_dims, images: int) -> dict:
-    """``{sketch_dim: {name: TaskFingerprint}}`` from each task's first ``images`` training images (cached)."""
+def fingerprints_for(learner, sc, names, trained: set, path: Path, sketch_dims, images: int) -> dict:
+    """``{sketch_dim: {name: TaskFingerprint}}`` from each task's first ``images`` training images (cached).
+
+    The entropy baseline (for ``calibrated``) is measured with the first sketch size and only
+    for trained tasks: a forward per image, where the input statistics need none.
+    """
     cached = torch.load(path, weights_only=False) if path.exists() else {}
     changed = False
-    for m in sketch_dims:
+    for i, m in enumerate(sketch_dims):
         table = cached.setdefault(m, {})
         for t, name in names:
             if name in table:
                 continue
             x = sc.task(t).train.inputs[:images]
-            table[name] = inference.task_fingerprint(x, sketch_dim=m, seed=0, learner=learner, name=name)
+            with_entropy = dict(learner=learner, name=name) if i == 0 and name in trained else {}
+            table[name] = inference.task_fingerprint(x, sketch_dim=m, seed=0, **with_entropy)
             changed = True
     if changed:
         torch.save(cached, path)
@@ -200,6 +205,58 @@ def spread(items: list, count: int) -> list:
     return [items[int(i * step)] for i in range(count)]
 
 
+def report(paths: list[Path], plot: Path | None) -> str:
+    """Markdown tables (identification, accuracy, ms per batch) of saved runs, and a PNG."""
+    rows = [r for path in paths for r in json.loads(path.read_text())["rows"]]
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["tasks"]), {}).setdefault(r["method"], {})[r["T"]] = r
+    lines = []
+    for (scenario, kind), by_method in groups.items():
+        sizes = sorted({t for m in by_method.values() for t in m})
+        label_acc = {t: next(m[t] for m in by_method.values() if t in m)["task_label_accuracy"] for t in sizes}
+        lines.append(f"**{scenario}, {kind} tasks** (accuracy with the task label: "
+                     + ", ".join(f"{label_acc[t]:.3f} at T = {t}" for t in sizes) + ")")  # fmt: skip
+        lines.append("")
+        lines.append("| method | " + " | ".join(f"T = {t}: found, acc, ms" for t in sizes) + " |")
+        lines.append("|---|" + "---|" * len(sizes))
+        for method, by_t in by_method.items():
+            cells = []
+            for t in sizes:
+                r = by_t.get(t)
+                cells.append("-" if r is None else f"{r['found']}/{r['batches']} = {r['rate']:.0%}, {r['accuracy']:.3f}, "
+                             f"{r['ms_per_batch']:.0f}")  # fmt: skip
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        for ax, key in zip(axes[:2], [("permuted", "basis"), ("permuted", "alpha")]):
+            for method, by_t in groups.get(key, {}).items():
+                ts = sorted(by_t)
+                ax.plot(ts, [100 * by_t[t]["rate"] for t in ts], marker="o", label=method)
+            ax.set(xscale="log", xlabel="stored tasks T", ylabel="batches identified (%)", ylim=(-3, 103),
+                   title=f"Permuted Fashion-MNIST, {key[1]} tasks")  # fmt: skip
+        axes[1].legend(fontsize=7)
+        times: dict[str, dict] = {}
+        for r in rows:
+            if r["scenario"] == "permuted":
+                times.setdefault(r["method"], {})[r["T"]] = r["ms_per_batch"]
+        for method, by_t in times.items():
+            ts = sorted(by_t)
+            axes[2].plot(ts, [by_t[t] for t in ts], marker="o", label=method)
+        axes[2].set(xscale="log", yscale="log", xlabel="stored tasks T", ylabel="ms per batch of 128 (median)",
+                    title="Time per batch (2-core CPU, shared)")  # fmt: skip
+        fig.tight_layout()
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=110)
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--basis", type=int, default=10, help="permuted basis tasks (edge-popup masks)")
@@ -212,45 +269,63 @@ def main() -> int:
     p.add_argument("--sketch-dims", type=int, nargs="+", default=[16, 64, 0], help="fingerprint sizes (0: raw pixels)")
     p.add_argument("--train-subset", type=int, default=4000)
     p.add_argument("--test-subset", type=int, default=512)
-    p.add_argument("--fingerprint-images", type=int, default=2000)
+    p.add_argument("--fingerprint-images", type=int, default=1000)
     p.add_argument("--batches-per-task", type=int, default=2)
-    p.add_argument("--max-tasks-evaluated", type=int, default=50, help="tasks whose batches are scored per row")
-    p.add_argument("--slow-limit", type=int, default=250, help="largest T for the O(T)-forward methods")
+    p.add_argument("--max-tasks-evaluated", type=int, default=50,
+                   help="alpha tasks whose batch is scored per row (one batch each)")
+    p.add_argument("--slow-limit", type=int, default=250,
+                   help="above this T, exhaustive/binary/iterative score only --slow-tasks batches")
+    p.add_argument("--slow-tasks", type=int, default=5)
+    p.add_argument("--calibrated-limit", type=int, default=100, help="largest T for the calibrated method")
     p.add_argument("--density", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, default=Path("/tmp/impresslearn_task_inference"))
     p.add_argument("--out", type=Path, default=RESULTS / "task_inference.json")
-    p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--report", type=Path, nargs="+", default=None, help="print tables of saved JSON runs, measure nothing")
+    p.add_argument("--plot", type=Path, default=None, help="with --report: write the figure here (PNG)")
     p.add_argument("--only", choices=["permuted", "rotated"], default=None)
     p.add_argument("--build-only", action="store_true", help="train and cache the learners, measure nothing")
     p.add_argument("--quick", action="store_true", help="3 basis, 10 random, 20 alpha, 6 rotated tasks, T <= 30")
     args = p.parse_args()
+    if args.report:
+        print(report(args.report, args.plot))
+        return 0
     warnings.filterwarnings("ignore", message=".*optimiser steps")  # the quick run trains on purpose briefly
     if args.quick:
         args.basis, args.random, args.alpha, args.rotated, args.spacing = 3, 10, 20, 6, 12.0
         args.sizes, args.train_subset, args.test_subset = [10, 30], 1000, 256
-        args.fingerprint_images, args.batches_per_task, args.max_tasks_evaluated = 1000, 1, 10
+        args.fingerprint_images, args.batches_per_task, args.max_tasks_evaluated = 500, 1, 10
         args.sketch_dims = [64]
         args.out = args.out.with_name("task_inference_quick.json")
     args.distractors = max(0, max(args.sizes) - args.basis - args.alpha)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     rows = []
 
-    def run_rows(scenario, learner, sc, fps_by_dim, row_kind, evaluated, candidates):
+    def save():
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(dict(torch=torch.__version__, threads=torch.get_num_threads(), rows=rows), indent=1))
+
+    def run_rows(scenario, learner, sc, fps_by_dim, row_kind, evaluated, candidates, batches_per_task):
         t_size = len(candidates)
-        acc_true = own_accuracy(learner, sc, evaluated, args.batches_per_task)
+        acc_true = own_accuracy(learner, sc, evaluated, batches_per_task)
         for method in args.methods:
             dims = args.sketch_dims if method in ("fingerprint", "calibrated") else [None]
             if method == "calibrated":
                 dims = dims[:1]
-            if method in ("exhaustive", "calibrated", "binary") and t_size > args.slow_limit:
-                continue
+                if t_size > args.calibrated_limit:  # costs what exhaustive costs; see the docstring
+                    continue
+            scored, per_task = evaluated, batches_per_task
+            if method in ("exhaustive", "binary", "iterative") and t_size > args.slow_limit:
+                scored, per_task = spread(evaluated, args.slow_tasks), 1  # a few batches: time and a rough rate
             for m in dims:
                 fps = fps_by_dim[m] if m is not None else None
-                r = measure(learner, sc, evaluated, candidates, method, fps, args.batches_per_task)
+                r = measure(learner, sc, scored, candidates, method, fps, per_task)
                 label = method if m is None or method != "fingerprint" else f"fingerprint m={m or 'raw'}"
-                row = dict(scenario=scenario, tasks=row_kind, T=t_size, method=label, task_label_accuracy=acc_true, **r)
+                nbytes = next(iter(fps.values())).nbytes if fps and method in ("fingerprint", "calibrated") else 0
+                row = dict(scenario=scenario, tasks=row_kind, T=t_size, method=label, task_label_accuracy=acc_true,
+                           extra_bytes_per_task=nbytes, **r)  # fmt: skip
                 rows.append(row)
+                save()
                 conf = f"{row['confidence_right'] or 0:.2f}/{row['confidence_wrong'] or 0:.2f}"
                 print(f"  {scenario:<10} {row_kind:<6} T={t_size:<5} {label:<20} found {r['found']:>4}/{r['batches']:<4}"
                       f" = {r['rate']:6.1%}  acc {r['accuracy']:.3f} (label {acc_true:.3f})  {r['ms_per_batch']:8.1f} ms"
@@ -267,7 +342,8 @@ def main() -> int:
         names = list(learner.tasks)
         print(f"permuted: K = {learner.num_masks}, {len(names)} stored tasks "
               f"({args.basis} basis, {args.alpha} alpha, {args.distractors} distractors)", flush=True)  # fmt: skip
-        fps = fingerprints_for(learner, sc, list(enumerate(names)),
+        trained = set(names[: args.basis + args.alpha])
+        fps = fingerprints_for(learner, sc, list(enumerate(names)), trained,
                                args.cache / f"permuted_fp_{args.alpha}_{args.train_subset}_{args.fingerprint_images}.pt",
                                dims, args.fingerprint_images)  # fmt: skip
         basis = list(enumerate(names[: args.basis]))
@@ -275,24 +351,24 @@ def main() -> int:
         for t_size in args.sizes:
             if t_size >= args.basis:
                 cands = names[:t_size]
-                run_rows("permuted", learner, sc, fps, "basis", basis, cands)
+                run_rows("permuted", learner, sc, fps, "basis", basis, cands, args.batches_per_task)
             cands = names[args.basis : args.basis + t_size]
             if len(cands) < t_size:
                 cands = cands + names[: t_size - len(cands)]
             evaluated = spread([a for a in alphas if a[1] in set(cands)], args.max_tasks_evaluated)
-            run_rows("permuted", learner, sc, fps, "alpha", evaluated, cands)
+            run_rows("permuted", learner, sc, fps, "alpha", evaluated, cands, 1)
     if args.only in (None, "rotated"):
         learner, state, sc = build_rotated(args)
     if args.only in (None, "rotated") and not args.build_only:
         names = list(learner.tasks)
-        fps = fingerprints_for(learner, sc, list(enumerate(names)),
+        fps = fingerprints_for(learner, sc, list(enumerate(names)), set(names),
                                args.cache / f"rotated_fp_{args.rotated}x{args.spacing}_{args.train_subset}.pt",
                                dims, args.fingerprint_images)  # fmt: skip
         for step in (1, 2, 3):
             chosen = list(enumerate(names))[::step]
-            run_rows(f"rotated {args.spacing * step:g}deg", learner, sc, fps, "basis", chosen, [n for _, n in chosen])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(dict(torch=torch.__version__, threads=torch.get_num_threads(), rows=rows), indent=1))
+            run_rows(f"rotated {args.spacing * step:g}deg", learner, sc, fps, "basis", chosen, [n for _, n in chosen],
+                     args.batches_per_task)  # fmt: skip
+    save()
     print(f"wrote {args.out}")
     return 0
 
