@@ -210,3 +210,53 @@ def test_convert_keeps_timm_batchnorm_activation():
     block = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), timm_layers.BatchNormAct2d(4, act_layer=nn.SiLU))
     convert(block, seed=0)
     assert isinstance(block[1][0], MultitaskNonAffineBN) and isinstance(block[1][2], nn.SiLU)
+
+
+def _tiny_vit():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(16, 8, 1, 2, 16, 32, num_classes=5)
+
+
+def test_converted_model_state_dict_round_trip_and_memory_format():
+    pytest.importorskip("torchvision")
+    import io
+
+    from impresslearn import add_bn_slot, task_bound
+
+    def build(seed=3):
+        cnn = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 5))
+        return nn.ModuleDict({"cnn": convert(cnn, seed=seed), "vit": convert(_tiny_vit(), seed=seed)})
+
+    with pytest.warns(UserWarning, match="dropped the bias"):
+        model = build()
+    g = torch.Generator().manual_seed(0)
+    for layer in impress_layers(model):
+        for _ in range(9):  # 9 masks: two byte planes
+            layer.add_mask(torch.rand(layer.weight.shape, generator=g) < 0.5)
+    last = impress_layers(model)[-1]
+    last.add_mask(torch.rand(last.weight.shape, generator=g) < 0.5, extra=True)
+    add_bn_slot(model), add_bn_slot(model)
+    state = io.BytesIO()
+    torch.save(model.state_dict(), state)
+
+    with pytest.warns(UserWarning):
+        fresh = build()
+    fresh.load_state_dict(torch.load(io.BytesIO(state.getvalue()), weights_only=False))
+    x = torch.randn(2, 3, 16, 16)
+    alpha = torch.randn(9, len(impress_layers(model)), generator=g)
+    outputs = []
+    for m in (model, fresh):
+        with torch.no_grad(), task_bound(m.eval(), alpha, bn_slot=1, last_layer_extra=torch.ones(1)):
+            outputs.append(torch.cat([m["cnn"](x), m["vit"](x)], dim=1))
+    assert torch.equal(outputs[0], outputs[1])
+
+    fresh.to(memory_format=torch.channels_last)  # conv weights become channels_last; the forward still runs
+    with torch.no_grad(), task_bound(fresh, alpha, bn_slot=1, last_layer_extra=torch.ones(1)):
+        cl = torch.cat([fresh["cnn"](x.to(memory_format=torch.channels_last)), fresh["vit"](x)], dim=1)
+    torch.testing.assert_close(cl, outputs[0])
+
+    with pytest.warns(UserWarning):
+        other = build(seed=4)
+    with pytest.raises(RuntimeError, match="cnn.0: the state_dict's backbone weight differs"):
+        other.load_state_dict(torch.load(io.BytesIO(state.getvalue()), weights_only=False))
