@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import warnings
 import platform
 import statistics
@@ -312,8 +313,9 @@ def main() -> int:
             dims = args.sketch_dims if method in ("fingerprint", "calibrated") else [None]
             if method == "calibrated":
                 dims = dims[:1]
-                if t_size > args.calibrated_limit:  # costs what exhaustive costs; see the docstring
-                    continue
+                baselines = [fps_by_dim[dims[0]][n].entropy for n in candidates]
+                if t_size > args.calibrated_limit or not all(math.isfinite(h) for h in baselines):
+                    continue  # costs what exhaustive costs; distractors have no baseline
             scored, per_task = evaluated, batches_per_task
             if method in ("exhaustive", "binary", "iterative") and t_size > args.slow_limit:
                 scored, per_task = spread(evaluated, args.slow_tasks), 1  # a few batches: time and a rough rate
