@@ -12,7 +12,7 @@ DATA   := $(VENV)/.data.stamp
 CSRC   := $(shell find csrc -type f 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup ctest pytest bench info clean
+.PHONY: demo test setup ctest pytest bench info gpu-check clean
 
 demo: setup
 	$(PY) -m impresslearn demo
@@ -57,6 +57,12 @@ bench: setup
 
 info: setup
 	$(PY) -m impresslearn.info
+
+# On a machine with an NVIDIA GPU (8 minutes at most): smoke checks of every GPU kernel
+# against the reference, pytest -m gpu, the GPU benchmark rows, a profile; one report in
+# runs/gpu_check/report.md. Without a GPU it stops at once and says so.
+gpu-check: setup
+	$(PY) scripts/gpu_check.py --out runs/gpu_check
 
 clean:
 	rm -rf build build-cmake *.egg-info impresslearn/_C*.so $(BUILT)

@@ -3,7 +3,8 @@
 IMPRESSLEARN_BUILD_CPU   auto (default) build the C++/OpenMP CPU kernels; 1 require them; 0 skip them.
 IMPRESSLEARN_BUILD_CUDA  auto (default) build csrc/cuda when nvcc and a CUDA build of
                          torch are found; 1 require it; 0 skip it.
-TORCH_CUDA_ARCH_LIST     GPU architectures (default "9.0": each one adds compile time).
+TORCH_CUDA_ARCH_LIST     GPU architectures (default DEFAULT_CUDA_ARCHS: A100, RTX 30xx/40xx/A6000,
+                         H100, and PTX that newer GPUs compile at load; each one adds compile time).
 MAX_JOBS                 parallel compile jobs (ninja).
 
 A part left on "auto" or default that fails to build is dropped with a warning: the
@@ -23,6 +24,9 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).parent.resolve()
+# sm_80 code also runs on 8.6/8.7 devices; 8.6 and 8.9 get their own code for speed;
+# +PTX lets devices newer than 9.0 (Blackwell) JIT the kernels instead of failing
+DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
 
 
 def _flags(name: str) -> list[str]:
@@ -121,7 +125,7 @@ def _build_ext_class():
 def main():
     cpu_mode = _env("IMPRESSLEARN_BUILD_CPU", "auto")
     cuda_mode = _env("IMPRESSLEARN_BUILD_CUDA", "auto")
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     _find_cuda_home()
 
     ext_modules, cmdclass, plan = [], {}, {}
