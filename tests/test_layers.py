@@ -446,3 +446,7 @@ def test_channels_last_and_dtype_changes_after_building():
         model.double()
         assert model(x.double()).dtype == torch.float64
         torch.testing.assert_close(model(x.double()), want.double(), atol=1e-5, rtol=1e-5)
+        model.to(torch.bfloat16)  # the float32 coefficients still drive a bfloat16 model
+        low = model(x.bfloat16())
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low.float(), want, atol=0.05 * want.abs().max().item(), rtol=0.05)
