@@ -317,7 +317,7 @@ def _second_conversion(model, seed: int, init: str, existing, pending: list[str]
         spec = getattr(model, "impress_spec", None)
         was = f" (it was built with {spec})" if spec else ""
         raise ValueError(
-            f"model is already converted{was} and its backbone is not the one seed={seed}, init={init!r} gives: a "
-            "second conversion would regenerate the backbone under its banks and coefficients"
+            f"model already has Impress layers{was} and their backbone is not the one seed={seed}, init={init!r} "
+            "gives: a second conversion would regenerate the backbone under its banks and coefficients"
         )
     return model

@@ -124,9 +124,9 @@ def test_second_convert_is_a_no_op_when_identical_and_an_error_otherwise():
     layer.add_mask(torch.ones(3, 4, dtype=torch.bool))
     assert convert(model, seed=5) is model and model[0] is layer and model[0].num_masks == 1
     before = model[0].weight.clone()
-    with pytest.raises(ValueError, match="already converted.*seed=6"):
+    with pytest.raises(ValueError, match="already has Impress layers.*'seed': 5.*not the one seed=6"):
         convert(model, seed=6)
-    with pytest.raises(ValueError, match="already converted"):
+    with pytest.raises(ValueError, match="already has Impress layers"):
         convert(model, seed=5, init="kaiming_normal")
     assert torch.equal(model[0].weight, before)
     model.append(nn.Linear(2, 2, bias=False))
