@@ -1,7 +1,7 @@
 """Masked layers of a frozen random backbone (docs/design.md, Notation).
 
-``ImpressLinear`` and ``ImpressConv2d`` are ``nn.Linear`` / ``nn.Conv2d`` without bias whose
-frozen weight ``W_i`` is generated from a seed on the CPU. Each holds its byte-plane bank
+``ImpressLinear`` and ``ImpressConv2d`` are ``nn.Linear`` / ``nn.Conv2d`` (no bias by default)
+whose frozen weight ``W_i`` is generated from a seed on the CPU. Each holds its byte-plane bank
 (``uint8[ceil(K/8), n_i]``, docs/design.md, Formats) and is driven by one *mask source* at a time:
 
 ``ScoresSource``       edge-popup scores being trained: ``W' = W * topk(|S|, k_i)``.
@@ -13,7 +13,9 @@ frozen weight ``W_i`` is generated from a seed on the CPU. Each holds its byte-p
 
 Layers are thin: ``forward`` calls the functional ops of :mod:`impresslearn.ops` and nothing
 else, so every backend drops in unchanged. The layer never decides *which* coefficients to
-use; the learner binds a source before each forward.
+use: the learner, or a user's loop through ``task_bound`` and the ``bind_*`` functions at the
+end of this module, binds a source before each forward. ``ImpressMultiheadAttention`` masks
+both projections of ``nn.MultiheadAttention``.
 
 ``MultitaskNonAffineBN`` is SupSup's non-affine BatchNorm with one slot of running statistics
 per stored task (a shared one makes every task but the last fail, SupSup issue #11).
