@@ -22,5 +22,8 @@ class Case:
     target: str = ""
     # speedups the case should reach: {(candidate, reference or baseline name): ratio}
     targets: dict[tuple[str, str], float] = field(default_factory=dict)
+    # share of another implementation's bandwidth (GB/s of its own bytes_moved) a
+    # candidate should reach: {(candidate, other): fraction}
+    bandwidth_targets: dict[tuple[str, str], float] = field(default_factory=dict)
     repeats: int = 10
     device: str = "cpu"

@@ -5,10 +5,18 @@ baselines and candidates; one run times them all on the same machine.
     python benchmarks/kernels.py --quick    # small sizes, a smoke run of seconds
     python benchmarks/kernels.py --threads 1 --out DIR --only topk
 
-Prints the device, versions and threads, then per case and implementation the
-median and p20/p80 time, the bytes that implementation must move, GB/s, and the
-speedup over the case's reference and baselines; writes the same rows to
-DIR/kernels.csv and DIR/kernels.json (kernels_quick.* for --quick).
+Prints the device, versions, threads, the CPU model and the ISA the C++ kernels
+run, then per case and implementation the median, min and p20/p80 time, the bytes
+that implementation must move, GB/s, and the speedup over the case's reference and
+baselines; for the combine forward also the share of the dense reference's
+bandwidth the kernel reaches. Writes the same rows, with the environment, to
+DIR/kernels_<family>.csv and .json, one pair per machine family (CPU vendor and
+ISA, e.g. kernels_amd_avx2.json; kernels_quick_<family>.* for --quick), so runs on
+different machines sit side by side and are compared like with like.
+
+IMPRESSLEARN_CPU_ISA=portable|avx2|avx512 runs the C++ kernels on that ISA's loops
+(one process, one ISA): compare the paths of one machine with one run per ISA, each
+with --out pointing elsewhere so the family's file keeps the automatic choice.
 
 Implementations are timed round-robin (one call of each per round) so that load
 from other processes on a shared machine falls on all of them alike. The process
@@ -130,8 +138,9 @@ def cpu_cases(quick: bool) -> list[Case]:
         reference_name="dense",
         candidates={"cpp": lambda x: ops.combine_masks_cpp(x["weight"], x["bank"], x["alpha"])},
         bytes_moved=_combine_bytes(n_comb, k_comb),
-        target=">= 10x dense alpha @ B_float; bank 32x smaller than B_float",
+        target=">= 10x dense alpha @ B_float and >= 70% of its bandwidth; bank 32x smaller than B_float",
         targets={("cpp", "dense"): 10.0},
+        bandwidth_targets={("cpp", "dense"): 0.70},
         repeats=7 if quick else 15,
     )
     combine_bwd = Case(
@@ -223,6 +232,7 @@ def run_case(case: Any, quick: bool) -> list[dict]:
     rows = []
     med = {name: statistics.median(ts) for name, ts in times.items()}
     med_cpu = {name: statistics.median(ts) for name, ts in cpu.items()}
+    p20 = {name: float(np.percentile(ts, 20)) for name, ts in times.items()}
     for name, ts in times.items():
         q = np.percentile(ts, [20, 80])
         nbytes = _bytes_for(case, inputs, name)
@@ -233,6 +243,7 @@ def run_case(case: Any, quick: bool) -> list[dict]:
             impl=name,
             role=role,
             median_ms=med[name] * 1e3,
+            min_ms=min(ts) * 1e3,
             p20_ms=q[0] * 1e3,
             p80_ms=q[1] * 1e3,
             bytes=nbytes,
@@ -245,6 +256,14 @@ def run_case(case: Any, quick: bool) -> list[dict]:
             for other in impls:
                 if other != name and other not in case.candidates:
                     row[f"speedup_vs[{other}]"] = med[other] / med[name]
+                    row[f"p20_speedup_vs[{other}]"] = p20[other] / p20[name]
+            for (cand, other), _ in getattr(case, "bandwidth_targets", {}).items():
+                if cand != name:
+                    continue
+                other_bytes = _bytes_for(case, inputs, other)
+                # GB/s of this kernel over GB/s of the other, each on its own bytes
+                row[f"bandwidth_vs[{other}]"] = (nbytes / med[name]) / (other_bytes / med[other])
+                row[f"p20_bandwidth_vs[{other}]"] = (nbytes / p20[name]) / (other_bytes / p20[other])
         rows.append(row)
     del inputs
     return rows
@@ -256,26 +275,58 @@ _GPU: list = []
 # ----------------------------------------------------------------------------- report
 
 
-def _environment(threads: int) -> dict:
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16",
+              "amx_tile")
+
+
+def _cpuinfo() -> dict:
+    """The first processor's entry of /proc/cpuinfo (empty where there is none)."""
+    info: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+    return info
+
+
+def _cpu_isa() -> tuple[str, list[str]]:
+    """The ISA the C++ kernels run and the ones this processor offers (via impresslearn._C)."""
     from impresslearn import _extension
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     ext = _extension.extension()
+    if ext is None or not getattr(ext, "WITH_CPU", False):
+        return "no C++ kernels", []
+    return ext.cpu_isa(), list(ext.cpu_isas())
+
+
+def machine_family(vendor: str, isa: str) -> str:
+    """The results file's key: CPU vendor and kernel ISA, e.g. ``amd_avx2``, ``intel_avx512``."""
+    vendor = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(vendor, vendor.lower() or platform.machine())
+    return "_".join("".join(c if c.isalnum() else "-" for c in part) for part in (vendor, isa))
+
+
+def _environment(threads: int) -> dict:
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    isa, isas = _cpu_isa()
     env = dict(
-        cpu=cpu,
+        cpu=info.get("model name", platform.processor() or platform.machine()),
+        cpu_vendor=info.get("vendor_id", ""),
+        cpu_family_model_stepping=[info.get("cpu family", ""), info.get("model", ""), info.get("stepping", "")],
+        cpu_isa_flags=[f for f in _ISA_FLAGS if f in flags],
+        cpu_isa=isa,
+        cpu_isas_supported=isas,
+        cpu_isa_env=os.environ.get("IMPRESSLEARN_CPU_ISA", ""),
+        machine_family=machine_family(info.get("vendor_id", ""), isa),
         cores=os.cpu_count(),
         threads=threads,
+        loadavg_at_start=[round(x, 2) for x in os.getloadavg()],
         python=platform.python_version(),
         torch=torch.__version__,
         numpy=np.__version__,
-        cpu_isa=getattr(ext, "CPU_ISA", "n/a") if ext is not None else "no _C",
         openblas_env={k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
     )
     if torch.cuda.is_available():
@@ -287,13 +338,13 @@ def _print_table(case: Any, rows: list[dict]) -> None:
     sizes = ", ".join(f"{k}={v}" for k, v in getattr(case, "sizes", {}).items())
     print(f"\n{case.name} ({sizes})  target: {getattr(case, 'target', '') or '-'}")
     print(
-        f"  {'impl':<18}{'median ms':>11}{'p20 ms':>10}{'p80 ms':>10}{'MB moved':>10}{'GB/s':>8}{'vs ref':>9}"
-        f"{'cpu ms':>10}{'cpu vs ref':>12}"
+        f"  {'impl':<18}{'median ms':>11}{'min ms':>10}{'p20 ms':>10}{'p80 ms':>10}{'MB moved':>10}{'GB/s':>8}"
+        f"{'vs ref':>9}{'cpu ms':>10}{'cpu vs ref':>12}"
     )
     for r in rows:
         gbs = f"{r['gb_per_s']:.1f}" if r["gb_per_s"] == r["gb_per_s"] else "-"
         print(
-            f"  {r['impl']:<18}{r['median_ms']:>11.2f}{r['p20_ms']:>10.2f}{r['p80_ms']:>10.2f}"
+            f"  {r['impl']:<18}{r['median_ms']:>11.2f}{r['min_ms']:>10.2f}{r['p20_ms']:>10.2f}{r['p80_ms']:>10.2f}"
             f"{r['bytes'] / 1e6:>10.1f}{gbs:>8}{r['speedup_vs_reference']:>8.1f}x"
             f"{r['cpu_ms']:>10.1f}{r['cpu_speedup_vs_reference']:>11.1f}x"
         )
@@ -305,8 +356,16 @@ def _print_table(case: Any, rows: list[dict]) -> None:
         for other, ratio in extra.items():
             want = getattr(case, "targets", {}).get((r["impl"], other))
             mark = "" if want is None else (f" (target {want:g}x: {'met' if ratio >= want else 'MISSED'})")
-            parts.append(f"{ratio:.1f}x vs {other}{mark}")
+            parts.append(f"{ratio:.1f}x vs {other}{mark} (p20 {r[f'p20_speedup_vs[{other}]']:.1f}x)")
         print(f"  {r['impl']}: " + "; ".join(parts))
+        for (cand, other), want in getattr(case, "bandwidth_targets", {}).items():
+            if cand != r["impl"]:
+                continue
+            share, share_p20 = r[f"bandwidth_vs[{other}]"], r[f"p20_bandwidth_vs[{other}]"]
+            print(
+                f"  {cand}: {share:.0%} of {other}'s bandwidth (p20 {share_p20:.0%})"
+                f" (target {want:.0%}: {'met' if share >= want else 'MISSED'})"
+            )
 
 
 def main(argv=None) -> int:
@@ -333,11 +392,13 @@ def main(argv=None) -> int:
         _print_table(case, rows)
         all_rows.extend(rows)
 
+    env["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"\nload average at start {env['loadavg_at_start']}, at end {env['loadavg_at_end']} ({env['cores']} cores)")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "kernels_quick" if args.quick else "kernels"
+    stem = ("kernels_quick_" if args.quick else "kernels_") + env["machine_family"]
     columns = sorted({k for r in all_rows for k in r}, key=lambda k: (k.startswith("speedup_vs["), k))
-    base = ["case", "sizes", "impl", "role", "median_ms", "p20_ms", "p80_ms", "bytes", "gb_per_s", "speedup_vs_reference",
-            "cpu_ms", "cpu_speedup_vs_reference"]
+    base = ["case", "sizes", "impl", "role", "median_ms", "min_ms", "p20_ms", "p80_ms", "bytes", "gb_per_s",
+            "speedup_vs_reference", "cpu_ms", "cpu_speedup_vs_reference"]
     columns = base + [c for c in columns if c not in base]
     with open(args.out / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

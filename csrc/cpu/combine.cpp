@@ -34,6 +34,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <vector>
 
@@ -86,16 +87,20 @@ __attribute__((target("avx2,fma"))) void accumulate_planes_avx2(const uint8_t* b
 }
 
 // The 8 lane sums of every bit, then fp64 (combine_kernels.h). "If the bit is set,
-// add" is what the vector loops' blend and masked add do: the lanes never hold -0.0
-// (they start at +0.0, and a sum is -0.0 only if both terms are), so no formulation
-// that adds +0.0 instead could differ either.
+// add u" is what the vector loops' blend and masked add do; this loop adds
+// u AND (bit ? all ones : 0), which GCC vectorizes (a branch it does not, 3.6x
+// slower). Adding +0.0 for a clear bit leaves the lane's bits as they were: a lane
+// starts at +0.0 and is never -0.0 (a sum is -0.0 only if both terms are).
 void plane_bit_sums_portable(const uint8_t* p, const float* u, int64_t len, double* sums) {
   float acc[8][8] = {};
   int64_t j = 0;
-  for (; j + 8 <= len; j += 8)
+  for (; j + 8 <= len; j += 8) {
+    uint32_t ubits[8], bytes[8];
+    std::memcpy(ubits, u + j, sizeof(ubits));
+    for (int i = 0; i < 8; ++i) bytes[i] = p[j + i];
     for (int b = 0; b < 8; ++b)
-      for (int i = 0; i < 8; ++i)
-        if ((p[j + i] >> b) & 1) acc[b][i] += u[j + i];
+      for (int i = 0; i < 8; ++i) acc[b][i] += std::bit_cast<float>(ubits[i] & (0u - ((bytes[i] >> b) & 1u)));
+  }
   for (int b = 0; b < 8; ++b) {
     double s = 0.0;
     for (float v : acc[b]) s += v;
