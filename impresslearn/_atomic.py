@@ -77,7 +77,10 @@ def stale_temporaries(path: str | os.PathLike) -> list[Path]:
         names = os.listdir(folder)
     except OSError:
         return []
+    prefix = f".{path.name}."
     for name in names:
+        if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):  # cheap test first: big folders
+            continue
         m = pattern.fullmatch(name)
         if m is None or m["host"] != host:
             continue
