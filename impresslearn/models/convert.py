@@ -237,9 +237,9 @@ def convert(
         if swap is not None:
             plan[key] = swap
     # a swapped attention module replaces its children (out_proj) with its own
-    swapped_attention = [names[k][0] + "." for k in plan if isinstance(modules[k], nn.MultiheadAttention)]
+    swapped_attention = [names[k][0] for k in plan if isinstance(modules[k], nn.MultiheadAttention)]
     for key in list(plan):
-        if any(all(f.startswith(prefix) for f in names[key]) for prefix in swapped_attention):
+        if any(all(_inside(f, outer) for f in names[key]) for outer in swapped_attention):
             del plan[key]
 
     _refuse_weights_read_elsewhere(model, names, modules, plan)
@@ -270,6 +270,11 @@ def convert(
     return model
 
 
+def _inside(fqn: str, outer: str) -> bool:
+    """Whether module ``fqn`` lies strictly inside module ``outer`` ("" is the root)."""
+    return fqn != outer and (outer == "" or fqn.startswith(outer + "."))
+
+
 def _has_bias(module: nn.Module) -> bool:
     if isinstance(module, nn.MultiheadAttention):
         return module.in_proj_bias is not None
@@ -281,7 +286,7 @@ def _refuse_weights_read_elsewhere(model, names, modules, plan) -> None:
         reason = _READS_CHILD_WEIGHTS.get(_qualname(module))
         if reason is None or key in plan:  # swapped whole: its replacement masks those weights itself
             continue
-        inside = [names[k][0] for k in plan if any(n.startswith(names[key][0] + ".") for n in names[k])]
+        inside = [names[k][0] for k in plan if any(_inside(n, names[key][0]) for n in names[k])]
         if inside:
             prefix = names[key][0]
             raise ValueError(

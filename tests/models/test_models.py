@@ -153,6 +153,8 @@ def test_convert_refuses_subclasses_with_their_own_forward_and_weights_read_else
         convert(attention, seed=0, module_filter_fn=lambda mod, fqn: fqn != "1")
     convert(attention, seed=0, module_filter_fn=lambda mod, fqn: not fqn.startswith("1"))
     assert isinstance(attention[0], ImpressLinear) and type(attention[1].out_proj) is not ImpressLinear
+    root = convert(nn.MultiheadAttention(8, 2, bias=False), seed=0)  # the root module itself is swapped
+    assert len(impress_layers(root)) == 2
     with pytest.raises(ValueError, match=r"cannot mask 0 \(MultiheadAttention\): only kdim == vdim"):
         convert(nn.Sequential(nn.MultiheadAttention(8, 2, kdim=4)), seed=0)
     swin = pytest.importorskip("torchvision.models.swin_transformer")
