@@ -100,24 +100,25 @@ def build_model(model: str, kwargs: Mapping[str, Any], seed: int = 0):
 
 
 def count_model(model) -> dict:
-    """Weights and layers of the masked layers, and per-task BN statistics, of a real model."""
-    from ..layers import impress_layers, multitask_bns
+    """Weights per masked layer and channels per multitask BN of a real model (what accounting reads)."""
+    from ..accounting import model_sizes
 
-    layers = impress_layers(model)
-    weights = sum(layer.weight.numel() for layer in layers)
-    bn_values = sum(2 * bn.num_features for bn in multitask_bns(model))  # running mean + var per channel
-    return {"weights": weights, "layers": len(layers), "bn_values_per_task": bn_values}
+    layer_sizes, bn_features = model_sizes(model)
+    return {"layer_sizes": layer_sizes, "bn_features": bn_features}
 
 
-def compute_row(row: AccountingRow, counts: Mapping[str, int]) -> dict:
-    o, d = counts["weights"], counts["layers"]
+def compute_row(row: AccountingRow, counts: Mapping[str, Any]) -> dict:
+    from .. import accounting
+
+    sizes, features = counts["layer_sizes"], counts["bn_features"]
+    o, d = sum(sizes), len(sizes)
     mask_kb = o * PAPER_MASK_BITS_PER_WEIGHT / 8 / KIB
     alpha = row.basis_size * d
-    alpha_kb = alpha * 4 / KIB
+    alpha_kb = accounting.coefficient_bytes(row.basis_size, d) / KIB
     amortised_kb = 0.0 if row.max_tasks is None else row.basis_size * mask_kb / row.max_tasks
     phi_kb = alpha_kb + amortised_kb
-    bn_kb = counts.get("bn_values_per_task", 0) * 4 / KIB
-    bank_plane_kb = math.ceil(o / 8) / KIB
+    bn_kb = accounting.bn_bytes_per_task(features) / KIB
+    bank_plane_kb = accounting.mask_bytes(sizes) / KIB  # one mask as stored: a byte plane per layer
     k = sum_keep = round(row.density * o)
     index_bits = max(1, math.ceil(math.log2(max(o, 2))))
     return {

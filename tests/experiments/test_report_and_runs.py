@@ -104,7 +104,7 @@ def test_table2_lenet_row_matches_the_paper_from_the_real_model():
     from impresslearn.models import create_model
 
     counts = count_model(create_model("lenet300", num_classes=10, in_features=784))
-    assert counts == {"weights": 784 * 300 + 300 * 100 + 100 * 10, "layers": 3, "bn_values_per_task": 0}
+    assert counts == {"layer_sizes": [784 * 300, 300 * 100, 100 * 10], "bn_features": []}
     rot = compute_row(AccountingRow(dataset="RotatedMNIST", model="lenet300", basis_size=5, max_tasks=359), counts)
     # paper Table 2: mask 64.9 kB, |alpha| 15, Phi 0.96 kB, Cx 67.4
     assert round(rot["mask_kB"], 1) == 65.0 and rot["alpha_per_task"] == 15
