@@ -75,6 +75,12 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     if t.numel() == 0 or t.device.type == "meta":  # a meta tensor has no values to check
         return
     lo, hi = torch.aminmax(t.detach())
+    if torch.compiler.is_compiling():
+        # A host read would split a compiled graph in two at every op; an assertion inside
+        # the graph keeps it whole and still stops on a bad value (RuntimeError; on CUDA a
+        # device-side assert).
+        torch._assert_async(torch.isfinite(lo) & torch.isfinite(hi), f"{name} must be finite (it holds NaN or inf)")
+        return
     if not bool(torch.isfinite(lo) & torch.isfinite(hi)):  # one host read
         flat = t.detach().reshape(-1)
         bad = (~torch.isfinite(flat)).nonzero()

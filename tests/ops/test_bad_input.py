@@ -245,3 +245,21 @@ def test_impress_conv2d_names_bad_input_shapes_and_arguments():
 def test_edge_popup_weight_names_a_non_tensor_weight():
     with pytest.raises(TypeError, match="weight must be a torch.Tensor, got list"):
         ops.edge_popup_weight([1.0, 2.0], torch.randn(2), 0.5)
+
+
+def test_the_finiteness_check_keeps_a_compiled_graph_whole():
+    """Under torch.compile the check is an in-graph assertion: no graph break, and still a refusal."""
+    import torch._dynamo
+
+    _, bank, weight, alpha = _problem()
+
+    def step(weight, bank, alpha):
+        return ops.combine_masks(weight, bank, alpha, backend="reference") * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="eager", fullgraph=True)  # fullgraph: a break raises
+    assert torch.equal(compiled(weight, bank, alpha), step(weight, bank, alpha))
+    bad = alpha.clone()
+    bad[4] = math.nan
+    with pytest.raises(RuntimeError, match="alpha must be finite"):
+        compiled(weight, bank, bad)
