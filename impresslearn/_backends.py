@@ -111,6 +111,9 @@ def kernel_reason(kernel: str, device: torch.device | str) -> str | None:
             return f"cuda kernels run on CUDA tensors, got {device.type}"
         if not _extension.has_cuda_kernels():
             return _extension.unavailable_reason() or "impresslearn._C was built without CUDA kernels"
+        if torch.cuda.is_available():  # the build must hold code this GPU runs (TORCH_CUDA_ARCH_LIST)
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            return _extension.cuda_device_reason(index)
         return None
     raise ValueError(f"unknown kernel {kernel!r}; kernels are {KERNELS}")
 

@@ -7,6 +7,7 @@ missing or broken build is recorded, logged once, and reported by
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 
@@ -52,3 +53,33 @@ def has_cpu_kernels() -> bool:
 def has_cuda_kernels() -> bool:
     mod = extension()
     return mod is not None and bool(getattr(mod, "WITH_CUDA", False))
+
+
+def cuda_archs() -> list[str]:
+    """Compute capabilities the CUDA kernels of ``_C`` hold code for, e.g. ["8.0", "9.0"]; [] without them."""
+    if not has_cuda_kernels():
+        return []
+    import torch
+
+    try:
+        archs = torch.ops.impresslearn.cuda_archs()
+    except (AttributeError, RuntimeError):  # a build from before _C reported them
+        return []
+    return [f"{a // 10}.{a % 10}" for a in archs]
+
+
+@functools.cache
+def cuda_device_reason(index: int) -> str | None:
+    """Why the CUDA kernels of ``_C`` cannot run on GPU ``index`` (no code for its architecture), else None.
+
+    Asks the CUDA runtime whether it can load a kernel of the build on that device
+    (csrc/cuda: ``cuda_kernel_reason``), so "no kernel image is available" is found
+    before a launch instead of at it.
+    """
+    import torch
+
+    try:
+        check = torch.ops.impresslearn.cuda_kernel_reason
+    except (AttributeError, RuntimeError):  # a build from before the check: nothing to ask
+        return None
+    return check(index) or None

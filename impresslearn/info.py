@@ -52,7 +52,7 @@ def report() -> str:
         f"_C: {_extension.unavailable_reason() or 'loaded'}"
         + (
             f" (cpu kernels: {'yes' if _extension.has_cpu_kernels() else 'no'}, "
-            f"cuda kernels: {'yes' if _extension.has_cuda_kernels() else 'no'})"
+            f"cuda kernels: {_cuda_build()})"
             if _extension.extension() is not None
             else ""
         ),
@@ -71,6 +71,14 @@ def report() -> str:
         for backend in _backends.BACKENDS:
             lines.append(f"{'':<{width}}    {backend:<9} {_status(spec, backend)}")
     return "\n".join(lines)
+
+
+def _cuda_build() -> str:
+    """'no', or 'yes, for compute capabilities ...' (what TORCH_CUDA_ARCH_LIST put in the build)."""
+    if not _extension.has_cuda_kernels():
+        return "no"
+    archs = _extension.cuda_archs()
+    return f"yes, for compute capabilities {', '.join(archs)}" if archs else "yes"
 
 
 def _cpu_isa() -> str:

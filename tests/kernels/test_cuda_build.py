@@ -43,3 +43,28 @@ def test_built_library_holds_the_requested_architectures():
     )
     # what the library reports at run time (nvcc's __CUDA_ARCH_LIST__) is the same list
     assert list(torch.ops.impresslearn.cuda_archs()) == want["sass"]
+
+
+def test_cuda_kernels_are_refused_on_a_gpu_the_build_has_no_code_for(monkeypatch):
+    # a GPU host whose device the build cannot run: the reason comes from the CUDA
+    # runtime (csrc/cuda cuda_kernel_reason); stood in for here, as there is no GPU
+    from impresslearn import _backends
+
+    reason = "impresslearn._C was built for compute capabilities 9.0 (TORCH_CUDA_ARCH_LIST), which cuda:1 (8.6) cannot run"
+    asked = []
+    monkeypatch.setattr(_extension, "has_cuda_kernels", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_extension, "cuda_device_reason", lambda index: asked.append(index) or reason)
+    assert _backends.kernel_reason("cuda", "cuda:1") == reason
+    assert asked == [1]
+    monkeypatch.setattr(_extension, "cuda_device_reason", lambda index: None)
+    assert _backends.kernel_reason("cuda", "cuda:1") is None
+
+
+def test_no_gpu_visible_asks_nothing_of_the_cuda_runtime(monkeypatch):
+    from impresslearn import _backends
+
+    monkeypatch.setattr(_extension, "has_cuda_kernels", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(_extension, "cuda_device_reason", lambda index: pytest.fail("asked the CUDA runtime"))
+    assert _backends.kernel_reason("cuda", "cuda") is None
