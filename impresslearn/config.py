@@ -72,11 +72,18 @@ class TrainConfig:
     runner, the Avalanche strategy); ``ImpressLearner.learn_*`` train on whatever batches the
     loader they are given yields. Data order is the loader's own seed.
     Paper settings (Table 3): LeNet-300-100 RMSprop lr 0.002 lam 0; ResNet Adam, lam 0.005.
+
+    Defaults (Adam, lr 0.03, 3 epochs) are the one recipe that worked for both a mask and alpha
+    in ``scripts/choose_train_defaults.py``: Permuted Fashion-MNIST, LeNet-300-100, density 0.1,
+    accuracy on 10,000 validation images carved from the training set (never the test set).
+    With 50,000 training images: mask 0.826 (best candidate 0.830), alpha over 23 masks 0.627
+    (best 0.634); with 5,000: mask 0.784 (best 0.792), alpha 0.585 (best). The old defaults
+    (SGD lr 0.1, 1 epoch) gave mask 0.748 / alpha 0.608 and, with 5,000 images, 0.421 / 0.351.
     """
 
-    epochs: int = 1
-    lr: float = 0.1
-    optimizer: str = "sgd"
+    epochs: int = 3
+    lr: float = 0.03
+    optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
     lam: float = 0.0
