@@ -8,7 +8,8 @@ read. For each candidate (optimizer, lr, epochs) the script trains
 - alpha for task 3 over a bank of 3 basis masks (tasks 0-2, trained with the first candidate
   that reached the best mask accuracy) plus 20 random masks, and reports its validation accuracy.
 
-Run it niced on a shared machine (about 10 minutes on one core)::
+Run it niced on a shared machine (one thread: 36 minutes on a 2-core machine at load 11;
+``--quick`` 3 minutes)::
 
     nice -n 19 python scripts/choose_train_defaults.py [--quick]
 """
@@ -16,7 +17,9 @@ Run it niced on a shared machine (about 10 minutes on one core)::
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -77,9 +80,11 @@ def main() -> None:
     for t in range(3):
         bank.learn_basis_mask(f"t{t}", loaders(t)[0], best_cfg)
     bank.add_random_masks(20, seed=0)
-    bank.save("/tmp/choose_train_defaults_bank.safetensors")
+    folder = tempfile.TemporaryDirectory()
+    bank_path = Path(folder.name) / "bank.safetensors"
+    bank.save(bank_path)  # every alpha candidate starts from the same bank
     for cfg in CANDIDATES:
-        learner = ImpressLearner.load("/tmp/choose_train_defaults_bank.safetensors")
+        learner = ImpressLearner.load(bank_path)
         train, val = loaders(3)
         t0 = time.perf_counter()
         learner.learn_alpha("t3", train, cfg)
