@@ -184,6 +184,13 @@ class ImpressLearnStrategy(SupervisedTemplate):
         phase, cfg = self._phase()
         self.train_epochs, self.train_mb_size = cfg.epochs, cfg.batch_size
         self.learner.tasks.check_new_name(self.task_name(self.experience))  # before any training
+        classes = list(getattr(self.experience, "classes_in_this_experience", None) or [])
+        outputs = self.learner.layers[-1].weight.shape[0]
+        if classes and max(classes) >= outputs:
+            raise ValueError(
+                f"{self.task_name(self.experience)} has class labels up to {max(classes)} but the model has "
+                f"{outputs} outputs: build it with num_classes >= {max(classes) + 1}, or number each "
+                "experience's classes from 0 (task-incremental benchmarks)")
         seed = cfg.seed + self.trained_experiences
         if phase == "basis":
             objective = EdgePopupObjective(self.learner, seed=seed)

@@ -244,3 +244,20 @@ def test_max_runs_is_validated():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="max_runs"):
             run_sweep(make_config(), "unused", fake_executor([]), progress=False, max_runs=bad)
+
+
+def test_command_line_says_who_holds_the_folder(tmp_path, capsys):
+    import os
+
+    from impresslearn.cli import main
+    from impresslearn.experiments._sweep import output_folder_lock
+
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\nscenario: {name: synthetic, num_tasks: 4}\nmodel: {name: lenet300}\n"
+                      "basis: {kinds: [heterogeneous], counts: [1]}\nnum_new_tasks: 1\n")
+    out = tmp_path / "out"
+    with output_folder_lock(out):
+        assert main(["run", str(config), "--out", str(out), "--no-progress", "--no-plots"]) == 3
+    err = capsys.readouterr().err
+    assert f"another runner is using this output folder (pid {os.getpid()} on host" in err
+    assert not (out / "runs").exists()

@@ -198,3 +198,21 @@ def test_readme_avalanche_snippet_runs():
     exec(compile(small, "README.md", "exec"), namespace)
     strategy = namespace["strategy"]
     assert list(strategy.learner.tasks) == ["experience 0", "experience 1", "experience 2"]
+
+
+def test_hybrid_alpha_experiences_and_a_head_too_small(data):
+    strategy = new_strategy(hybrid=True)
+    bm = benchmark(data)
+    for experience in bm.train_stream:
+        strategy.train(experience)
+    record = strategy.learner.tasks["experience 2"]
+    assert record.kind == "hybrid" and record.extra_index == 0
+    strategy.eval(bm.test_stream)
+
+    train, test = data
+    shifted = tensors_benchmark(train_tensors=[(train[0][0], train[0][1] + 5)], test_tensors=[test[0]],
+                                task_labels=[0])
+    small = new_strategy()
+    with pytest.raises(ValueError, match="class labels up to 14 but the model has 10 outputs"):
+        small.train(shifted.train_stream[0])
+    assert small.learner.num_tasks == 0
