@@ -99,6 +99,10 @@ class ImpressLearner:
         self._slot_owner = owner
         return slot
 
+    def holds_bn_slot(self, owner) -> bool:
+        """Whether ``owner`` still holds the BN slot it reserved (no objective opened since)."""
+        return self._slot_owner is owner
+
     def release_bn_slot(self, owner) -> None:
         if self._slot_owner is owner:
             drop_bn_slots_from(self.model, self.num_tasks)

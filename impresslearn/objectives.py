@@ -61,7 +61,7 @@ class TaskObjective(nn.Module):
         super().__init__()
         self.learner = learner  # not an nn.Module: stays out of the module tree (see module doc)
         self.bn_slot = learner.reserve_bn_slot(self)
-        self.committed = False
+        self.closed = False
 
     # -- subclasses --------------------------------------------------------------------------
     def bind(self) -> None:
@@ -90,14 +90,17 @@ class TaskObjective(nn.Module):
     # -- storing -----------------------------------------------------------------------------
     def discard(self) -> None:
         """Give the reserved BN slot back without storing anything."""
-        if not self.committed:
+        if not self.closed:
             self.learner.release_bn_slot(self)
-            self.committed = True
+            self.closed = True
         unbind(self.learner.model)
 
     def _check_open(self) -> None:
-        if self.committed:
+        if self.closed:
             raise RuntimeError(f"this {type(self).__name__} was already committed or discarded")
+        if not self.learner.holds_bn_slot(self):  # checked before commit touches any bank
+            raise RuntimeError("another objective was opened after this one and took its BN slot; "
+                               "train one objective at a time per learner")
 
     def _check_finite(self, name: str, what: str, t: torch.Tensor) -> None:
         if not torch.isfinite(t).all():
@@ -108,7 +111,7 @@ class TaskObjective(nn.Module):
 
     def _store(self, record: TaskRecord) -> TaskRecord:
         rec = self.learner.store_task(record, owner=self)
-        self.committed = True
+        self.closed = True
         unbind(self.learner.model)
         return rec
 

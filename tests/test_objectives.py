@@ -104,10 +104,13 @@ def test_eq2_penalty_and_the_hybrid_column_cut():
 
 def test_an_objective_opened_later_supersedes_an_earlier_one():
     learner = _learner()
-    first = AlphaObjective(learner)
+    first = EdgePopupObjective(learner)
     second = AlphaObjective(learner)
     with pytest.raises(RuntimeError, match="another objective"):
         first.commit("a")
+    with pytest.raises(RuntimeError, match="another objective"):
+        first(*_data(8))
+    assert learner.num_masks == 6  # refused before its mask reached the bank
     second.commit("b")
     assert list(learner.tasks) == ["b"]
 
