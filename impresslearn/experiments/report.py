@@ -138,6 +138,20 @@ def accounting_table(rows: list[dict]) -> str:
                    "Phi (kB)", "Cx", "BN stats / task (kB)", "Cx with BN", "our bank plane / mask (kB)"], out)
 
 
+class ResultsEdited(ValueError):
+    """A run record in results.json no longer matches the checksum its run stored."""
+
+
+def check_records(path: Path, records: list) -> None:
+    """Refuse a results file whose run records were changed after their runs wrote them."""
+    from ._sweep import record_checksum
+
+    for record in records:
+        if isinstance(record, dict) and "checksum" in record and record["checksum"] != record_checksum(record):
+            raise ResultsEdited(f"{path}: run {record.get('run_id')!r} was changed after the run wrote it "
+                                "(checksum mismatch); rerun `impresslearn run` on this folder to rebuild it")
+
+
 def render_dir(directory: Path, assets: Path, out_file: Path) -> str:
     directory = Path(directory)
     if (directory / "accounting.json").is_file():
@@ -149,6 +163,7 @@ def render_dir(directory: Path, assets: Path, out_file: Path) -> str:
         return "\n".join(text)
     payload = json.loads((directory / "results.json").read_text())
     records, config = payload["runs"], payload["config"]
+    check_records(directory / "results.json", records)
     name = payload["experiment"]
     text = [f"## {name}", ""]
     if config.get("paper_figure"):
@@ -206,7 +221,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"impresslearn report: no results.json or accounting.json in {missing}", file=sys.stderr)
         return 2
     intro = Path(args.intro).read_text() if args.intro else None
-    render([Path(d) for d in args.results], Path(args.out), Path(args.assets) if args.assets else None, intro,
-           args.title)
+    try:
+        render([Path(d) for d in args.results], Path(args.out), Path(args.assets) if args.assets else None, intro,
+               args.title)
+    except ResultsEdited as exc:
+        print(f"impresslearn report: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}")
     return 0

@@ -98,6 +98,16 @@ def test_report_renders_tables_and_plots(tmp_path):
     png = tmp_path / "docs" / "results" / "fmnist_permuted" / "accuracy_by_impressions.png"
     assert png.is_file() and png.stat().st_size > 1000
     assert "](results/fmnist_permuted/accuracy_by_impressions.png)" in text
+    # a hand edit of a result in results.json is refused, not rendered
+    from impresslearn.cli import main
+
+    payload = json.loads((out / "results.json").read_text())
+    payload["runs"][0]["result"]["mean_accuracy"] = 0.99
+    (out / "results.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="was changed after the run wrote it"):
+        render([out], md)
+    assert main(["report", str(out), "--out", str(tmp_path / "edited.md")]) == 2
+    assert not (tmp_path / "edited.md").exists()
 
 
 def test_table2_lenet_row_matches_the_paper_from_the_real_model():
