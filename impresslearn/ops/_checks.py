@@ -148,12 +148,17 @@ def check_mask_index(index: int, num_masks: int, *, allow_append: bool) -> int:
 
 def check_density(density: float) -> float:
     """``density`` as a float in (0, 1]: any real number type but bool."""
-    if isinstance(density, bool) or not isinstance(density, numbers.Real) or math.isnan(density):
+    if isinstance(density, bool) or not isinstance(density, numbers.Real):
         raise TypeError(f"density must be a number in (0, 1], got {density!r}")
-    density = float(density)
-    if not 0.0 < density <= 1.0:
+    try:
+        value = float(density)
+    except OverflowError:  # an int beyond float range
+        value = math.inf
+    if math.isnan(value):
+        raise TypeError(f"density must be a number in (0, 1], got {density!r}")
+    if not 0.0 < value <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
-    return density
+    return value
 
 
 def keep_count(n: int, density: float) -> int:

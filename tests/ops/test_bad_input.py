@@ -192,7 +192,7 @@ def test_numpy_density_is_accepted_and_bad_densities_are_named():
     for bad in (True, "0.1", None, math.nan, torch.tensor(0.1)):
         with pytest.raises(TypeError, match="density must be a number"):
             ops.keep_count(100, bad)
-    for bad in (0.0, -0.1, 1.5, math.inf):
+    for bad in (0.0, -0.1, 1.5, math.inf, 10**400, np.int64(2)):
         with pytest.raises(ValueError, match="density must be in"):
             ops.keep_count(100, bad)
 
