@@ -14,7 +14,8 @@ Version 1 had no ``header_sha256``: a flipped bit in its JSON (a task name, a BN
 a tensor's dtype) loaded silently. Version 1 files still load, with a warning, and
 :func:`upgrade_checkpoint` rewrites one as version 2. One flipped bit cannot turn
 ``"2"`` into ``"1"`` (0x32 and 0x31 differ in two bits), so damage never downgrades a
-file to the unchecked format.
+file to the unchecked format. The checksums detect damage, not tampering: whoever edits a
+file can recompute them, so the learner still checks every value it reads.
 
 Before any tensor is allocated, each header entry's dtype and shape must give exactly
 the byte count of its slice of the file, so a damaged shape cannot ask for terabytes.
