@@ -91,17 +91,17 @@ __attribute__((target("avx2,fma"))) void accumulate_planes_avx2(const uint8_t* b
 // u AND (bit ? all ones : 0), which GCC vectorizes (a branch it does not, 3.6x
 // slower). Adding +0.0 for a clear bit leaves the lane's bits as they were: a lane
 // starts at +0.0 and is never -0.0 (a sum is -0.0 only if both terms are).
-void plane_bit_sums_portable(const uint8_t* p, const float* u, int64_t len, double* sums) {
+void plane_bit_sums_portable(const uint8_t* p, const float* u, int64_t len, int bits, double* sums) {
   float acc[8][8] = {};
   int64_t j = 0;
   for (; j + 8 <= len; j += 8) {
     uint32_t ubits[8], bytes[8];
     std::memcpy(ubits, u + j, sizeof(ubits));
     for (int i = 0; i < 8; ++i) bytes[i] = p[j + i];
-    for (int b = 0; b < 8; ++b)
+    for (int b = 0; b < bits; ++b)
       for (int i = 0; i < 8; ++i) acc[b][i] += std::bit_cast<float>(ubits[i] & (0u - ((bytes[i] >> b) & 1u)));
   }
-  for (int b = 0; b < 8; ++b) {
+  for (int b = 0; b < bits; ++b) {
     double s = 0.0;
     for (float v : acc[b]) s += v;
     for (int64_t i = j; i < len; ++i)
@@ -110,33 +110,52 @@ void plane_bit_sums_portable(const uint8_t* p, const float* u, int64_t len, doub
   }
 }
 
-__attribute__((target("avx2,fma"))) void plane_bit_sums_avx2(const uint8_t* p, const float* u, int64_t len,
-                                                              double* sums) {
-  __m256 acc[8];
+namespace {
+
+// Bits is a template argument so the accumulators stay in registers; a last plane
+// of fewer masks does only its own bits (K = 25: 25 of 32).
+template <int Bits>
+__attribute__((target("avx2,fma"))) void bit_sums_avx2(const uint8_t* p, const float* u, int64_t len, double* sums) {
+  __m256 acc[Bits];
   for (auto& a : acc) a = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 8 <= len; j += 8) {
     const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + j)));
     const __m256 uv = _mm256_loadu_ps(u + j);
-    // Bit 7 moved to the sign bit, which is all vblendvps reads; each doubling
+    // Bit Bits-1 moved to the sign bit, which is all vblendvps reads; each doubling
     // (an add, which more ports run than a shift) brings the next lower bit there.
     // acc = blend(acc, acc + u): written as blend(0, u) + acc, GCC turns the blend
     // into vpcmpgtd + vandps, one instruction more per bit.
-    __m256i y = _mm256_slli_epi32(x, 24);
-    acc[7] = _mm256_blendv_ps(acc[7], _mm256_add_ps(acc[7], uv), _mm256_castsi256_ps(y));
-    for (int b = 6; b >= 0; --b) {
+    __m256i y = _mm256_slli_epi32(x, 32 - Bits);
+    acc[Bits - 1] = _mm256_blendv_ps(acc[Bits - 1], _mm256_add_ps(acc[Bits - 1], uv), _mm256_castsi256_ps(y));
+    for (int b = Bits - 2; b >= 0; --b) {
       y = _mm256_add_epi32(y, y);
       acc[b] = _mm256_blendv_ps(acc[b], _mm256_add_ps(acc[b], uv), _mm256_castsi256_ps(y));
     }
   }
   alignas(32) float lanes[8];
-  for (int b = 0; b < 8; ++b) {
+  for (int b = 0; b < Bits; ++b) {
     _mm256_store_ps(lanes, acc[b]);
     double s = 0.0;
     for (float v : lanes) s += v;
     for (int64_t i = j; i < len; ++i)
       if ((p[i] >> b) & 1) s += u[i];
     sums[b] = s;
+  }
+}
+
+}  // namespace
+
+void plane_bit_sums_avx2(const uint8_t* p, const float* u, int64_t len, int bits, double* sums) {
+  switch (bits) {
+    case 1: return bit_sums_avx2<1>(p, u, len, sums);
+    case 2: return bit_sums_avx2<2>(p, u, len, sums);
+    case 3: return bit_sums_avx2<3>(p, u, len, sums);
+    case 4: return bit_sums_avx2<4>(p, u, len, sums);
+    case 5: return bit_sums_avx2<5>(p, u, len, sums);
+    case 6: return bit_sums_avx2<6>(p, u, len, sums);
+    case 7: return bit_sums_avx2<7>(p, u, len, sums);
+    default: return bit_sums_avx2<8>(p, u, len, sums);
   }
 }
 
@@ -216,21 +235,24 @@ struct Products {
 };
 
 // One block's sums of every plane into out[8 * plane + bit].
-void block_bit_sums(const Products& products, const uint8_t* bank, int64_t n, int64_t planes, int64_t blk, Isa isa,
+void block_bit_sums(const Products& products, const uint8_t* bank, int64_t n, int64_t num_masks, int64_t blk, Isa isa,
                     double* out) {
+  const int64_t planes = (num_masks + 7) / 8;
   alignas(64) float u[kGradBlock];
   const int64_t j0 = blk * kGradBlock, len = std::min(kGradBlock, n - j0);
   products(j0, len, u);
   for (int64_t g = 0; g < planes; ++g) {
     const uint8_t* p = bank + g * n + j0;
-    if (isa == Isa::portable) detail::plane_bit_sums_portable(p, u, len, out + 8 * g);
-    else detail::plane_bit_sums_avx2(p, u, len, out + 8 * g);
+    const int bits = int(std::min<int64_t>(8, num_masks - 8 * g));
+    if (isa == Isa::portable) detail::plane_bit_sums_portable(p, u, len, bits, out + 8 * g);
+    else detail::plane_bit_sums_avx2(p, u, len, bits, out + 8 * g);
   }
 }
 
 // Two full blocks a, a + 1 at once on AVX-512 (combine_kernels.h).
-void block_pair_bit_sums(const Products& products, const uint8_t* bank, int64_t n, int64_t planes, int64_t a,
+void block_pair_bit_sums(const Products& products, const uint8_t* bank, int64_t n, int64_t num_masks, int64_t a,
                          double* out_a, double* out_b) {
+  const int64_t planes = (num_masks + 7) / 8;
   alignas(64) float u[2][kGradBlock];
   alignas(64) float u_pair[2 * kGradBlock];
   products(a * kGradBlock, kGradBlock, u[0]);
@@ -239,7 +261,8 @@ void block_pair_bit_sums(const Products& products, const uint8_t* bank, int64_t 
     for (int h = 0; h < 2; ++h) std::memcpy(u_pair + 16 * q + 8 * h, u[h] + 8 * q, 8 * sizeof(float));
   for (int64_t g = 0; g < planes; ++g) {
     const uint8_t* pa = bank + g * n + a * kGradBlock;
-    detail::plane_pair_bit_sums_avx512(pa, pa + kGradBlock, u_pair, out_a + 8 * g, out_b + 8 * g);
+    const int bits = int(std::min<int64_t>(8, num_masks - 8 * g));
+    detail::plane_pair_bit_sums_avx512(pa, pa + kGradBlock, u_pair, bits, out_a + 8 * g, out_b + 8 * g);
   }
 }
 
@@ -292,12 +315,13 @@ void combine_masks_alpha_grad(const void* grad, Dtype grad_dtype, const void* we
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t a = task * step;
     if (step == 2 && (a + 2) * kGradBlock <= n) {
-      block_pair_bit_sums(products, bank, n, planes, a, partial.data() + a * slots, partial.data() + (a + 1) * slots);
+      block_pair_bit_sums(products, bank, n, num_masks, a, partial.data() + a * slots,
+                          partial.data() + (a + 1) * slots);
       continue;
     }
     const Isa block_isa = isa == Isa::portable ? Isa::portable : Isa::avx2;
     for (int64_t blk = a; blk < std::min(a + step, blocks); ++blk)
-      block_bit_sums(products, bank, n, planes, blk, block_isa, partial.data() + blk * slots);
+      block_bit_sums(products, bank, n, num_masks, blk, block_isa, partial.data() + blk * slots);
   }
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (blocks * num_masks > (1 << 16))
   for (int64_t k = 0; k < num_masks; ++k) {

@@ -102,26 +102,46 @@ IMPRESSLEARN_TARGET_AVX512 void accumulate_planes_avx512(const uint8_t* bank, in
 // byte becomes a lane of a mask with one vptestmb over 16 bytes (8 of each block),
 // and a masked add accumulates: 2 instructions per bit and 16 weights, against the
 // AVX2 loop's 3 per bit and 8 weights (shift, blend, add).
-IMPRESSLEARN_TARGET_AVX512 void plane_pair_bit_sums_avx512(const uint8_t* pa, const uint8_t* pb, const float* u_pair,
-                                                           double* sums_a, double* sums_b) {
-  __m512 acc[8];
+namespace {
+
+// Bits as a template argument keeps the accumulators in registers (see bit_sums_avx2).
+template <int Bits>
+IMPRESSLEARN_TARGET_AVX512 void pair_bit_sums(const uint8_t* pa, const uint8_t* pb, const float* u_pair, double* sums_a,
+                                              double* sums_b) {
+  __m512 acc[Bits];
   for (auto& a : acc) a = _mm512_setzero_ps();
-  __m128i bit[8];
-  for (int b = 0; b < 8; ++b) bit[b] = _mm_set1_epi8(static_cast<char>(1 << b));
+  __m128i bit[Bits];
+  for (int b = 0; b < Bits; ++b) bit[b] = _mm_set1_epi8(static_cast<char>(1 << b));
   for (int64_t j = 0; j < kGradBlock; j += 8) {
     const __m128i x = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pa + j)),
                                          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(pb + j)));
     const __m512 uv = _mm512_load_ps(u_pair + 2 * j);
-    for (int b = 0; b < 8; ++b) acc[b] = _mm512_mask_add_ps(acc[b], test_bytes(x, bit[b]), acc[b], uv);
+    for (int b = 0; b < Bits; ++b) acc[b] = _mm512_mask_add_ps(acc[b], test_bytes(x, bit[b]), acc[b], uv);
   }
   alignas(64) float lanes[16];
-  for (int b = 0; b < 8; ++b) {
+  for (int b = 0; b < Bits; ++b) {
     _mm512_store_ps(lanes, acc[b]);
     double sa = 0.0, sb = 0.0;
     for (int i = 0; i < 8; ++i) sa += lanes[i];
     for (int i = 8; i < 16; ++i) sb += lanes[i];
     sums_a[b] = sa;
     sums_b[b] = sb;
+  }
+}
+
+}  // namespace
+
+IMPRESSLEARN_TARGET_AVX512 void plane_pair_bit_sums_avx512(const uint8_t* pa, const uint8_t* pb, const float* u_pair,
+                                                           int bits, double* sums_a, double* sums_b) {
+  switch (bits) {
+    case 1: return pair_bit_sums<1>(pa, pb, u_pair, sums_a, sums_b);
+    case 2: return pair_bit_sums<2>(pa, pb, u_pair, sums_a, sums_b);
+    case 3: return pair_bit_sums<3>(pa, pb, u_pair, sums_a, sums_b);
+    case 4: return pair_bit_sums<4>(pa, pb, u_pair, sums_a, sums_b);
+    case 5: return pair_bit_sums<5>(pa, pb, u_pair, sums_a, sums_b);
+    case 6: return pair_bit_sums<6>(pa, pb, u_pair, sums_a, sums_b);
+    case 7: return pair_bit_sums<7>(pa, pb, u_pair, sums_a, sums_b);
+    default: return pair_bit_sums<8>(pa, pb, u_pair, sums_a, sums_b);
   }
 }
 

@@ -33,18 +33,20 @@ void accumulate_planes_avx2(const uint8_t* bank, int64_t n, int64_t planes, cons
 void accumulate_planes_avx512(const uint8_t* bank, int64_t n, int64_t planes, const PlaneTables* tables, int64_t j0,
                               int64_t len, float* acc);
 
-// sums[b] = sum_j u[j] bit_b(p[j]) for one plane of one block, in the canonical order:
-// lane i (0..7) sums, in fp32 and in index order, u[j] over the j < len - len % 8 with
-// j % 8 == i and bit b set; then sums[b] = ((lane 0 + lane 1) + ... + lane 7) in fp64,
-// plus the tail j >= len - len % 8 in index order, in fp64.
-void plane_bit_sums_portable(const uint8_t* p, const float* u, int64_t len, double* sums);
-void plane_bit_sums_avx2(const uint8_t* p, const float* u, int64_t len, double* sums);
+// sums[b] = sum_j u[j] bit_b(p[j]) for b < bits (1..8: the last plane of a bank may
+// hold fewer than 8 masks; sums[b >= bits] are not written), one plane of one block,
+// in the canonical order: lane i (0..7) sums, in fp32 and in index order, u[j] over
+// the j < len - len % 8 with j % 8 == i and bit b set; then
+// sums[b] = ((lane 0 + lane 1) + ... + lane 7) in fp64, plus the tail
+// j >= len - len % 8 in index order, in fp64.
+void plane_bit_sums_portable(const uint8_t* p, const float* u, int64_t len, int bits, double* sums);
+void plane_bit_sums_avx2(const uint8_t* p, const float* u, int64_t len, int bits, double* sums);
 
 // The same for two full blocks (kGradBlock weights each) at once, one per half of a
 // zmm register: pa, pb their bytes of one plane; u_pair their products interleaved
 // in groups of 8 (u_a[0..7], u_b[0..7], u_a[8..15], ...). Bit-identical to
 // plane_bit_sums_avx2 on each block.
-void plane_pair_bit_sums_avx512(const uint8_t* pa, const uint8_t* pb, const float* u_pair, double* sums_a,
+void plane_pair_bit_sums_avx512(const uint8_t* pa, const uint8_t* pb, const float* u_pair, int bits, double* sums_a,
                                 double* sums_b);
 
 }  // namespace impresslearn::cpu::detail
