@@ -214,7 +214,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
     Raises CheckpointError, naming the file and the problem, when the file is missing,
     truncated or damaged, not an impresslearn checkpoint, of an unsupported format
-    version, or when any tensor's bytes do not match the SHA-256 stored at save time.
+    version, when the header does not match its ``header_sha256``, when a tensor's declared
+    dtype and shape do not fit its bytes, or when any tensor's bytes do not match the
+    SHA-256 stored at save time. A version-1 file (no header checksum) loads with an
+    :class:`UncheckedHeaderWarning`.
     """
     from safetensors import safe_open
 
