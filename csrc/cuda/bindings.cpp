@@ -9,6 +9,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "topk.h"
 
 namespace {
@@ -64,11 +68,42 @@ void topk_mask_into_cuda(at::Tensor& bank, int64_t index, const at::Tensor& scor
                                          c10::cuda::getCurrentCUDAStream()));
 }
 
+// The compute capabilities the CUDA kernels were compiled for, as 10 * major + minor.
+std::vector<int64_t> cuda_archs() {
+  int archs[64];
+  const int count = std::min(kernels::compiled_archs(archs, 64), 64);
+  std::vector<int64_t> out;
+  for (int i = 0; i < count; ++i) out.push_back(archs[i] / 10);
+  return out;
+}
+
+// Empty if the CUDA kernels can run on `device`, else why not: a build without code
+// for the device fails at the first launch with "no kernel image is available".
+std::string cuda_kernel_reason(int64_t device) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  int binary = 0, ptx = 0;
+  const cudaError_t status = kernels::kernel_image(&binary, &ptx);
+  if (status == cudaSuccess) return "";
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, static_cast<int>(device));
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, static_cast<int>(device));
+  std::string built;
+  for (const int64_t arch : cuda_archs()) built += (built.empty() ? "" : ", ") + std::to_string(arch / 10) + "." +
+                                                  std::to_string(arch % 10);
+  return "impresslearn._C was built for compute capabilities " + built + " (TORCH_CUDA_ARCH_LIST), which cuda:" +
+         std::to_string(device) + " (" + std::to_string(major) + "." + std::to_string(minor) +
+         ") cannot run: " + cudaGetErrorString(status) + "; rebuild with TORCH_CUDA_ARCH_LIST including " +
+         std::to_string(major) + "." + std::to_string(minor);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(impresslearn, m) {
   m.def("topk_mask_cuda(Tensor scores, int k) -> Tensor");
   m.def("topk_mask_into_cuda(Tensor(a!) bank, int index, Tensor scores, int k) -> ()");
+  // no tensors: registered for every dispatch key (CompositeImplicit), callable without a GPU
+  m.def("cuda_archs() -> int[]", &cuda_archs);
+  m.def("cuda_kernel_reason(int device) -> str", &cuda_kernel_reason);
 }
 
 TORCH_LIBRARY_IMPL(impresslearn, CUDA, m) {

@@ -5,8 +5,9 @@
 //
 // 1. Radix select, 8 bits a pass from the top (4 passes for fp32, 2 for fp16/bf16):
 //    a histogram of the next digit over the keys that match the prefix found so far,
-//    then one thread picks the digit where the count from the top reaches k. All of
-//    it stays on the device (no host sync): the state lives in the workspace.
+//    then one block of 256 threads (one per digit) scans the counts from the top and
+//    the thread whose bin holds the k-th key records its digit. All of it stays on the
+//    device (no host sync): the state lives in the workspace.
 //    After the last pass: T = the k-th largest key, need = how many keys equal to T
 //    belong in the mask (keys > T all do), equal_total = how many keys equal T.
 // 2. If equal_total == need (the usual case for real-valued scores) every key >= T
@@ -17,7 +18,11 @@
 // 3. The write pass stores bool bytes, or sets one bit of a bank plane (other bits
 //    intact; each thread owns its bytes, so no atomics).
 
+#include <cooperative_groups.h>
+#include <cub/block/block_scan.cuh>
+
 #include <algorithm>
+#include <cstring>
 
 #include "topk.h"
 
@@ -55,39 +60,80 @@ __global__ void init_kernel(State* st, int64_t k) {
   }
 }
 
+// Adds a key to the block's histogram if it matches the prefix found so far.
+//
+// Lanes whose keys share a digit add once, together: the keys of real scores pile
+// into a few digits (in the first pass nearly all share one exponent byte), and 32
+// lanes adding 1 to one shared counter are 32 serialised atomics; grouped, they are
+// one. labeled_partition is one match.any instruction (sm_70+) on the active lanes.
+__device__ __forceinline__ void count_key(uint32_t* local, uint32_t key, uint32_t prefix, uint32_t prefix_mask,
+                                          int shift) {
+  namespace cg = cooperative_groups;
+  if ((key & prefix_mask) != prefix) return;
+  const uint32_t digit = (key >> shift) & (kBins - 1);
+  const auto same_digit = cg::labeled_partition(cg::coalesced_threads(), digit);
+  if (same_digit.thread_rank() == 0) atomicAdd(&local[digit], same_digit.size());
+}
+
 // Histogram of digit (key >> shift) & 0xff over the keys that match the prefix.
 // Shared-memory counts are 32-bit: a block sees far fewer than 2^32 scores.
+//
+// The scores are read 16 bytes per load (4 fp32 or 8 fp16/bf16 keys) when they are
+// 16-byte aligned, the rest one key at a time: a pass is a stream over n scores, and
+// wide loads keep more bytes in flight per instruction than 2- or 4-byte ones.
 template <typename Bits>
 __global__ void histogram_kernel(const Bits* scores, int64_t n, State* st, int shift) {
+  constexpr int kPerVector = 16 / sizeof(Bits);
+  constexpr uint32_t kMagnitude = sizeof(Bits) == 4 ? 0x7fffffffu : 0x7fffu;
   __shared__ uint32_t local[kBins];
   for (int b = threadIdx.x; b < kBins; b += blockDim.x) local[b] = 0;
   __syncthreads();
   const uint32_t prefix = st->prefix, prefix_mask = st->prefix_mask;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const uint32_t key = key_at(scores, i);
-    if ((key & prefix_mask) == prefix) atomicAdd(&local[(key >> shift) & (kBins - 1)], 1u);
+  int64_t scalar_from = 0;
+  if (reinterpret_cast<uintptr_t>(scores) % 16 == 0) {  // the same in every thread
+    const int64_t vectors = n / kPerVector;
+    const auto* wide = reinterpret_cast<const uint4*>(scores);
+    for (int64_t v = first; v < vectors; v += stride) {
+      const uint4 word = __ldg(wide + v);
+      Bits keys[kPerVector];
+      memcpy(keys, &word, sizeof(word));
+#pragma unroll
+      for (int j = 0; j < kPerVector; ++j) count_key(local, uint32_t(keys[j]) & kMagnitude, prefix, prefix_mask, shift);
+    }
+    scalar_from = vectors * kPerVector;
   }
+  for (int64_t i = scalar_from + first; i < n; i += stride)
+    count_key(local, key_at(scores, i), prefix, prefix_mask, shift);
   __syncthreads();
   for (int b = threadIdx.x; b < kBins; b += blockDim.x)
     if (local[b]) atomicAdd(&st->hist[b], static_cast<unsigned long long>(local[b]));
 }
 
-// One thread: the digit d with count(digit > d) < k_left <= count(digit >= d).
-__global__ void select_digit_kernel(State* st, int shift, bool last) {
-  if (threadIdx.x != 0) return;
+// The digit d with count(digit > d) < k_left <= count(digit >= d), by kBins threads.
+//
+// Thread t holds the count of digit kBins-1-t, so an exclusive prefix sum over the
+// threads (CUB's block scan, in shared memory) is count(digit > d) for each d. A
+// single thread walking the 256 bins from the top did a dependent global load per
+// bin: up to 256 round trips to L2 per pass, 4 passes per call. Exactly one thread
+// sees above < k <= above + count (bins with no keys have above == above + count).
+__global__ void __launch_bounds__(kBins) select_digit_kernel(State* st, int shift, bool last) {
+  using Scan = cub::BlockScan<unsigned long long, kBins>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  const int digit = kBins - 1 - int(threadIdx.x);
+  const unsigned long long count = st->hist[digit];
   const unsigned long long k = st->k_left;
   unsigned long long above = 0;
-  int d = kBins - 1;
-  for (; d > 0; --d) {
-    if (above + st->hist[d] >= k) break;
-    above += st->hist[d];
+  Scan(scan_storage).ExclusiveSum(count, above);
+  __syncthreads();  // every thread has read k_left and its bin before one of them writes
+  st->hist[digit] = 0;  // ready for the next pass
+  if (above < k && k <= above + count) {
+    st->k_left = k - above;
+    st->prefix |= uint32_t(digit) << shift;
+    st->prefix_mask |= uint32_t(kBins - 1) << shift;
+    if (last) st->equal_total = count;
   }
-  st->k_left = k - above;
-  st->prefix |= uint32_t(d) << shift;
-  st->prefix_mask |= uint32_t(kBins - 1) << shift;
-  if (last) st->equal_total = st->hist[d];
-  for (int b = 0; b < kBins; ++b) st->hist[b] = 0;
 }
 
 __device__ __forceinline__ bool take_every_tie(const State* st) { return st->equal_total == st->k_left; }
@@ -208,7 +254,7 @@ cudaError_t launch(const Bits* scores, int64_t n, int64_t k, uint8_t* out, int b
   const int blocks = histogram_blocks(n);
   for (int shift = key_bits - kDigitBits; shift >= 0; shift -= kDigitBits) {
     histogram_kernel<Bits><<<blocks, kThreads, 0, stream>>>(scores, n, st, shift);
-    select_digit_kernel<<<1, 32, 0, stream>>>(st, shift, shift == 0);
+    select_digit_kernel<<<1, kBins, 0, stream>>>(st, shift, shift == 0);
   }
   count_ties_kernel<Bits><<<tiles, kThreads, 0, stream>>>(scores, n, st, tile_counts);
   scan_ties_kernel<<<1, 1024, 0, stream>>>(st, tile_counts, tiles);
@@ -225,6 +271,27 @@ cudaError_t dispatch(const void* scores, ScoreBits bits, int64_t n, int64_t k, u
 }
 
 }  // namespace
+
+int compiled_archs(int* out, int max) {
+  // nvcc defines __CUDA_ARCH_LIST__ as the virtual architectures of this compilation
+  // (TORCH_CUDA_ARCH_LIST), e.g. 800,860,890,900, in host code too
+  constexpr int kArchs[] = {__CUDA_ARCH_LIST__};
+  constexpr int kCount = int(sizeof(kArchs) / sizeof(kArchs[0]));
+  for (int i = 0; i < kCount && i < max; ++i) out[i] = kArchs[i];
+  return kCount;
+}
+
+cudaError_t kernel_image(int* binary_version, int* ptx_version) {
+  cudaFuncAttributes attributes{};
+  const cudaError_t status = cudaFuncGetAttributes(&attributes, histogram_kernel<uint32_t>);
+  if (status != cudaSuccess) {
+    cudaGetLastError();  // not a sticky error: clear it so the next CUDA call does not report it
+    return status;
+  }
+  *binary_version = attributes.binaryVersion;
+  *ptx_version = attributes.ptxVersion;
+  return cudaSuccess;
+}
 
 size_t topk_workspace_bytes(int64_t n) { return state_bytes() + size_t(num_tiles(n)) * sizeof(unsigned long long); }
 

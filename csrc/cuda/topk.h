@@ -32,4 +32,14 @@ cudaError_t topk_mask(const void* scores, ScoreBits bits, int64_t n, int64_t k, 
 cudaError_t topk_mask_into(const void* scores, ScoreBits bits, int64_t n, int64_t k, uint8_t* plane, int bit,
                            void* workspace, cudaStream_t stream);
 
+// The compute capabilities this build holds code for (e.g. 800, 860, 890, 900: nvcc's
+// __CUDA_ARCH_LIST__): writes at most `max` to `out`, returns how many there are.
+int compiled_archs(int* out, int max);
+
+// Whether the kernels above can run on the current device: cudaSuccess and the
+// versions of the image the driver chose (e.g. 80 for sm_80 code on an sm_86 card,
+// ptx 90 for PTX JIT-compiled for a newer one), or the error loading them gives
+// (cudaErrorNoKernelImageForDevice when the build holds nothing this device runs).
+cudaError_t kernel_image(int* binary_version, int* ptx_version);
+
 }  // namespace impresslearn::cuda
