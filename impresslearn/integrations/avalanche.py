@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "impresslearn.integrations.avalanche needs Avalanche: pip install 'impresslearn[avalanche]' "
         f"(avalanche-lib); import failed with: {exc}") from exc
 
-from ..config import TrainConfig
+from ..config import TrainConfig, check_integer
 from ..objectives import AlphaObjective, EdgePopupObjective, TaskObjective
 
 
@@ -140,9 +140,8 @@ class ImpressLearnStrategy(SupervisedTemplate):
         eval_every: int = -1,
         **template_kwargs,
     ):
-        for key, value in (("basis_experiences", basis_experiences), ("random_masks", random_masks)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{key} must be an int >= 0, got {value!r}")
+        basis_experiences = check_integer(basis_experiences, "basis_experiences", minimum=0)
+        random_masks = check_integer(random_masks, "random_masks", minimum=0)
         for key, value in (("mask_train", mask_train), ("alpha_train", alpha_train)):
             if not isinstance(value, TrainConfig):
                 raise TypeError(f"{key} must be an impresslearn TrainConfig, got {type(value).__name__}")

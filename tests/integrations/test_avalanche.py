@@ -180,8 +180,10 @@ def test_a_failed_experience_stores_nothing(data):
 
 def test_bad_arguments_are_refused():
     learner = ImpressLearner(create_model("lenet300", num_classes=10, seed=0, hidden=[8, 8]), density=0.2)
-    with pytest.raises(ValueError, match="basis_experiences must be an int >= 0"):
+    with pytest.raises(ValueError, match="basis_experiences: must be >= 0"):
         ImpressLearnStrategy(learner=learner, basis_experiences=-1)
+    with pytest.raises(TypeError, match="random_masks: must be an integer"):
+        ImpressLearnStrategy(learner=learner, basis_experiences=1, random_masks=2.0)
     with pytest.raises(ValueError, match="the bank would stay empty"):
         ImpressLearnStrategy(learner=learner, basis_experiences=0)
     with pytest.raises(TypeError, match="mask_train must be an impresslearn TrainConfig"):
