@@ -2,7 +2,10 @@
 
 Results go to ``--out`` (default ``runs/<config name>``): one JSON per finished run under
 ``runs/``, aggregated ``results.json`` / ``results.csv`` / ``matrices.csv``, and box plots.
-Re-running the same command resumes: finished runs are read back, never recomputed.
+Re-running the same command resumes: finished runs are read back, never recomputed (a run
+file that does not verify is run again). One runner per output folder: a second one exits
+with status 3 and names the process that holds the folder. A bad config or override exits
+with status 2 before anything trains.
 """
 
 from __future__ import annotations
