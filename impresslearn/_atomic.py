@@ -48,7 +48,9 @@ def _temp_name(target: str, host: str, pid: int) -> str:
 
 def _temp_pattern(target: str) -> re.Pattern:
     """The names :func:`_temp_name` gives for ``target``, with host and pid captured."""
-    return re.compile(rf"\.{re.escape(target)}\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)\.[0-9a-f]{{12}}{re.escape(_TEMP_SUFFIX)}")
+    return re.compile(
+        rf"\.{re.escape(target)}\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)\.[0-9a-f]{{12}}{re.escape(_TEMP_SUFFIX)}"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
