@@ -56,6 +56,8 @@ def _temp_pattern(target: str) -> re.Pattern:
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
+    if os.name == "nt":  # os.kill(pid, 0) sends CTRL_C_EVENT there: never probe, keep the file
+        return True
     try:
         os.kill(pid, 0)  # signal 0: existence check only
     except ProcessLookupError:
