@@ -249,7 +249,8 @@ def stacked_coefficients(learner, names: Sequence[str]) -> tuple[torch.Tensor, t
         if e is not None and not e.any():
             e = None
     _STACK_CACHE.clear()  # one learner's stack at a time: a 1000-task stack is K*d*4 KB
-    _STACK_CACHE[id(learner)] = (key, a, e)
+    # the coefficient tensors are held too, so their ids cannot be reused while the key is alive
+    _STACK_CACHE[id(learner)] = (key, a, e, [r.coefficients for r in records])
     return a, e
 
 
