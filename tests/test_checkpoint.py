@@ -460,8 +460,7 @@ def test_dtypes_safetensors_cannot_store_are_refused_before_writing(tmp_path):
 # ----------------------------------------------------------------------------- through the learner
 
 
-def test_learner_checkpoint_with_a_changed_header_value_is_refused(tmp_path):
-    """End to end through ImpressLearner.save / load: the checksum guards the learner's own metadata."""
+def _small_learner():
     from impresslearn import ImpressLearner
     from impresslearn.models import create_model
 
@@ -470,10 +469,31 @@ def test_learner_checkpoint_with_a_changed_header_value_is_refused(tmp_path):
     learner.add_random_masks(3, seed=0)
     learner.register_task("t0", torch.full((3, learner.num_layers), 1 / 3))
     learner.register_task("t1", torch.full((3, learner.num_layers), 0.25))
+    return learner
+
+
+def test_learner_checkpoint_with_a_changed_header_value_is_refused(tmp_path):
+    """End to end through ImpressLearner.save / load: the checksum guards the learner's own metadata."""
+    from impresslearn import ImpressLearner
+
     path = tmp_path / "learner.ckpt"
-    learner.save(path)
+    _small_learner().save(path)
     ImpressLearner.load(path)
     # hidden=(5, 4) -> (5, 6): a one-bit flip in the backbone spec (0x34 '4' -> 0x36 '6')
     _replace_in_header(path, rb"5, 4]", rb"5, 6]")
     with pytest.raises(CheckpointError, match="damaged header"):
         ImpressLearner.load(path)
+
+
+def test_learner_checkpoint_in_format_1_still_loads(tmp_path):
+    from impresslearn import ImpressLearner
+
+    learner = _small_learner()
+    path = tmp_path / "learner.ckpt"
+    learner.save(path)
+    _save_version_1(path, *load_checkpoint(path))  # the same learner, as the format-1 writer wrote it
+    with pytest.warns(ckpt.UncheckedHeaderWarning):
+        loaded = ImpressLearner.load(path)
+    assert list(loaded.tasks) == ["t0", "t1"]
+    for name in ("t0", "t1"):
+        assert torch.equal(loaded.tasks[name].coefficients, learner.tasks[name].coefficients)
