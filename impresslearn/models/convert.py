@@ -12,10 +12,11 @@ silently:
   and activation; timm's ``Linear`` only differs under TorchScript).
 - A module registered under several names becomes one masked layer under all of them. A
   Parameter shared between two modules is refused (swapping one would untie them).
-- ``nn.MultiheadAttention`` becomes ``ImpressMultiheadAttention`` (its forward reads
-  ``in_proj_weight`` and ``out_proj.weight`` directly, so both are masked there). Other modules
-  whose forward reads a child's weight directly (torchvision's Swin attention) are refused: a
-  mask would never reach that weight. Exclude them with ``module_filter_fn``.
+- Modules whose forward reads a child's weight directly are swapped whole:
+  ``nn.MultiheadAttention`` becomes ``ImpressMultiheadAttention`` (``in_proj_weight`` and
+  ``out_proj`` masked), torchvision's Swin attention a subclass whose forward reads its masked
+  ``qkv`` and ``proj``. Keeping such a module (``module_filter_fn``) while masking one of its
+  children is refused: the mask would never reach the output.
 - Biases are dropped with a warning naming the layers (the ImpressLearn backbone has none),
   or kept frozen with ``keep_bias=True``.
 - A second ``convert`` of a converted model is a no-op when it would give the same backbone,
@@ -24,6 +25,7 @@ silently:
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections import defaultdict
 from typing import Callable
@@ -48,8 +50,8 @@ _BASES = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.MultiheadAtte
 
 # Modules whose forward reads a child Linear's weight (or its own weight Parameters) directly:
 # swapping the child would mask a weight the forward never multiplies through the child.
-# nn.MultiheadAttention itself is swapped whole (ImpressMultiheadAttention); it is listed for
-# when module_filter_fn keeps it but not its out_proj.
+# Each is swapped whole (_WHOLE_SWAPS); they are listed for when module_filter_fn keeps a child
+# but not the module itself.
 _READS_CHILD_WEIGHTS = {
     "torch.nn.modules.activation.MultiheadAttention": "its forward passes in_proj_weight and out_proj.weight "
     "straight to F.multi_head_attention_forward",
@@ -63,6 +65,11 @@ _READS_CHILD_WEIGHTS = {
 def _qualname(module: nn.Module) -> str:
     cls = type(module)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _class_names(module: nn.Module) -> list[str]:
+    """Qualified names of the module's class and its bases (checked without importing their packages)."""
+    return [f"{c.__module__}.{c.__qualname__}" for c in type(module).__mro__]
 
 
 def init_backbone_(model: nn.Module, seed: int, init: str = "signed_constant") -> nn.Module:
@@ -156,6 +163,20 @@ def _linear_ignoring_torchscript(module: nn.Linear, keep_bias: bool) -> ImpressL
     return _linear(module, keep_bias)
 
 
+def _swin_attention(module: nn.Module, keep_bias: bool) -> nn.Module:
+    """A copy of the attention module (its position tables and V2's logit scale kept) as the masked subclass."""
+    new = copy.deepcopy(module)
+    from . import _swin  # imports torchvision, which is there: the module being converted comes from it
+
+    new.__class__ = _swin.MASKED[type(module)]  # same fields, only forward differs
+    new.qkv = _linear(module.qkv, keep_bias)
+    new.proj = _linear(module.proj, keep_bias)
+    for name, child in getattr(new, "cpb_mlp", nn.Sequential()).named_children():  # V2's position-bias MLP
+        if type(child) is nn.Linear:
+            setattr(new.cpb_mlp, name, _linear(child, keep_bias))
+    return new
+
+
 _SWAPS: dict[type, Callable] = {
     nn.Linear: _linear,
     nn.Conv2d: _conv,
@@ -168,13 +189,26 @@ _KNOWN_SUBCLASSES: dict[str, Callable] = {
     "timm.layers.norm_act.BatchNormAct2d": _batch_norm_act,
     "timm.layers.linear.Linear": _linear_ignoring_torchscript,
 }
+# modules swapped whole because their forward reads their children's weights (the children
+# are then part of the replacement, not swapped on their own)
+_WHOLE_SWAPS: dict[str, Callable] = {
+    "torch.nn.modules.activation.MultiheadAttention": _attention,
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": _swin_attention,
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": _swin_attention,
+}
 
 
 def _swap_function(module: nn.Module, fqn: str) -> Callable | None:
     """How to swap ``module``: a function, None (not a swappable layer), or a ValueError."""
     if isinstance(module, _IMPRESS_TYPES):
         return None
-    known = _KNOWN_SUBCLASSES.get(_qualname(module))
+    if isinstance(module, nn.MultiheadAttention) and (not module._qkv_same_embed_dim or module.bias_k is not None):
+        raise ValueError(
+            f"convert cannot mask {fqn or 'the model'} (MultiheadAttention): only kdim == vdim == embed_dim without "
+            f"add_bias_kv is supported. Keep it as it is with module_filter_fn=lambda module, fqn: not "
+            f"fqn.startswith({fqn!r})"
+        )
+    known = _KNOWN_SUBCLASSES.get(_qualname(module)) or _WHOLE_SWAPS.get(_qualname(module))
     if known is not None:
         return known
     base = next((b for b in _BASES if isinstance(module, b)), None)
@@ -185,12 +219,6 @@ def _swap_function(module: nn.Module, fqn: str) -> Callable | None:
             f"convert cannot mask {fqn or 'the model'} ({_qualname(module)}): it subclasses {base.__name__} with its "
             f"own forward, which a plain Impress layer would drop. Keep it as it is with "
             f"module_filter_fn=lambda module, fqn: fqn != {fqn!r}"
-        )
-    if base is nn.MultiheadAttention and (not module._qkv_same_embed_dim or module.bias_k is not None):
-        raise ValueError(
-            f"convert cannot mask {fqn or 'the model'} (MultiheadAttention): only kdim == vdim == embed_dim without "
-            f"add_bias_kv is supported. Keep it as it is with module_filter_fn=lambda module, fqn: not "
-            f"fqn.startswith({fqn!r})"
         )
     return _SWAPS[base]
 
@@ -236,10 +264,10 @@ def convert(
         swap = _swap_function(module, fqns[0])
         if swap is not None:
             plan[key] = swap
-    # a swapped attention module replaces its children (out_proj) with its own
-    swapped_attention = [names[k][0] for k in plan if isinstance(modules[k], nn.MultiheadAttention)]
+    # an attention module swapped whole replaces its children (out_proj, qkv, proj) with its own
+    swapped_whole = [names[k][0] for k in plan if plan[k] in _WHOLE_SWAPS.values()]
     for key in list(plan):
-        if any(all(_inside(f, outer) for f in names[key]) for outer in swapped_attention):
+        if any(all(_inside(f, outer) for f in names[key]) for outer in swapped_whole):
             del plan[key]
 
     _refuse_weights_read_elsewhere(model, names, modules, plan)
@@ -276,14 +304,18 @@ def _inside(fqn: str, outer: str) -> bool:
 
 
 def _has_bias(module: nn.Module) -> bool:
+    """Whether swapping ``module`` drops a bias (without keep_bias)."""
     if isinstance(module, nn.MultiheadAttention):
         return module.in_proj_bias is not None
+    if _qualname(module) in _WHOLE_SWAPS:
+        return any(m.bias is not None for m in module.modules() if isinstance(m, nn.Linear))
     return not isinstance(module, nn.modules.batchnorm._BatchNorm) and getattr(module, "bias", None) is not None
 
 
 def _refuse_weights_read_elsewhere(model, names, modules, plan) -> None:
     for key, module in modules.items():
-        reason = _READS_CHILD_WEIGHTS.get(_qualname(module))
+        # subclasses too: a subclass of an attention module reads the same weights unless proven otherwise
+        reason = next((_READS_CHILD_WEIGHTS[q] for q in _class_names(module) if q in _READS_CHILD_WEIGHTS), None)
         if reason is None or key in plan:  # swapped whole: its replacement masks those weights itself
             continue
         inside = [names[k][0] for k in plan if any(_inside(n, names[key][0]) for n in names[k])]

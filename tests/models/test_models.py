@@ -159,7 +159,17 @@ def test_convert_refuses_subclasses_with_their_own_forward_and_weights_read_else
         convert(nn.Sequential(nn.MultiheadAttention(8, 2, kdim=4)), seed=0)
     swin = pytest.importorskip("torchvision.models.swin_transformer")
     with pytest.raises(ValueError, match=r"cannot mask 0 \(ShiftedWindowAttention\).*qkv.weight"):
-        convert(nn.Sequential(swin.ShiftedWindowAttention(8, [2, 2], [1, 1], 2)), seed=0)
+        convert(nn.Sequential(swin.ShiftedWindowAttention(8, [2, 2], [1, 1], 2)), seed=0,
+                module_filter_fn=lambda mod, fqn: fqn != "0")  # fmt: skip
+
+    class MyWindowAttention(swin.ShiftedWindowAttention):  # a subclass is not swapped whole, so refused
+        pass
+
+    with pytest.raises(ValueError, match=r"cannot mask 0 \(MyWindowAttention\).*qkv.weight"):
+        convert(nn.Sequential(MyWindowAttention(8, [2, 2], [1, 1], 2)), seed=0)
+    with pytest.warns(UserWarning, match=r"dropped the bias of 1 layers \(0\)"):  # qkv's and the MLP's
+        masked = convert(nn.Sequential(swin.ShiftedWindowAttentionV2(8, [2, 2], [1, 1], 2)), seed=0)
+    assert len(impress_layers(masked)) == 4  # qkv, proj and the two layers of the position-bias MLP
 
 
 @pytest.mark.parametrize("batch_first, bias", [(True, False), (False, True)])

@@ -78,6 +78,13 @@ def _tv_resnet(block: str, layers, **kwargs):
     return build
 
 
+def _tv_swin_v2_small_config():
+    from torchvision.models.swin_transformer import SwinTransformer, SwinTransformerBlockV2, PatchMergingV2
+
+    return SwinTransformer([4, 4], 16, [1, 1], [1, 2], [4, 4], block=SwinTransformerBlockV2,
+                           downsample_layer=PatchMergingV2, num_classes=10)  # fmt: skip
+
+
 def _tv_efficientnet_small_config():
     from torchvision.models.efficientnet import EfficientNet, MBConvConfig
 
@@ -93,7 +100,6 @@ def _timm(name: str, **kwargs) -> Callable[[], nn.Module]:
     return build
 
 
-_SWIN = r"ShiftedWindowAttention\).*qkv.weight"
 
 CASES = [
     # torchvision, default run: the small members of each family, reduced configurations of the big ones
@@ -117,8 +123,8 @@ CASES = [
     ZooCase(
         "swin (depths 1,1, width 16)",
         _tv_class("torchvision.models.swin_transformer.SwinTransformer", [4, 4], 16, [1, 1], [1, 2], [4, 4], num_classes=10),
-        refused=_SWIN,
     ),
+    ZooCase("swin_v2 (depths 1,1, width 16)", _tv_swin_v2_small_config),
     ZooCase(
         "maxvit (2 stages, width 16/32)",
         _tv_class("torchvision.models.maxvit.MaxVit", (32, 32), 8, 2, [16, 32], [1, 1], 8, 0.0, num_classes=10),
@@ -131,7 +137,8 @@ CASES = [
     ZooCase("convnext_tiny", _tv("convnext_tiny", num_classes=10), slow=True),
     ZooCase("densenet121", _tv("densenet121", num_classes=10), slow=True),
     ZooCase("vit_b_16", _tv("vit_b_16", num_classes=10), input_size=224, slow=True),
-    ZooCase("swin_t", _tv("swin_t", num_classes=10), refused=_SWIN, slow=True),
+    ZooCase("swin_t", _tv("swin_t", num_classes=10), slow=True),
+    ZooCase("swin_v2_t", _tv("swin_v2_t", num_classes=10), slow=True),
     ZooCase("maxvit_t", _tv("maxvit_t", num_classes=10), input_size=224, slow=True),
     # timm
     ZooCase("timm resnet18", _timm("resnet18"), slow=True),
