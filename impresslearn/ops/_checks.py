@@ -81,7 +81,11 @@ def check_finite(name: str, t: torch.Tensor) -> None:
         # device-side assert).
         torch._assert_async(torch.isfinite(lo) & torch.isfinite(hi), f"{name} must be finite (it holds NaN or inf)")
         return
-    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):  # one host read
+    if t.device.type == "cpu":  # host reads cost nothing here, and skip three small ops (65 -> 9 us per
+        finite = math.isfinite(lo.item()) and math.isfinite(hi.item())  # alpha on a busy 2-core machine)
+    else:
+        finite = bool(torch.isfinite(lo) & torch.isfinite(hi))  # one host read
+    if not finite:
         flat = t.detach().reshape(-1)
         bad = (~torch.isfinite(flat)).nonzero()
         first = int(bad[0])
