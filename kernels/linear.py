@@ -47,13 +47,20 @@ from ..ops import _checks
 from ._launch import FLOAT_DTYPES, MAX_GRID, check_interpretable, launch
 from .combine import check_alpha, coefficient_table, mask_coefficients, reduce_bits_into
 
-# Tiles chosen from ptxas reports for sm_90 (no GPU was at hand to time them): with
-# BLOCK_C = 64 the forward used 255 registers and spilled 128-760 bytes per thread at
-# 4 warps; BLOCK_C = 32 keeps the forward and grad_x free of spills (the grad_params
-# kernel spills <= 24 bytes). Retune with benchmarks/gpu_cases.py on a GPU.
+# Tiles and warps chosen from ptxas reports (tests/kernels/compile_targets.py
+# --resources; no GPU was at hand to time them). With BLOCK_C = 64 the forward used
+# 255 registers and spilled 128-760 bytes per thread at 4 warps; BLOCK_C = 32 fixed
+# that for C a multiple of 16, but where C is not (LeNet's 300 -> 100 layer: the loads
+# cannot be vectorised and every element keeps its own 64-bit address) the three
+# kernels still used 128-202 registers at 4 warps and grad_x spilled 8-24 bytes (also
+# at the fc layer, 16 x 2048 -> 1000, fp32). 8 warps spread each 64 x 32 weight tile
+# over twice the threads: on sm_90, 80-119 registers and no spills at those shapes
+# (fc: 40-61), so more warps stay resident to hide the bank and table loads, which is
+# what a bandwidth-bound kernel needs. Retune with benchmarks/gpu_cases.py on a GPU.
 _BLOCK_N = 64
 _BLOCK_C = 32
 _MAX_BLOCK_M = 64
+_NUM_WARPS = 8
 
 
 @triton.jit
@@ -231,7 +238,7 @@ def linear_forward(x, weight, bank, alpha, *, use_table: bool = True, split: int
     launch(
         _linear_fwd_kernel, grid, x, weight, bank, table, alpha, partial, m, n, c, n * c, planes, alpha.shape[0], per_split,
         PRECISION=_precision(x.dtype, x.device), USE_TABLE=use_table,
-        BLOCK_M=block_m, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, num_warps=4,
+        BLOCK_M=block_m, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, num_warps=_NUM_WARPS,
     )
     return _sum_splits(partial, x.dtype)
 
@@ -256,7 +263,7 @@ def linear_grad_input(grad, weight, bank, alpha, *, use_table: bool = True, spli
     launch(
         _linear_grad_x_kernel, grid, grad, weight, bank, table, alpha, partial, m, n, c, n * c, planes, alpha.shape[0],
         per_split, PRECISION=_precision(grad.dtype, grad.device), USE_TABLE=use_table,
-        BLOCK_M=block_m, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, num_warps=4,
+        BLOCK_M=block_m, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, num_warps=_NUM_WARPS,
     )
     return _sum_splits(partial, grad.dtype)
 
@@ -281,6 +288,6 @@ def linear_grad_params(grad, x, weight, bank, alpha, weight_grad: bool, *, use_t
         _linear_grad_params_kernel, (tiles,), grad, x, weight, bank, table, alpha, grad_w, partial,
         m, n, c, n * c, planes, k, tiles_c,
         PRECISION=_precision(x.dtype, x.device), USE_TABLE=use_table, WEIGHT_GRAD=weight_grad,
-        BLOCK_M=_block_m(m), BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, num_warps=4,
+        BLOCK_M=_block_m(m), BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, num_warps=_NUM_WARPS,
     )
     return grad_w, partial.sum(dim=0)
