@@ -30,7 +30,7 @@ from . import accounting, inference, learner_io
 from .config import TrainConfig, check_integer
 from .layers import (add_bn_slot, bind_coefficients, drop_bn_slots_from, impress_layers, multitask_bns,
                      one_hot_coefficients, set_bn_slot)
-from .objectives import AlphaObjective, EdgePopupObjective, TrainingHistory, accuracy, batch_inputs, fit
+from .objectives import AlphaObjective, EdgePopupObjective, TrainingHistory, accuracy, fit
 from .ops import keep_count
 from .tasks import TaskRecord, TaskRegistry, state_sha256
 
@@ -335,4 +335,4 @@ class ImpressLearner:
         return learner_io.load_learner(cls, path, device, backend, model=model, progress=progress)
 
 
-__all__ = ["ImpressLearner", "TaskRecord", "TrainConfig", "TrainingHistory", "batch_inputs"]
+__all__ = ["ImpressLearner", "TaskRecord", "TrainConfig", "TrainingHistory"]
