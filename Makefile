@@ -60,8 +60,9 @@ info: setup
 
 # On a machine with an NVIDIA GPU (8 minutes at most): smoke checks of every GPU kernel
 # against the reference, pytest -m gpu, the GPU benchmark rows, a profile; one report in
-# runs/gpu_check/report.md. Without a GPU it stops at once and says so.
-gpu-check: setup
+# runs/gpu_check/report.md. Without a GPU it stops at once and says so. Needs the build,
+# not the data (a GPU host may have no network for apt-get).
+gpu-check: $(BUILT)
 	$(PY) scripts/gpu_check.py --out runs/gpu_check
 
 clean:
