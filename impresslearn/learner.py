@@ -224,7 +224,7 @@ class ImpressLearner:
         self.tasks.check_new_name(name)
         if kind not in ("basis", "new"):
             raise ValueError(f"register_task stores 'basis' or 'new' tasks, got {kind!r}")
-        a = torch.as_tensor(coefficients, dtype=torch.float32)
+        a = torch.as_tensor(coefficients, dtype=torch.float32).cpu()
         if a.dim() != 2 or a.shape[1] != self.num_layers or not 1 <= a.shape[0] <= self.num_masks:
             raise ValueError(
                 f"coefficients must be [K_t, {self.num_layers}] with 1 <= K_t <= {self.num_masks}, got {tuple(a.shape)}"

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from ..accounting import model_sizes, supsup_bytes_per_task
+from ..layers import one_hot_coefficients
 from ..metrics import accuracy_summary
 from ._config import stable_hash
 
@@ -470,9 +471,7 @@ def run_gn(run, ctx: RunContext) -> dict:
         # the picked mask is then scored alone (evaluate_mask: BN, if any, on batch statistics,
         # as the imported masks carry no BN slot).
         for b, sname in enumerate(sup_names):
-            onehot = torch.zeros(b + 1, sup.num_layers)
-            onehot[b] = 1.0
-            sup.register_task(sname, onehot, kind="basis")
+            sup.register_task(sname, one_hot_coefficients(sup.model, b), kind="basis")
         for name, sname in zip(names, sup_names):
             for x, y in batches[name]:
                 picked = sup.infer_task(x, method=p["gn_methods"][0])
