@@ -137,9 +137,9 @@ def fingerprints_for(learner, sc, names, trained: set, path: Path, sketch_dims, 
     """
     cached = torch.load(path, weights_only=False) if path.exists() else {}
     changed = False
-    for i, m in enumerate(sketch_dims):
-        table = cached.setdefault(m, {})
-        for t, name in names:
+    for t, name in names:  # tasks outside, sizes inside: each task's images are built once
+        for i, m in enumerate(sketch_dims):
+            table = cached.setdefault(m, {})
             if name in table:
                 continue
             x = sc.task(t).train.inputs[:images]
@@ -265,6 +265,8 @@ def main() -> int:
     p.add_argument("--alpha", type=int, default=250, help="permuted new tasks learned as alpha")
     p.add_argument("--rotated", type=int, default=30, help="rotated basis tasks")
     p.add_argument("--spacing", type=float, default=12.0, help="degrees between rotated tasks")
+    p.add_argument("--rotated-steps", type=int, nargs="+", default=[1, 2, 3],
+                   help="rotated candidate sets: every step-th task (spacing * step degrees)")
     p.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 250, 1000], help="candidate set sizes T")
     p.add_argument("--methods", nargs="+", default=list(inference.METHODS))
     p.add_argument("--sketch-dims", type=int, nargs="+", default=[16, 64, 0], help="fingerprint sizes (0: raw pixels)")
@@ -306,11 +308,12 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(torch=torch.__version__, threads=torch.get_num_threads(), rows=rows), indent=1))
 
-    def run_rows(scenario, learner, sc, fps_by_dim, row_kind, evaluated, candidates, batches_per_task):
+    def run_rows(scenario, learner, sc, fps_by_dim, row_kind, evaluated, candidates, batches_per_task, every=None):
+        """``every``: all the tasks to score with the fingerprint (it costs microseconds a batch)."""
         t_size = len(candidates)
         acc_true = own_accuracy(learner, sc, evaluated, batches_per_task)
         for method in args.methods:
-            dims = args.sketch_dims if method in ("fingerprint", "calibrated") else [None]
+            dims = args.sketch_dims if method in ("fingerprint", "calibrated") else ["none"]
             if method == "calibrated":
                 dims = dims[:1]
                 baselines = [fps_by_dim[dims[0]][n].entropy for n in candidates]
@@ -319,18 +322,21 @@ def main() -> int:
             scored, per_task = evaluated, batches_per_task
             if method in ("exhaustive", "binary", "iterative") and t_size > args.slow_limit:
                 scored, per_task = spread(evaluated, args.slow_tasks), 1  # a few batches: time and a rough rate
+            if method == "fingerprint" and every is not None:
+                scored, per_task = every, args.batches_per_task
             for m in dims:
-                fps = fps_by_dim[m] if m is not None else None
+                fps = fps_by_dim[m] if m != "none" else None
                 r = measure(learner, sc, scored, candidates, method, fps, per_task)
                 label = method if m is None or method != "fingerprint" else f"fingerprint m={m or 'raw'}"
                 nbytes = next(iter(fps.values())).nbytes if fps and method in ("fingerprint", "calibrated") else 0
-                row = dict(scenario=scenario, tasks=row_kind, T=t_size, method=label, task_label_accuracy=acc_true,
+                label_acc = acc_true if scored is evaluated else own_accuracy(learner, sc, scored, per_task)
+                row = dict(scenario=scenario, tasks=row_kind, T=t_size, method=label, task_label_accuracy=label_acc,
                            extra_bytes_per_task=nbytes, **r)  # fmt: skip
                 rows.append(row)
                 save()
                 conf = f"{row['confidence_right'] or 0:.2f}/{row['confidence_wrong'] or 0:.2f}"
                 print(f"  {scenario:<10} {row_kind:<6} T={t_size:<5} {label:<20} found {r['found']:>4}/{r['batches']:<4}"
-                      f" = {r['rate']:6.1%}  acc {r['accuracy']:.3f} (label {acc_true:.3f})  {r['ms_per_batch']:8.1f} ms"
+                      f" = {r['rate']:6.1%}  acc {r['accuracy']:.3f} (label {label_acc:.3f})  {r['ms_per_batch']:8.1f} ms"
                       f"  conf right/wrong {conf}", flush=True)  # fmt: skip
 
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -357,8 +363,8 @@ def main() -> int:
             cands = names[args.basis : args.basis + t_size]
             if len(cands) < t_size:
                 cands = cands + names[: t_size - len(cands)]
-            evaluated = spread([a for a in alphas if a[1] in set(cands)], args.max_tasks_evaluated)
-            run_rows("permuted", learner, sc, fps, "alpha", evaluated, cands, 1)
+            members = [a for a in alphas if a[1] in set(cands)]
+            run_rows("permuted", learner, sc, fps, "alpha", spread(members, args.max_tasks_evaluated), cands, 1, members)
     if args.only in (None, "rotated"):
         learner, state, sc = build_rotated(args)
     if args.only in (None, "rotated") and not args.build_only:
@@ -366,7 +372,7 @@ def main() -> int:
         fps = fingerprints_for(learner, sc, list(enumerate(names)), set(names),
                                args.cache / f"rotated_fp_{args.rotated}x{args.spacing}_{args.train_subset}.pt",
                                dims, args.fingerprint_images)  # fmt: skip
-        for step in (1, 2, 3):
+        for step in args.rotated_steps:
             chosen = list(enumerate(names))[::step]
             run_rows(f"rotated {args.spacing * step:g}deg", learner, sc, fps, "basis", chosen, [n for _, n in chosen],
                      args.batches_per_task)  # fmt: skip
