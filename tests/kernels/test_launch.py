@@ -179,7 +179,6 @@ def test_launchers_refuse_what_the_kernels_would_misread():
     [
         ("", "ieee"),
         ("torch.backends.cuda.matmul.fp32_precision = 'tf32'", "tf32"),
-        ("torch.backends.fp32_precision = 'tf32'", "tf32"),
         ("torch.backends.fp32_precision = 'tf32'; torch.backends.cuda.matmul.fp32_precision = 'ieee'", "ieee"),
         ("torch.backends.cuda.matmul.allow_tf32 = True", "tf32"),  # the legacy flag still counts
     ],
