@@ -6,12 +6,20 @@ counts with these functions, so their numbers agree.
 What a task stores, in bytes (stored formats: docs/design.md, Formats):
 
 - a binary mask: 1 bit per weight, a byte plane per layer: ``sum_i ceil(n_i / 8)``;
-- coefficients ``A_t[K_t, d]``: fp32, ``4 * K_t * d``;
+- coefficients ``A_t[K_t, d]``: ``4 * K_t * d`` in fp32, ``2 * K_t * d`` in fp16 or bf16 (the
+  learner's ``coefficient_dtype``, :mod:`impresslearn.banks`);
 - per-task BatchNorm statistics (conv nets): fp32 running mean and variance per channel,
   ``8 * C`` per BN layer. SupSup needs them too (a shared BN fails every task but the last).
 
 ImpressLearn: a basis task stores its mask + its one-hot ``A_t`` + BN; a new task ``A_t`` + BN;
 a hybrid task ``A_t`` + its last-layer mask + BN. SupSup (one mask per task): mask + BN.
+
+The bank is amortised over the tasks as the paper's Phi does (``|alpha| + |M| * mask / T``):
+every task's ``bank_share`` is the stored bytes of the bank masks no stored basis task owns,
+divided by the number of tasks. A random mask stores no bits: the checkpoint keeps its draw's
+seed and redraws it (:func:`impresslearn.banks.stored_bank_bytes`), so a bank of random masks
+costs a few dozen bytes however large K is. The shares and the tasks' own bytes add up to
+``storage_report``'s ``total_bytes``.
 
 The paper's Table 2 counts a SupSup mask as 16-bit indices of the kept weights at density
 1/8, i.e. 2 bits per weight (:data:`PAPER_TABLE2_MASK_BITS_PER_WEIGHT`); it is used only to
@@ -26,6 +34,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from .banks import coefficient_dtype_bytes, random_mask_indices, stored_bank_bytes
+
 FP32_BYTES = 4
 PAPER_TABLE2_MASK_BITS_PER_WEIGHT = 2
 
@@ -35,9 +45,9 @@ def mask_bytes(layer_sizes: Sequence[int]) -> int:
     return sum(math.ceil(n / 8) for n in layer_sizes)
 
 
-def coefficient_bytes(num_masks: int, num_layers: int) -> int:
-    """``A_t[K_t, d]`` in fp32."""
-    return FP32_BYTES * num_masks * num_layers
+def coefficient_bytes(num_masks: int, num_layers: int, coefficient_dtype: str = "fp32") -> int:
+    """``A_t[K_t, d]`` stored in ``coefficient_dtype`` (fp32, fp16 or bf16)."""
+    return coefficient_dtype_bytes(coefficient_dtype) * num_masks * num_layers
 
 
 def bn_bytes_per_task(bn_features: Sequence[int]) -> int:
@@ -62,14 +72,16 @@ def supsup_bytes_per_task(layer_sizes: Sequence[int], bn_features: Sequence[int]
 
 @dataclass(frozen=True)
 class TaskBytes:
-    """What one task stores: ``mask_bits`` (its own masks), ``coefficients``, ``bn_stats``;
+    """What one task stores: ``mask_bits`` (its own masks), ``coefficients``, ``bn_stats`` and
+    ``bank_share`` (its part of the shared bank, see the module doc; may be fractional);
     ``total`` is their sum and ``supsup`` what SupSup stores for the same task."""
 
     mask_bits: int
     coefficients: int
     bn_stats: int
-    total: int
+    total: float
     supsup: int
+    bank_share: float = 0
 
     def __getitem__(self, key: str) -> int:  # reports read it like the dict it used to be
         return getattr(self, key)
@@ -78,8 +90,10 @@ class TaskBytes:
         return asdict(self)
 
 
-def task_bytes(kind: str, num_masks: int, layer_sizes: Sequence[int], bn_features: Sequence[int]) -> TaskBytes:
-    """Bytes of one stored task of ``kind`` whose ``A_t`` spans ``num_masks`` masks."""
+def task_bytes(kind: str, num_masks: int, layer_sizes: Sequence[int], bn_features: Sequence[int], *,
+               coefficient_dtype: str = "fp32", bank_share: float = 0) -> TaskBytes:  # fmt: skip
+    """Bytes of one stored task of ``kind`` whose ``A_t`` spans ``num_masks`` masks, its
+    coefficients in ``coefficient_dtype``, plus ``bank_share`` bytes of the shared bank."""
     if kind == "basis":
         own = mask_bytes(layer_sizes)
     elif kind == "hybrid":
@@ -88,9 +102,10 @@ def task_bytes(kind: str, num_masks: int, layer_sizes: Sequence[int], bn_feature
         own = 0
     else:
         raise ValueError(f"kind must be 'basis', 'new' or 'hybrid', got {kind!r}")
-    coefficients = coefficient_bytes(num_masks, len(layer_sizes))
+    coefficients = coefficient_bytes(num_masks, len(layer_sizes), coefficient_dtype)
     bn = bn_bytes_per_task(bn_features)
-    return TaskBytes(own, coefficients, bn, own + coefficients + bn, supsup_bytes_per_task(layer_sizes, bn_features))
+    return TaskBytes(own, coefficients, bn, own + coefficients + bn + bank_share,
+                     supsup_bytes_per_task(layer_sizes, bn_features), bank_share)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- of a learner
@@ -103,31 +118,54 @@ def model_sizes(model) -> tuple[list[int], list[int]]:
     return [layer.weight.numel() for layer in impress_layers(model)], [bn.num_features for bn in multitask_bns(model)]
 
 
+def shared_bank_bytes(learner) -> int:
+    """Stored bytes of the bank masks that no stored basis task owns (random draws, added masks):
+    what the tasks share (a basis task's own mask is its ``mask_bits``)."""
+    sizes, _ = model_sizes(learner.model)
+    draws = learner.random_mask_draws
+    random = random_mask_indices(draws)
+    basis_owned = sum(1 for rec in learner.tasks.values()
+                      if rec.kind == "basis" and rec.mask_index not in random)  # fmt: skip
+    return stored_bank_bytes(sizes, learner.num_masks, draws) - basis_owned * mask_bytes(sizes)
+
+
 def learner_task_bytes(learner, name: str) -> TaskBytes:
     rec = learner.tasks[name]
     sizes, features = model_sizes(learner.model)
-    return task_bytes(rec.kind, rec.num_masks, sizes, features)
+    return task_bytes(rec.kind, rec.num_masks, sizes, features, coefficient_dtype=learner.coefficient_dtype,
+                      bank_share=shared_bank_bytes(learner) / len(learner.tasks))  # fmt: skip
 
 
 def storage_report(learner) -> dict:
-    """Bytes of everything a learner stores (banks, coefficients, BN statistics) vs SupSup for the same tasks."""
+    """Bytes of everything a learner stores (banks, coefficients, BN statistics) vs SupSup for the same tasks.
+
+    ``bank_bytes`` is the banks' size in memory (byte planes, random masks included);
+    ``stored_bank_bytes`` what the checkpoint stores of them (random masks as their seeds,
+    a hybrid task's last-layer mask at 1 bit per weight), which the totals count.
+    """
     sizes, features = model_sizes(learner.model)
     banks = sum(layer.bank.numel() + layer.extra_bank.numel() for layer in learner.layers)
-    coefficients = sum(coefficient_bytes(rec.num_masks, len(sizes)) for rec in learner.tasks.values())
+    stored_banks = (stored_bank_bytes(sizes, learner.num_masks, learner.random_mask_draws)
+                    + learner.layers[-1].num_extra * mask_bytes(sizes[-1:]))  # fmt: skip
+    coefficients = sum(coefficient_bytes(rec.num_masks, len(sizes), learner.coefficient_dtype)
+                       for rec in learner.tasks.values())  # fmt: skip
     t = len(learner.tasks)
     bn = bn_bytes_per_task(features) * t
-    total = banks + coefficients + bn
+    total = stored_banks + coefficients + bn
     supsup = supsup_bytes_per_task(sizes, features)
     return dict(
         num_tasks=t,
         num_masks=learner.num_masks,
         num_layers=len(sizes),
         bank_bytes=banks,
+        stored_bank_bytes=stored_banks,
+        coefficient_dtype=learner.coefficient_dtype,
         coefficient_bytes=coefficients,
         bn_bytes=bn,
         total_bytes=total,
         bytes_per_task=total / t if t else float("nan"),
-        new_task_bytes=task_bytes("new", learner.num_masks, sizes, features).total,
+        new_task_bytes=task_bytes("new", learner.num_masks, sizes, features,
+                                  coefficient_dtype=learner.coefficient_dtype).total,  # without a bank share
         supsup_total_bytes=supsup * t,
         supsup_bytes_per_task=supsup,
         compression=(supsup * t / total) if t else float("nan"),
@@ -137,5 +175,5 @@ def storage_report(learner) -> dict:
 __all__ = [
     "FP32_BYTES", "PAPER_TABLE2_MASK_BITS_PER_WEIGHT", "TaskBytes", "bank_bytes", "bn_bytes_per_task",
     "coefficient_bytes", "dense_float_masks_bytes", "learner_task_bytes", "mask_bytes", "model_sizes",
-    "storage_report", "supsup_bytes_per_task", "task_bytes",
+    "shared_bank_bytes", "storage_report", "supsup_bytes_per_task", "task_bytes",
 ]  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from . import accounting, inference, learner_io
+from . import accounting, banks, inference, learner_io
 from .config import TrainConfig, check_integer
 from .layers import (add_bn_slot, bind_coefficients, drop_bn_slots_from, impress_layers, multitask_bns,
                      one_hot_coefficients, set_bn_slot)
@@ -43,11 +43,14 @@ class ImpressLearner:
 
     ``model`` must have its Linear/Conv2d layers converted to Impress layers (``create_model``
     or ``convert``). ``backend`` is passed to every op (None: the dispatch rule decides).
+    ``coefficient_dtype`` (``"fp32"``, ``"fp16"`` or ``"bf16"``): every stored task's
+    coefficients are rounded to it when stored, and saved in it (``impresslearn.banks``).
     """
 
     def __init__(self, model: nn.Module, density: float = 0.1, device: str | torch.device = "cpu",
-                 backend: str | None = None, *, progress: bool = False):  # fmt: skip
+                 backend: str | None = None, *, progress: bool = False, coefficient_dtype: str = "fp32"):  # fmt: skip
         keep_count(1, density)  # validates density in (0, 1]
+        self.coefficient_dtype = banks.check_coefficient_dtype(coefficient_dtype)
         self.model = model.to(device)
         self.density = float(density)
         self.device = torch.device(device)
@@ -113,6 +116,8 @@ class ImpressLearner:
         if owner is not None and self._slot_owner is not owner:
             raise RuntimeError("another objective was opened after this one and took its BN slot; "
                                "train one objective at a time per learner")  # fmt: skip
+        # what is evaluated is what is saved: coefficients rounded to the stored dtype (before any change)
+        record = replace(record, coefficients=banks.round_coefficients(record.coefficients, self.coefficient_dtype))
         if owner is None:
             self.release_bn_slot(self._slot_owner)
             add_bn_slot(self.model)
@@ -166,12 +171,11 @@ class ImpressLearner:
                 if draw["seed"] == seed:
                     warnings.warn(f"add_random_masks: seed {seed} already drew masks {draw['first']}.."
                                   f"{draw['first'] + draw['count'] - 1}; the new masks repeat them", stacklevel=2)  # fmt: skip
-        generator = torch.Generator(device="cpu").manual_seed(seed)
         first = self.num_masks
-        for _ in range(count):
-            # top-k of uniform scores is a uniformly random k-subset; topk gives exactly k_i ones
-            for layer in self.layers:
-                layer.add_mask_from_scores(torch.rand(layer.weight.shape, generator=generator), self.density)
+        # the one definition of a draw (banks.random_mask_scores): a checkpoint redraws it from the seed
+        for scores in banks.random_mask_scores([layer.weight.shape for layer in self.layers], count, seed):
+            for layer, s in zip(self.layers, scores):
+                layer.add_mask_from_scores(s, self.density)
             self.mask_owners.append(None)
         self.random_mask_draws.append(dict(first=first, count=count, seed=seed))
         return list(range(first, first + count))

@@ -9,7 +9,9 @@ before a byte is allocated), a backbone whose SHA-256 differs, shapes that disag
 records that point outside the banks or BN slots, non-finite coefficients.
 
 Learner format 2 adds ``random_masks`` (the seed of every ``add_random_masks`` call); format 1
-files load with that list empty.
+files load with that list empty. Format 3 (what ``save`` writes) stores the banks without their
+random masks, which load redraws from those seeds and checks against ``bank_sha256``, and the
+coefficients in the learner's ``coefficient_dtype`` (:mod:`impresslearn.banks`).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ import os
 import torch
 import torch.nn as nn
 
+from . import banks
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .layers import one_hot_coefficients
 from .tasks import TASK_KINDS, TaskRecord
 
 FORMAT = "impresslearn.learner"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+# learner_tensors_and_metadata's own form: every bank in full, coefficients in fp32
+FULL_BANK_VERSION = 2
 
 
 def learner_tensors_and_metadata(learner) -> tuple[dict, dict]:
@@ -43,7 +48,7 @@ def learner_tensors_and_metadata(learner) -> tuple[dict, dict]:
     spec["weights_sha256"] = learner.weights_sha256()
     metadata = dict(
         format=FORMAT,
-        learner_version=FORMAT_VERSION,
+        learner_version=FULL_BANK_VERSION,
         backbone=spec,
         density=learner.density,
         num_masks=learner.num_masks,
@@ -65,9 +70,10 @@ def learner_tensors_and_metadata(learner) -> tuple[dict, dict]:
 def save_learner(learner, path) -> None:
     """Write banks, task coefficients, BN statistics and the task registry (atomic).
 
-    The backbone weights are not stored: load regenerates them from the spec's seed.
+    The backbone weights are not stored: load regenerates them from the spec's seed, and the
+    random masks from theirs.
     """
-    tensors, metadata = learner_tensors_and_metadata(learner)
+    tensors, metadata = banks.compact_checkpoint(learner, *learner_tensors_and_metadata(learner), FORMAT_VERSION)
     save_checkpoint(path, tensors, metadata)
 
 
@@ -160,8 +166,12 @@ def _install(cls, path, tensors, meta, device, backend, model, progress, need):
     need(isinstance(num_extra, list) and len(num_extra) == learner.num_layers and all(_is_int(h) and h >= 0 for h in num_extra),
          f"num_extra {num_extra!r} is not one count per layer")  # fmt: skip
     need(isinstance(tasks, list), "tasks is not a list")
-    for i, layer in enumerate(learner.layers):
-        layer.load_banks_(tensors[f"layers.{i}.bank"], num_masks, tensors[f"layers.{i}.extra_bank"], num_extra[i])
+    if meta["learner_version"] >= 3:  # random masks stored as their seeds: redrawn, the bank hash checked
+        banks.install_stored_banks(learner, tensors, meta, need)
+        learner.coefficient_dtype = banks.check_coefficient_dtype(meta["coefficient_dtype"])
+    else:
+        for i, layer in enumerate(learner.layers):
+            layer.load_banks_(tensors[f"layers.{i}.bank"], num_masks, tensors[f"layers.{i}.extra_bank"], num_extra[i])
     for b, bn in enumerate(learner.bns):
         bn.load_slots_(tensors[f"bns.{b}.running_mean"], tensors[f"bns.{b}.running_var"])
         need(bn.num_slots == len(tasks), f"BN {b} has {bn.num_slots} slots for {len(tasks)} tasks")
