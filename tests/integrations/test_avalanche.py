@@ -194,7 +194,7 @@ def test_readme_avalanche_snippet_runs():
     blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
     (snippet,) = [b for b in blocks if "ImpressLearnStrategy" in b]
     # the README's sizes, shrunk for a CPU test
-    small = snippet.replace("train_subset=1000, test_subset=500", "train_subset=200, test_subset=100")
+    small = snippet.replace("train_subset=5000, test_subset=1000", "train_subset=200, test_subset=100")
     assert small != snippet
     namespace = {}
     exec(compile(small, "README.md", "exec"), namespace)
