@@ -9,9 +9,9 @@
     from impresslearn.models import create_model
 
     learner = ImpressLearner(create_model("lenet300", num_classes=10, seed=0), density=0.1)
-    strategy = ImpressLearnStrategy(learner=learner, basis_experiences=2, mask_train=TrainConfig(epochs=3, lr=0.01, optimizer="adam"),
-                                    alpha_train=TrainConfig(epochs=3, lr=0.05, optimizer="adam"),
-                                    evaluator=EvaluationPlugin(accuracy_metrics(epoch=True, experience=True), loss_metrics(epoch=True)))
+    metrics = EvaluationPlugin(accuracy_metrics(epoch=True, experience=True), loss_metrics(epoch=True))
+    strategy = ImpressLearnStrategy(learner=learner, basis_experiences=2, random_masks=20, evaluator=metrics,
+                                    alpha_train=TrainConfig(lam=0.005))  # else TrainConfig's default recipe
     for experience in benchmark.train_stream:
         strategy.train(experience)
         strategy.eval(benchmark.test_stream)
