@@ -65,3 +65,24 @@ def test_opcheck():
     bank = torch.zeros(2, 1000, dtype=torch.uint8, device="cuda")
     torch.library.opcheck(torch.ops.impresslearn.topk_mask_cuda, (scores, 100))
     torch.library.opcheck(torch.ops.impresslearn.topk_mask_into_cuda, (bank, 9, scores, 100))
+
+
+def test_the_build_holds_code_this_gpu_runs():
+    # the CUDA runtime loads a kernel of the build on each visible device (TORCH_CUDA_ARCH_LIST)
+    from impresslearn import _backends
+
+    for index in range(torch.cuda.device_count()):
+        assert torch.ops.impresslearn.cuda_kernel_reason(index) == ""
+        assert _backends.kernel_reason("cuda", f"cuda:{index}") is None
+    major, minor = torch.cuda.get_device_capability()
+    archs = list(torch.ops.impresslearn.cuda_archs())
+    assert any(a // 10 == major and a % 10 <= minor for a in archs) or max(archs) <= 10 * major + minor
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_topk_runs_on_the_scores_device_not_the_current_one():
+    torch.cuda.set_device(0)
+    scores = _scores(100_003, torch.float32, "ties").to("cuda:1")
+    got = ops.topk_mask(scores, 10_000, backend="cuda")
+    assert got.device == torch.device("cuda:1")
+    assert torch.equal(got.cpu(), topk_mask_reference(scores.cpu(), 10_000))
