@@ -175,6 +175,14 @@ class OpSpec:
                 return kernel
         return None
 
+    def missing(self, backend: str, device: torch.device | str) -> str:
+        """Why family ``backend`` has no kernel of this op on ``device``: per kernel, not written or not built."""
+        parts = []
+        for kernel in family_kernels(backend, device):
+            reason = kernel_reason(kernel, device) if kernel in ("cpp", "cuda") else None
+            parts.append(f"{kernel}: {reason or 'no kernel for this op'}")
+        return "; ".join(parts) or f"the {canonical(backend)} kernels do not run on {torch.device(device).type} tensors"
+
 
 REGISTRY: dict[str, OpSpec] = {}
 _warned: set[tuple[str, str]] = set()
@@ -217,7 +225,8 @@ def select(
         kernel = spec.member(family, device)
         if kernel is None:
             raise BackendUnavailable(
-                f"{op} has no kernel in backend {named} on {device.type} tensors (it has: {', '.join(spec.impls)})"
+                f"{op} has no kernel in backend {named} on {device.type} tensors ({spec.missing(family, device)}); "
+                f"it has: {', '.join(spec.impls)}"
             )
         reason = kernel_reason(kernel, device) or _dtype_reason(spec, kernel, dtype)
         if reason is not None:

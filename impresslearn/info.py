@@ -110,7 +110,7 @@ def _status(spec: _backends.OpSpec, backend: str) -> str:
             continue
         kernel = spec.member(backend, device)
         if kernel is None:
-            parts.append(f"{device} tensors: {spec.composed or 'no kernel'}")
+            parts.append(f"{device} tensors: {spec.composed or 'no kernel (' + spec.missing(backend, device) + ')'}")
             continue
         reason = _backends.kernel_reason(kernel, device)
         if kernel == "reference" and backend != "reference":

@@ -34,7 +34,7 @@ def test_environment_variable_is_an_explicit_choice(monkeypatch):
 def test_automatic_prefers_the_kernel_and_falls_back_to_the_reference():
     assert _backends.select("combine_masks", "cpu") == "cpp"
     assert _backends.select("combine_masks", "cuda") == "triton"  # the device's family: gpu
-    assert _backends.select("topk_mask", "cuda") == "cuda"
+    assert _backends.select("topk_mask", "cuda") == ("cuda" if _extension.has_cuda_kernels() else "reference")
     # float64 has no kernel: the reference serves it, silently (gradcheck needs it)
     assert _backends.select("combine_masks", "cpu", dtype=torch.float64) == "reference"
     with pytest.raises(BackendUnavailable, match="float64"):
@@ -69,15 +69,29 @@ def test_every_op_has_a_reference_and_only_known_kernels():
 
 def test_a_backend_name_selects_the_same_family_on_every_op():
     """issue 11.3: "triton" failed in topk (no Triton topk), "cuda" would fail in combine."""
+    reference = {"reference": lambda: None}
+    triton_only = _backends.OpSpec("probe_triton", {**reference, "triton": lambda: None, "cpp": lambda: None})
+    cuda_only = _backends.OpSpec("probe_cuda", {**reference, "cuda": lambda: None, "cpp": lambda: None})
+    for alias in ("gpu", "triton", "cuda"):
+        assert triton_only.member(alias, "cuda") == "triton"  # "cuda" no longer fails where the kernel is Triton
+        assert cuda_only.member(alias, "cuda") == "cuda"  # nor "triton" where it is CUDA
+        assert triton_only.member(alias, "cpu") == "triton" and cuda_only.member(alias, "cpu") == "reference"
+    for spec in (triton_only, cuda_only):
+        assert spec.member("cpp", "cpu") == "cpp" and spec.member("cpp", "cuda") is None
+        assert spec.member("reference", "cuda") == "reference"
     for name, spec in _backends.REGISTRY.items():
         if spec.composed is None:
             assert spec.member("cpp", "cpu") == "cpp", name
+        gpu = "triton" if "triton" in spec.impls else "cuda" if "cuda" in spec.impls else None
         for alias in ("gpu", "triton", "cuda"):
-            # on CUDA tensors every op has a GPU kernel: Triton, or CUDA where it has no Triton one
-            assert spec.member(alias, "cuda") == ("triton" if "triton" in spec.impls else "cuda"), name
-            assert _backends.select(name, "cuda", alias) == spec.member("gpu", "cuda"), name
-    assert _backends.select("topk_mask", "cuda", "triton") == "cuda"
+            assert spec.member(alias, "cuda") == gpu, name
+    # the real ops: combine's GPU kernel is Triton, topk's is CUDA (when _C was built with it)
     assert _backends.select("combine_masks", "cuda", "cuda") == "triton"
+    if _extension.has_cuda_kernels():
+        assert _backends.select("topk_mask", "cuda", "triton") == "cuda"
+    else:
+        with pytest.raises(BackendUnavailable, match="cuda: impresslearn._C was built without CUDA kernels"):
+            _backends.select("topk_mask", "cuda", "triton")
 
 
 def test_the_gpu_family_on_cpu_runs_interpreted_triton_and_references_elsewhere():
