@@ -159,6 +159,7 @@ def _run_learner(backend, monkeypatch):
     return banks, learner.tasks[second.name].coefficients.detach().clone(), inferred, used
 
 
+@pytest.mark.filterwarnings("ignore:.*optimiser steps")  # a few steps: this checks kernels, not accuracy
 @pytest.mark.parametrize("backend", _available_families())
 def test_a_learner_runs_end_to_end_on_every_available_backend(backend, monkeypatch):
     banks, alpha, inferred, used = _run_learner(backend, monkeypatch)
