@@ -123,7 +123,9 @@ class _ImpressMixin:
 
         The weight comes from :func:`backbone_weight`; a bias, when the layer has one, is drawn
         next from the same generator like ``nn.Linear``'s (uniform, bound 1/sqrt(fan_in)).
-        Both are frozen: only masks, scores and coefficients ever train.
+        Both are frozen: only masks, scores and coefficients ever train. ``seed`` is the
+        constructor's: models built by ``create_model`` or ``convert`` instead redraw every
+        layer from one model-level generator (``init_backbone_``).
         """
         if "bank" not in self._buffers:
             return  # nn.Linear / nn.Conv2d's __init__ calls this before _init_impress sets seed and init
