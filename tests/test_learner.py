@@ -7,6 +7,7 @@ from impresslearn import ImpressLearner, TrainConfig, ops
 from impresslearn.checkpoint import CheckpointError
 from impresslearn.models import create_model
 from impresslearn.scenarios import BatchLoader, DataNotFoundError, create_scenario
+from tests.conftest import CPU_BACKENDS
 
 # The synthetic tasks here are deliberately tiny (a few optimiser steps): fit's "too few steps"
 # warning is expected and tested on its own in test_objectives.py.
@@ -302,20 +303,14 @@ def test_checkpoint_refuses_a_different_backbone(big_checkpoint):
 # ----------------------------------------------------------------------------- backends
 
 
-@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
 def test_learner_runs_on_kernel_backends_like_the_reference(backend):
-    from impresslearn import BackendUnavailable
-
     sc = _synthetic(1)
     results = {}
     for b in ("reference", backend):
         learner = ImpressLearner(_tiny_lenet(), density=0.2, backend=b)
-        try:
-            learner.add_random_masks(9, seed=0)
-            learner.learn_alpha("n", _loader(sc.task(0).train, True, 0, 64), TrainConfig(epochs=1, lr=0.05,
-                                                                                         optimizer="adam"))  # fmt: skip
-        except BackendUnavailable as exc:
-            pytest.skip(f"{backend}: {exc}")
+        learner.add_random_masks(9, seed=0)
+        learner.learn_alpha("n", _loader(sc.task(0).train, True, 0, 64), TrainConfig(epochs=1, lr=0.05, optimizer="adam"))
         results[b] = (learner.tasks["n"].coefficients, [layer.bank for layer in learner.layers])
     ref, got = results["reference"], results[backend]
     assert all(torch.equal(a, b) for a, b in zip(ref[1], got[1]))  # masks are bit-exact

@@ -120,7 +120,7 @@ def ops_errors():
 # ----------------------------------------------------------------------------- torch.library
 
 
-@pytest.mark.parametrize("backend", ("cpp", "triton"))
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "reference"])
 def test_opcheck(backend):
     ops.load_triton_ops()  # registered lazily, at first use; torch.ops.* needs them now
     masks = _masks(9, 13)
