@@ -49,8 +49,10 @@ ctest: $(DEPS)
 	cmake --build build-cmake -j2
 	ctest --test-dir build-cmake --output-on-failure
 
+# Two xdist workers on two cores: one intra-op thread each, or torch's own threads oversubscribe
+# the cores and spin (a 71 s test took 464 s that way); tests of thread counts set their own.
 pytest: setup
-	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS) tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 $(PYTEST_ARGS) tests
 
 bench: setup
 	$(PY) benchmarks/kernels.py
