@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--lam", type=float, default=0.0, help="lambda of Eq. 2")
     t.add_argument("--seed", type=int, default=0, help="backbone, permutations, scores and data order")
     t.add_argument("--backend", default=None, help="ops backend (default: automatic)")
+    t.add_argument("--preset", default=None, help="a named recipe for new tasks (impresslearn.presets, e.g. "
+                   "random500-fp16): sets --random-masks, --density, alpha's optimiser and lr, and stores "
+                   "coefficients in its dtype")  # fmt: skip
     parser.add_argument("--data-root", default=None, help="folder with FashionMNIST/raw (default: the Debian files)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the checkpoint goes (default runs/demo)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -54,6 +57,14 @@ def main(args: argparse.Namespace) -> int:
 
     if args.basis_tasks < 1 or args.new_tasks < 0 or args.random_masks < 0:
         raise SystemExit("demo: need --basis-tasks >= 1, --new-tasks >= 0, --random-masks >= 0")
+    from .presets import get_preset
+
+    try:
+        preset = get_preset(args.preset) if args.preset else None
+    except KeyError as exc:
+        raise SystemExit(f"demo: {exc.args[0]}") from None
+    if preset is not None:
+        args.random_masks, args.density = preset.random_masks, preset.density
     num_tasks = args.basis_tasks + args.new_tasks
     try:
         sc = create_scenario(
@@ -66,11 +77,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
     torch.manual_seed(args.seed)
     model = create_model("lenet300", num_classes=sc.num_classes, seed=args.seed)
-    learner = ImpressLearner(model, density=args.density, backend=args.backend, progress=not args.no_progress)
+    learner = ImpressLearner(model, density=args.density, backend=args.backend, progress=not args.no_progress,
+                             coefficient_dtype=preset.coefficient_dtype if preset else "fp32")  # fmt: skip
     mask_cfg = TrainConfig(epochs=args.mask_epochs, lr=args.mask_lr, optimizer="adam", momentum=0.9, seed=args.seed)
     alpha_cfg = TrainConfig(
         epochs=args.alpha_epochs, lr=args.alpha_lr, optimizer="adam", momentum=0.9, lam=args.lam, seed=args.seed
     )
+    if preset is not None:
+        alpha_cfg = preset.alpha.replace(epochs=args.alpha_epochs, lam=args.lam, seed=args.seed)
 
     def train(t):
         return BatchLoader(sc.task(t).train, batch_size=args.batch_size, shuffle=True, seed=args.seed * 1000 + t)

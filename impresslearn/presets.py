@@ -1,0 +1,71 @@
+"""Named recipes for new tasks, chosen on the accuracy-per-byte frontier (docs/results.md, Frontier).
+
+A preset fixes what the frontier experiment (``benchmarks/frontier.py``) varied: the density,
+the bank (``random_masks`` uniformly random masks, stored as their seed) and the dtype the
+coefficients are stored in, plus the alpha training recipe that won on the validation split.
+Build a learner from it and learn new tasks as usual::
+
+    preset = get_preset("random500-fp16")
+    learner = preset.make_learner(create_model("lenet300", seed=0), seed=0)
+    learner.learn_alpha("task 1", loader, preset.alpha)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .banks import check_coefficient_dtype
+from .config import ConfigError, TrainConfig, check_integer
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A bank and a recipe for new tasks; ``measured`` says where its numbers come from."""
+
+    name: str
+    density: float
+    random_masks: int
+    coefficient_dtype: str
+    alpha: TrainConfig
+    measured: str
+
+    def __post_init__(self) -> None:
+        check_integer(self.random_masks, f"preset {self.name}: random_masks", minimum=1)
+        check_coefficient_dtype(self.coefficient_dtype)
+        if not isinstance(self.alpha, TrainConfig):
+            raise ConfigError(f"preset {self.name}: alpha must be a TrainConfig, got {type(self.alpha).__name__}")
+
+    def make_learner(self, model, *, seed: int, **learner_kwargs):
+        """An ``ImpressLearner`` at this density and coefficient dtype with the preset's random bank
+        drawn from ``seed``; ``learner_kwargs`` (device, backend, progress) go to the learner."""
+        from .learner import ImpressLearner
+
+        learner = ImpressLearner(model, density=self.density, coefficient_dtype=self.coefficient_dtype, **learner_kwargs)
+        learner.add_random_masks(self.random_masks, seed=seed)
+        return learner
+
+
+PRESETS = {
+    p.name: p
+    for p in (
+        Preset(
+            name="random500-fp16",
+            density=0.1,
+            random_masks=500,
+            coefficient_dtype="fp16",
+            alpha=TrainConfig(optimizer="rmsprop", lr=0.0005, epochs=3, batch_size=128),
+            measured="benchmarks/frontier.py: Permuted Fashion-MNIST, LeNet-300-100, 12,000 training images per "
+            "task, lr chosen on a 10,000-image validation split of the training set",
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; a KeyError lists the known ones."""
+    if name not in PRESETS:
+        raise KeyError(f"no preset named {name!r}; known presets: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+__all__ = ["PRESETS", "Preset", "get_preset"]

@@ -1,0 +1,89 @@
+"""The frontier's preset and the frontier script's model selection (issue 14)."""
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from impresslearn import TrainConfig, demo
+from impresslearn.config import ConfigError
+from impresslearn.models import create_model
+from impresslearn.presets import PRESETS, Preset, get_preset
+from impresslearn.scenarios import DataNotFoundError, create_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:.*optimiser steps:UserWarning")  # tiny data on purpose
+
+
+def _frontier_script():
+    spec = importlib.util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_preset_meets_the_byte_budget_and_builds_its_learner():
+    preset = get_preset("random500-fp16")
+    learner = preset.make_learner(create_model("lenet300", num_classes=10, seed=0, hidden=[32, 16]), seed=3)
+    assert learner.num_masks == 500 and learner.coefficient_dtype == "fp16" and learner.density == 0.1
+    assert learner.random_mask_draws == [dict(first=0, count=500, seed=3)]
+    learner.register_task("t", torch.rand(500, learner.num_layers))
+    b = learner.bytes_per_task("t")
+    assert b.coefficients == 500 * 3 * 2 and b.bank_share == 56  # the 500 masks are one seed record + hash
+    # on the full LeNet-300-100 the preset stores 3,056 B per new task against SupSup's 33,275 B
+    frontier = _frontier_script()
+    assert frontier.task_bytes("random", 500, "fp16", 1) == 3_056
+    assert frontier.task_bytes("supsup", 1, "fp32", 0) == 33_275 >= 10 * 3_056
+
+
+def test_unknown_presets_and_bad_fields_are_refused_by_name():
+    with pytest.raises(KeyError, match=r"no preset named 'fast'; known presets: \['random500-fp16'\]"):
+        get_preset("fast")
+    with pytest.raises(ConfigError, match="coefficient_dtype"):
+        Preset("p", 0.1, 10, "fp8", TrainConfig(), "")
+    with pytest.raises(ConfigError, match="random_masks: must be >= 1"):
+        Preset("p", 0.1, 0, "fp16", TrainConfig(), "")
+    assert set(PRESETS) == {"random500-fp16"}
+
+
+def test_the_demo_runs_with_the_preset(tmp_path, capsys):
+    try:
+        create_scenario("permuted_fmnist", num_tasks=1, train_subset=10, test_subset=10).task(0)
+    except DataNotFoundError as exc:
+        pytest.skip(f"Fashion-MNIST not installed: {exc}")
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    args = parser.parse_args(
+        ["--preset", "random500-fp16", "--basis-tasks", "1", "--new-tasks", "1", "--train-subset", "300",
+         "--test-subset", "128", "--mask-epochs", "1", "--alpha-epochs", "1", "--no-progress",
+         "--out", str(tmp_path / "demo")]
+    )  # fmt: skip
+    assert demo.main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 basis tasks, 500 random masks, 1 new tasks" in out
+    # alpha[501, 3] in fp16 = 3,006 B: the bank's 500 random masks are one 56-byte seed record
+    assert "a new task adds 2.94 KiB vs SupSup's 32.50 KiB" in out
+    assert "reloaded predictions identical: True" in out
+    # 16.8 MB of bank planes in memory; the file holds one plane (the basis mask) and no random bits
+    assert (tmp_path / "demo" / "learner.safetensors").stat().st_size < 300_000
+
+
+def test_the_frontier_report_chooses_the_learning_rate_on_validation_never_on_test(tmp_path, capsys):
+    frontier = _frontier_script()
+    row = dict(method="random", K=250, seconds=1.0)
+    rows = [  # candidate b is better on test, a on validation: the report must pick a
+        dict(row, seed=0, candidate="a", validation={"fp32": 0.8}, test={"fp32": 0.70, "fp16": 0.70, "bf16": 0.70}),
+        dict(row, seed=0, candidate="b", validation={"fp32": 0.7}, test={"fp32": 0.90, "fp16": 0.90, "bf16": 0.90}),
+        dict(row, seed=1, candidate="a", validation={"fp32": 0.8}, test={"fp32": 0.72, "fp16": 0.72, "bf16": 0.71}),
+        dict(method="supsup", K=1, seed=0, candidate="m", seconds=1.0, validation={"fp32": 0.8}, test={"fp32": 0.8}),
+    ]  # fmt: skip
+    out_file = tmp_path / "frontier.json"
+    out_file.write_text(json.dumps(dict(settings={}, rows=rows)))
+    frontier.report(argparse.Namespace(out=out_file, figure=tmp_path / "f.png"))
+    out = capsys.readouterr().out
+    assert "| random (stored as its seed) | 250 | fp32 | a | 3,056 | 10.9 | 71.0 +- 1.4 | 2 |" in out
+    assert "| SupSup (one mask per task) | - | fp32 | m | 33,275 | 1.0 | 80.0 +- nan | 1 |" in out
+    assert (tmp_path / "f.png").stat().st_size > 1000
