@@ -236,6 +236,24 @@ def test_interpreter_mode_is_decided_when_the_triton_kernels_first_load():
     assert len(lines) == 2 and all("TRITON_INTERPRET was not 1 when they loaded" in line for line in lines), out
 
 
+def test_the_first_triton_use_may_be_inside_torch_compile():
+    """The lazy load happens while Dynamo traces; it must neither break the trace nor the result."""
+    out = _python("""
+        import torch
+        from impresslearn import ops
+        from impresslearn.ops import _registry
+        w, m, a = torch.randn(40), torch.rand(9, 40) < 0.5, torch.rand(9)
+        bank = ops.pack_masks(m, backend="reference")
+        assert not _registry.triton_loaded()
+        f = torch.compile(lambda w, a: ops.combine_masks(w, bank, a, backend="gpu") * 2, backend="eager")
+        got = f(w, a)
+        assert _registry.triton_loaded()
+        assert torch.allclose(got, 2 * ops.combine_masks(w, bank, a, backend="reference"), atol=1e-5)
+        print("ok")
+    """, TRITON_INTERPRET="1")
+    assert out.strip() == "ok"
+
+
 # ----------------------------------------------------------------------------- info
 
 
