@@ -53,8 +53,8 @@ GN_METHODS = ("oneshot", "binary", "iterative")
 """The methods that read the entropy gradient of the superposition (SupSup's GN)."""
 METHODS = GN_METHODS + ("exhaustive", "calibrated", "fingerprint")
 DEFAULT_METHOD = "auto"
-"""``fingerprint`` when every candidate has one, else ``exhaustive``: chosen by measurement in
-``benchmarks/task_inference.py`` (see :func:`infer_task` for the figures and the cost)."""
+"""``fingerprint`` when every candidate has one; else ``exhaustive`` among basis tasks only, else
+``binary``: chosen by measurement in ``benchmarks/task_inference.py`` (see :func:`infer_task`)."""
 
 # Bytes of effective weights one chunk of the exhaustive forward may hold (all layers, all
 # tasks of the chunk): 256 MB keeps LeNet-300-100 at 64 tasks per chunk, ResNet-18 at ~5.
@@ -614,6 +614,22 @@ def _pairwise_confidence(per_example: torch.Tensor, best: int, second: int) -> f
     return float((per_example[best] > per_example[second]).float().mean())
 
 
+def _auto_method(learner, names, fingerprints) -> str:
+    """The measured choice (``benchmarks/task_inference.py``, docs/results.md):
+
+    ``fingerprint`` whenever every candidate has one (100% of batches in every scenario measured);
+    else ``exhaustive`` when every candidate is a basis task (Rotated: 85-100%, binary 45-65%);
+    else ``binary``: an alpha task is more confident than a basis task on the basis task's own
+    data, so exhaustive found 0% of basis batches once alpha tasks were candidates, binary 100%.
+    """
+    source = fingerprints if fingerprints is not None else getattr(learner, "fingerprints", None)
+    if source is not None and all(n in source for n in names):
+        return "fingerprint"
+    if all(learner.tasks[n].kind == "basis" for n in names):
+        return "exhaustive"
+    return "binary"
+
+
 def infer_task(
     learner,
     x: torch.Tensor,
@@ -640,8 +656,7 @@ def infer_task(
     _check_batch(x)
     names = _candidate_names(learner, candidates)
     if method == "auto":
-        source = fingerprints if fingerprints is not None else getattr(learner, "fingerprints", None)
-        method = "fingerprint" if source is not None and all(n in source for n in names) else "exhaustive"
+        method = _auto_method(learner, names, fingerprints)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     device = learner.layers[0].weight.device

@@ -157,9 +157,11 @@ def test_default_uses_fingerprints_when_every_candidate_has_one(mixed):
     sc, learner, batches, fps = mixed
     assert infer_task(learner, batches[0], fingerprints=fps).method == "fingerprint"
     partial = {n: fp for n, fp in fps.items() if n != "t4"}
-    assert infer_task(learner, batches[0], fingerprints=partial).method == "exhaustive"
     assert infer_task(learner, batches[0], fingerprints=partial, candidates=["t0", "t1"]).method == "fingerprint"
-    assert infer_task(learner, batches[0]).method == "exhaustive"
+    # without fingerprints: exhaustive among basis tasks only, binary once alpha tasks are candidates
+    assert infer_task(learner, batches[0], fingerprints=partial).method == "binary"
+    assert infer_task(learner, batches[0]).method == "binary"
+    assert infer_task(learner, batches[0], candidates=["t0", "t1", "t2"]).method == "exhaustive"
 
 
 def test_candidates_restrict_the_choice(mixed):
