@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -32,7 +33,6 @@ from pathlib import Path
 import torch
 
 from impresslearn import ImpressLearner, TrainConfig, accounting
-from impresslearn._atomic import atomic_write
 from impresslearn.banks import COEFFICIENT_DTYPES, round_coefficients, stored_bank_bytes
 from impresslearn.models import create_model
 from impresslearn.scenarios import BatchLoader, InMemoryDataset, create_scenario
@@ -66,7 +66,11 @@ def load_rows(path: Path) -> list[dict]:
 
 
 def save_rows(path: Path, rows: list[dict], settings: dict) -> None:
-    atomic_write(path, json.dumps(dict(settings=settings, rows=rows), indent=1), make_parents=True)
+    """Write the rows whole: a temporary file renamed over the old one (a kill leaves either)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(dict(settings=settings, rows=rows), indent=1))
+    os.replace(temporary, path)
 
 
 def run(args) -> None:

@@ -12,7 +12,7 @@ from impresslearn import TrainConfig, demo
 from impresslearn.config import ConfigError
 from impresslearn.models import create_model
 from impresslearn.presets import PRESETS, Preset, get_preset
-from impresslearn.scenarios import DataNotFoundError, create_scenario
+from impresslearn.scenarios import BatchLoader, DataNotFoundError, create_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:.*optimiser steps:UserWarning")  # tiny data on purpose
@@ -87,3 +87,16 @@ def test_the_frontier_report_chooses_the_learning_rate_on_validation_never_on_te
     assert "| random (stored as its seed) | 250 | fp32 | a | 3,056 | 10.9 | 71.0 +- 1.4 | 2 |" in out
     assert "| SupSup (one mask per task) | - | fp32 | m | 33,275 | 1.0 | 80.0 +- nan | 1 |" in out
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_the_readme_preset_snippet_runs():
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    (snippet,) = [b for b in blocks if "get_preset(" in b]
+    task = create_scenario("synthetic", num_tasks=1, train_size=128, test_size=32, seed=0).task(0)
+    scope = dict(create_model=create_model, loader=BatchLoader(task.train, batch_size=64))
+    exec(snippet, scope)
+    learner = scope["learner"]
+    assert learner.num_masks == 500 and learner.tasks["task 1"].coefficients.shape == (500, 3)
+    assert learner.bytes_per_task("task 1").coefficients == 3_000
