@@ -117,10 +117,10 @@ def main(argv=None) -> int:
 
     k = 16 if args.quick else 250
     steps, repeats = (3, 2) if args.quick else (10, 3)
-    from impresslearn import _backends
+    from impresslearn import backends
     from impresslearn import ops  # noqa: F401  (registers the ops)
 
-    auto = _backends.select("combine_masks", "cpu")
+    auto = backends.select("combine_masks", "cpu")
     print(f"# end to end: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {args.threads}, automatic combine backend on cpu: {auto}")
     rows = []

@@ -145,9 +145,9 @@ def _linear_cases(quick: bool) -> list[Case]:
 
 
 def _topk_case(quick: bool) -> Case | None:
-    from impresslearn import _extension
+    from impresslearn import backends
 
-    if not _extension.has_cuda_kernels():
+    if not backends.has_cuda_kernels():
         return None
     n = (1 << 20) if quick else 25_000_000
     k = max(1, int(0.1 * n + 0.5))

@@ -294,12 +294,9 @@ def _cpuinfo() -> dict:
 
 def _cpu_isa() -> tuple[str, list[str]]:
     """The ISA the C++ kernels run and the ones this processor offers (via impresslearn._C)."""
-    from impresslearn import _extension
+    from impresslearn import backends
 
-    ext = _extension.extension()
-    if ext is None or not getattr(ext, "WITH_CPU", False):
-        return "no C++ kernels", []
-    return ext.cpu_isa(), list(ext.cpu_isas())
+    return backends.cpu_isa()
 
 
 def machine_family(vendor: str, isa: str) -> str:

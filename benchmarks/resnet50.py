@@ -165,12 +165,12 @@ def run_case(backend: str, num_masks: int, args) -> dict:
 
 def available_backends(device: str) -> dict[str, str | None]:
     """backend -> None if the combine op runs there, else why not."""
-    from impresslearn import _backends
+    from impresslearn import backends
     from impresslearn.ops import combine  # noqa: F401  (registers the op)
 
     out = {}
-    for b in _backends.BACKENDS:  # families: reference, cpp, gpu
-        reason = _backends.backend_reason(b, device, op="combine_masks")
+    for b in backends.BACKENDS:  # families: reference, cpp, gpu
+        reason = backends.backend_reason(b, device, op="combine_masks")
         if b == "gpu" and device == "cpu" and reason is None:
             reason = "runs on CPU only in the Triton interpreter, a correctness tool (minutes per step)"
         out[b] = reason

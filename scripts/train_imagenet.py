@@ -44,7 +44,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from impresslearn import ImpressLearner, TrainConfig, accounting, ops
-from impresslearn._atomic import atomic_write
+from impresslearn.checkpoint import atomic_write
 from impresslearn.layers import one_hot_coefficients
 from impresslearn.models import create_model
 from impresslearn.objectives import AlphaObjective

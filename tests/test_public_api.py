@@ -30,12 +30,28 @@ def private_accesses(source: str) -> list[tuple[int, str]]:
         if base in ("self", "cls") or (base, attr) in STDLIB_PRIVATE:
             continue
         found.append((node.lineno, f"{ast.unparse(node.value)}.{attr}"))
+    for node in ast.walk(ast.parse(source)):  # private modules of the package: impresslearn._x
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("impresslearn"):
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("impresslearn")]
+        else:
+            continue
+        found.extend((node.lineno, n) for n in names if any(p.startswith("_") for p in n.split(".")[1:]))
     return sorted(found)
 
 
 def test_the_checker_finds_private_accesses():
-    source = "learner._bind_coefficients(a)\nx = obj.inner._private\nself._ok = 1\nos._exit(1)\ny.__class__\n"
-    assert private_accesses(source) == [(1, "learner._bind_coefficients"), (2, "obj.inner._private")]
+    source = (
+        "learner._bind_coefficients(a)\nx = obj.inner._private\nself._ok = 1\nos._exit(1)\ny.__class__\n"
+        "from impresslearn import _backends, ops\nimport impresslearn._atomic\nfrom impresslearn.backends import select\n"
+    )
+    assert private_accesses(source) == [
+        (1, "learner._bind_coefficients"),
+        (2, "obj.inner._private"),
+        (6, "impresslearn._backends"),
+        (7, "impresslearn._atomic"),
+    ]
 
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for d in SCANNED for p in (REPO / d).rglob("*.py")))

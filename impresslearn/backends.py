@@ -1,0 +1,38 @@
+"""The backend rule as users and scripts read it (docs/design.md, Backends).
+
+Which kernel family runs an op here, why a family cannot run, and what the compiled
+extension holds. Dispatch itself lives in the private ``_backends`` / ``_extension``
+modules; this is their public face, so that scripts and benchmarks never import a
+private module.
+"""
+
+from __future__ import annotations
+
+from ._backends import BACKENDS, ENV_VAR, BackendUnavailable, backend_reason, select
+from ._extension import cuda_archs, has_cpu_kernels, has_cuda_kernels
+
+
+def cpu_isa() -> tuple[str, list[str]]:
+    """The ISA the C++ kernels run (``IMPRESSLEARN_CPU_ISA`` or the best this CPU offers) and all it offers.
+
+    ``("no C++ kernels", [])`` when ``impresslearn._C`` was built without them.
+    """
+    from ._extension import extension
+
+    ext = extension()
+    if not has_cpu_kernels():
+        return "no C++ kernels", []
+    return ext.cpu_isa(), list(ext.cpu_isas())
+
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "BackendUnavailable",
+    "backend_reason",
+    "cpu_isa",
+    "cuda_archs",
+    "has_cpu_kernels",
+    "has_cuda_kernels",
+    "select",
+]
