@@ -17,7 +17,9 @@ Rows are appended to a JSON file as they finish; a rerun skips what is there (it
 Run it niced on a shared machine; ``--report`` prints the table and draws the figure::
 
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/frontier.py [--train-images 12000] [--ks 10,50,250,500,1000]
-    python benchmarks/frontier.py --report [--figure docs/results/frontier/frontier.png]
+    python benchmarks/frontier.py --report --figure docs/results/frontier/frontier.png
+
+The rows behind docs/results.md (Frontier) are docs/results/frontier/frontier.json.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ ALPHA_CANDIDATES = [
     TrainConfig(optimizer="adam", lr=0.03, epochs=3),
 ]
 MASK_CANDIDATES = [TrainConfig(optimizer="adam", lr=0.03, epochs=3), TrainConfig(optimizer="rmsprop", lr=0.002, epochs=3)]
-DEFAULT_OUT = Path(__file__).parent / "results" / "frontier.json"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "frontier" / "frontier.json"
 
 
 def split(dataset, train_images: int):
