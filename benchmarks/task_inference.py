@@ -209,7 +209,14 @@ def spread(items: list, count: int) -> list:
 
 def report(paths: list[Path], plot: Path | None) -> str:
     """Markdown tables (identification, accuracy, ms per batch) of saved runs, and a PNG."""
-    rows = [r for path in paths for r in json.loads(path.read_text())["rows"]]
+    everything = [r for path in paths for r in json.loads(path.read_text())["rows"]]
+    rows = [r for r in everything if r["tasks"] != "timing" and "batch" not in r]
+    for r in rows:  # runs before the label named the raw-pixel sketch
+        r["method"] = "fingerprint m=raw" if r["method"] == "fingerprint" else r["method"]
+    timing = [r for r in everything if r["tasks"] == "timing"]
+    for r in timing:
+        r["method"] = "fingerprint m=64" if r["method"] == "fingerprint" else r["method"]
+    sweep = [r for r in everything if "batch" in r]
     groups: dict[tuple, dict] = {}
     for r in rows:
         groups.setdefault((r["scenario"], r["tasks"]), {}).setdefault(r["method"], {})[r["T"]] = r
@@ -230,6 +237,35 @@ def report(paths: list[Path], plot: Path | None) -> str:
                              f"{r['ms_per_batch']:.0f}")  # fmt: skip
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    if timing:
+        sizes = sorted({r["T"] for r in timing})
+        cpu = {}
+        for r in timing:
+            cpu.setdefault(r["method"], {})[r["T"]] = r["cpu_ms_per_batch"]
+        lines.append("**CPU ms per batch of 128** (one thread; median of a few Permuted basis batches)")
+        lines.append("")
+        lines.append("| method | " + " | ".join(f"T = {t}" for t in sizes) + " | T = 1000 / T = 10 |")
+        lines.append("|---|" + "---|" * (len(sizes) + 1))
+        for method, by_t in cpu.items():
+            ratio = by_t[max(sizes)] / by_t[min(sizes)] if min(sizes) in by_t and max(sizes) in by_t else float("nan")
+            lines.append(f"| {method} | " + " | ".join(f"{by_t[t]:.1f}" if t in by_t else "-" for t in sizes)
+                         + f" | {ratio:.2f}x |")  # fmt: skip
+        lines.append("")
+    if sweep:
+        batches = sorted({r["batch"] for r in sweep})
+        lines.append(f"**Fingerprint by batch size**: {sweep[0]['T']} stored tasks, every alpha task's test images "
+                     "cut into batches of b (up to 8 per task)")  # fmt: skip
+        lines.append("")
+        lines.append("| sketch | bytes per task | " + " | ".join(f"b = {b}" for b in batches) + " |")
+        lines.append("|---|---|" + "---|" * len(batches))
+        by_method: dict[str, dict] = {}
+        for r in sweep:
+            by_method.setdefault((r["method"], r["extra_bytes_per_task"]), {})[r["batch"]] = r
+        for (method, nbytes), by_b in by_method.items():
+            lines.append(f"| {method} | {nbytes} | "
+                         + " | ".join(f"{by_b[b]['found']}/{by_b[b]['batches']} = {by_b[b]['rate']:.1%}" for b in batches)
+                         + " |")  # fmt: skip
+        lines.append("")
     if plot is not None:
         import matplotlib
 
@@ -245,14 +281,14 @@ def report(paths: list[Path], plot: Path | None) -> str:
                    title=f"Permuted Fashion-MNIST, {key[1]} tasks")  # fmt: skip
         axes[1].legend(fontsize=7)
         times: dict[str, dict] = {}
-        for r in rows:
-            if r["scenario"] == "permuted":
-                times.setdefault(r["method"], {})[r["T"]] = r["ms_per_batch"]
+        for r in timing or [r for r in rows if r["scenario"] == "permuted"]:
+            times.setdefault(r["method"], {})[r["T"]] = r["cpu_ms_per_batch"] if timing else r["ms_per_batch"]
         for method, by_t in times.items():
             ts = sorted(by_t)
             axes[2].plot(ts, [by_t[t] for t in ts], marker="o", label=method)
         axes[2].set(xscale="log", yscale="log", xlabel="stored tasks T", ylabel="ms per batch of 128 (median)",
-                    title="Time per batch (2-core CPU, shared)")  # fmt: skip
+                    title="CPU time per batch, one thread" if timing else "Wall time per batch (shared CPU)")
+        axes[2].legend(fontsize=7)  # fmt: skip
         fig.tight_layout()
         plot.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(plot, dpi=110)
@@ -290,6 +326,8 @@ def main() -> int:
     p.add_argument("--only", choices=["permuted", "rotated"], default=None)
     p.add_argument("--timing-only", action="store_true", help="permuted: CPU ms per batch of every method and T")
     p.add_argument("--timing-batches", type=int, default=3)
+    p.add_argument("--fingerprint-sweep", action="store_true",
+                   help="permuted: fingerprint identification of every alpha task by batch size (1..128)")
     p.add_argument("--build-only", action="store_true", help="train and cache the learners, measure nothing")
     p.add_argument("--quick", action="store_true", help="3 basis, 10 random, 20 alpha, 6 rotated tasks, T <= 30")
     args = p.parse_args()
@@ -330,7 +368,7 @@ def main() -> int:
             for m in dims:
                 fps = fps_by_dim[m] if m != "none" else None
                 r = measure(learner, sc, scored, candidates, method, fps, per_task)
-                label = method if m is None or method != "fingerprint" else f"fingerprint m={m or 'raw'}"
+                label = method if method != "fingerprint" else f"fingerprint m={m or 'raw'}"
                 nbytes = next(iter(fps.values())).nbytes if fps and method in ("fingerprint", "calibrated") else 0
                 label_acc = acc_true if scored is evaluated else own_accuracy(learner, sc, scored, per_task)
                 row = dict(scenario=scenario, tasks=row_kind, T=t_size, method=label, task_label_accuracy=label_acc,
@@ -358,6 +396,26 @@ def main() -> int:
                                args.cache / f"permuted_fp_{args.alpha}_{args.train_subset}_{args.fingerprint_images}.pt",
                                dims, args.fingerprint_images)  # fmt: skip
         basis = list(enumerate(names[: args.basis]))
+        if args.fingerprint_sweep:  # identification of alpha tasks among all T by batch size and sketch size
+            alpha_tasks = list(enumerate(names))[args.basis : args.basis + args.alpha]
+            sizes = (1, 4, 16, 64, 128)
+            hits = {(m, b): [0, 0] for m in args.sketch_dims for b in sizes}
+            for t, name in alpha_tasks:
+                x = sc.task(t).test.inputs[:BATCH]
+                for m in args.sketch_dims:
+                    for b in sizes:
+                        for start in range(0, min(BATCH, 8 * b), b):
+                            res = inference.infer_task(learner, x[start : start + b], "fingerprint", names, fingerprints=fps[m])
+                            hits[m, b][0] += res.task == name
+                            hits[m, b][1] += 1
+            for (m, b), (h, n) in hits.items():
+                nbytes = next(iter(fps[m].values())).nbytes
+                rows.append(dict(scenario="permuted", tasks="alpha", T=len(names), method=f"fingerprint m={m or 'raw'}",
+                                 batch=b, found=h, batches=n, rate=h / n, extra_bytes_per_task=nbytes))  # fmt: skip
+                print(f"  fingerprint m={m or 'raw':<4} ({nbytes:>5} B/task) batch {b:>3}: {h}/{n} = {h / n:.1%} "
+                      f"among T = {len(names)}", flush=True)  # fmt: skip
+            save()
+            return 0
         if args.timing_only:  # CPU time per batch only: a few basis batches, every method, every T
             for t_size in args.sizes:
                 for method in args.methods:
