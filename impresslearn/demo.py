@@ -139,8 +139,10 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(f"task inference (one-shot GN over all {learner.num_tasks} tasks, batches of 128): "
           f"{gn_hits}/{gn_total} = {gn_hits / gn_total:.1%}")  # fmt: skip
-    print(f"storage: bank {_fmt_bytes(report['bank_bytes'])} (K = {report['num_masks']} masks x "
-          f"{report['num_layers']} layers, 1 bit per weight), coefficients {_fmt_bytes(report['coefficient_bytes'])}; "
+    print(f"storage: bank {_fmt_bytes(report['bank_bytes'])} in memory (K = {report['num_masks']} masks x "
+          f"{report['num_layers']} layers, 1 bit per weight), {_fmt_bytes(report['stored_bank_bytes'])} stored "
+          f"(random masks as their seed), coefficients {_fmt_bytes(report['coefficient_bytes'])} "
+          f"({report['coefficient_dtype']}); "
           f"total {_fmt_bytes(report['total_bytes'])} vs SupSup {_fmt_bytes(report['supsup_total_bytes'])} "
           f"for {report['num_tasks']} tasks ({report['compression']:.2f}x); a new task adds "
           f"{_fmt_bytes(report['new_task_bytes'])} vs SupSup's "

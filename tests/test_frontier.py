@@ -67,6 +67,8 @@ def test_the_demo_runs_with_the_preset(tmp_path, capsys):
     # alpha[501, 3] in fp16 = 3,006 B: the bank's 500 random masks are one 56-byte seed record
     assert "a new task adds 2.94 KiB vs SupSup's 32.50 KiB" in out
     assert "reloaded predictions identical: True" in out
+    # stored: the basis mask (33,275 B) + the random draw's record and hash (56 B), not 16 MB of planes
+    assert "32.55 KiB stored (random masks as their seed), coefficients 2.94 KiB (fp16)" in out
     # 16.8 MB of bank planes in memory; the file holds one plane (the basis mask) and no random bits
     assert (tmp_path / "demo" / "learner.safetensors").stat().st_size < 300_000
 
