@@ -93,17 +93,25 @@ def run(args) -> None:
         save_rows(args.out, rows, settings)
         print(json.dumps(row), flush=True)
 
-    def chosen(method, k, candidates):
-        """The candidate with the best validation accuracy on seed 0 (None until all have run)."""
-        seed0 = [r for r in rows if r["method"] == method and r["K"] == k and r["seed"] == args.seeds[0]]
+    earlier = load_rows(args.choices_from) if args.choices_from else None
+
+    def chosen(method, k, candidates, source):
+        """The candidate with the best validation accuracy on the first seed (None until all have run)."""
+        mine = [r for r in source if r["method"] == method and r["K"] == k]
+        seed0 = [r for r in mine if r["seed"] == min(m["seed"] for m in mine)]
         if len(seed0) < len(candidates):
             return None
         best = max(seed0, key=lambda r: r["validation"]["fp32"])["candidate"]
         return next(c for c in candidates if candidate_name(c) == best)
 
     def plan(method, k, candidates):
+        if earlier is not None:  # the choice made on another run's validation split, for every seed
+            choice = chosen(method, k, candidates, earlier)
+            if choice is None:
+                raise SystemExit(f"{args.choices_from} has not chosen a candidate for {method} K={k}")
+            candidates = [choice]
         for seed in args.seeds:
-            pool = candidates if seed == args.seeds[0] else [chosen(method, k, candidates)]
+            pool = candidates if seed == args.seeds[0] else [chosen(method, k, candidates, rows)]
             for cfg in pool:
                 if (method, k, seed, candidate_name(cfg)) not in done:
                     yield seed, cfg
@@ -218,6 +226,8 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=12_000, help="training images per task (the rest is unused)")
     p.add_argument("--ks", type=lambda s: [int(v) for v in s.split(",")], default=[10, 50, 250, 500, 1000])
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--choices-from", type=Path, default=None,
+                   help="reuse the candidates another results file chose on its validation split (no new choice)")
     p.add_argument("--report", action="store_true", help="print the table (and draw --figure) from --out")
     p.add_argument("--figure", type=Path, default=None)
     args = p.parse_args()
