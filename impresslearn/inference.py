@@ -17,7 +17,8 @@ Methods (``T`` candidates, one "forward" = one combine per layer plus the networ
                 ``steps`` forwards + backwards, flat in T.
 ``exhaustive``  every candidate bound alone (its own BN statistics), score ``-H_t(x)``: the
                 lowest mean output entropy. T combines per layer and T forwards, run in chunks
-                of tasks as one batched forward (a bmm / grouped convolution per layer).
+                of tasks as one batched forward (a bmm / grouped convolution per layer); when
+                T > K the first layer is computed once per bank mask and mixed per task.
 ``calibrated``  exhaustive, each ``H_t`` minus the mean entropy the task had on its own
                 training data (stored in its :class:`TaskFingerprint`).
 ``fingerprint`` no forward at all: the batch's inputs are projected onto ``m`` fixed random
@@ -47,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .layers import ImpressConv2d, ImpressLinear, MultitaskNonAffineBN
+from .layers import ImpressConv2d, ImpressLinear, set_bn_slot
 
 GN_METHODS = ("oneshot", "binary", "iterative")
 """The methods that read the entropy gradient of the superposition (SupSup's GN)."""
@@ -187,29 +188,6 @@ def _restored_sources(learner):
         learner.model.train(training)
 
 
-def _extra_one_hot(rec, device) -> torch.Tensor | None:
-    if rec.kind != "hybrid":
-        return None
-    e = torch.zeros(rec.extra_index + 1, device=device)
-    e[rec.extra_index] = 1.0
-    return e
-
-
-def _bind_single(learner, name: str) -> None:
-    """Task ``name`` alone, its own BN slot (what ``learner.bind_task`` does, via public layer calls)."""
-    rec = learner.tasks[name]
-    layers, bns = _layers_and_bns(learner)
-    extra = _extra_one_hot(rec, rec.coefficients.device)
-    d = len(layers)
-    for i, layer in enumerate(layers):
-        if i == d - 1 and extra is not None:
-            layer.use_coefficients(None, extra)
-        else:
-            layer.use_coefficients(rec.coefficients[:, i])
-    for bn in bns:
-        bn.task_slot = rec.bn_slot
-
-
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-example output entropy (nats) over the last dimension."""
     logp = F.log_softmax(logits.float(), dim=-1)
@@ -244,8 +222,8 @@ def stacked_coefficients(learner, names: Sequence[str]) -> tuple[torch.Tensor, t
         for t, rec in enumerate(records):
             norm = rec.coefficients.abs().sum(dim=0, keepdim=True).clamp_min(1e-12)
             a[t, : rec.num_masks] = rec.coefficients / norm
-            if rec.kind == "hybrid":
-                e[t, rec.extra_index] = 1.0
+            if rec.extra_index is not None:  # a hybrid task's own last-layer mask
+                e[t, : rec.extra_index + 1] = rec.last_layer_extra()
         if e is not None and not e.any():
             e = None
     _STACK_CACHE.clear()  # one learner's stack at a time: a 1000-task stack is K*d*4 KB
@@ -256,7 +234,7 @@ def stacked_coefficients(learner, names: Sequence[str]) -> tuple[torch.Tensor, t
 
 def _superposition_entropy(learner, x: torch.Tensor, beta: torch.Tensor, a: torch.Tensor, e) -> torch.Tensor:
     """Mean output entropy of the superposition ``alpha' = A^T beta`` (ONE combine per layer)."""
-    layers, bns = _layers_and_bns(learner)
+    layers, _ = _layers_and_bns(learner)
     alpha = torch.einsum("t,tkd->kd", beta, a)
     extra = beta @ e if e is not None else None
     d = len(layers)
@@ -265,8 +243,7 @@ def _superposition_entropy(learner, x: torch.Tensor, beta: torch.Tensor, a: torc
             layer.use_coefficients(alpha[:, i], extra)  # its bank part plus the hybrid masks
         else:
             layer.use_coefficients(alpha[:, i])
-    for bn in bns:
-        bn.task_slot = None  # a mixture of tasks has no BN slot: batch statistics
+    set_bn_slot(learner.model, None)  # a mixture of tasks has no BN slot: batch statistics
     return _entropy(learner.model(x)).mean()
 
 
@@ -324,8 +301,8 @@ def _stacked_weights(layer, column: int, is_last: bool, records, device) -> torc
     """``W_eff`` of layer ``column`` for each task in ``records``: ``[c, *weight.shape]`` (c combines)."""
     out = torch.empty(len(records), *layer.weight.shape, device=device, dtype=layer.weight.dtype)
     for j, rec in enumerate(records):
-        if is_last and rec.kind == "hybrid":  # the task's own last-layer mask, from the extra bank
-            coefficients, bank = _extra_one_hot(rec, device), layer.extra_bank
+        if is_last and rec.extra_index is not None:  # a hybrid task's own last-layer mask, from the extra bank
+            coefficients, bank = rec.last_layer_extra().to(device), layer.extra_bank
         else:
             coefficients, bank = rec.coefficients[:, column].contiguous(), layer.bank
         out[j] = ops.combine_masks(layer.weight, bank[: ops.num_planes(coefficients.shape[0])], coefficients, backend=layer.backend)
@@ -539,7 +516,7 @@ def task_fingerprint(
             _candidate_names(learner, [name])
             stack.enter_context(_restored_sources(learner))
             stack.enter_context(torch.no_grad())
-            _bind_single(learner, name)
+            learner.bind_task(name)
             learner.model.eval()
         for x in _batches(inputs):
             if max_examples is not None and total >= max_examples:
