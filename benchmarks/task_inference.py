@@ -340,7 +340,7 @@ def main() -> int:
         args.sizes, args.train_subset, args.test_subset = [10, 30], 1000, 256
         args.fingerprint_images, args.batches_per_task, args.max_tasks_evaluated = 500, 1, 10
         args.sketch_dims = [64]
-        args.out = args.out.with_name("task_inference_quick.json")
+        args.out = args.cache / "task_inference_quick.json"  # a smoke run: not a result to keep
     args.distractors = max(0, max(args.sizes) - args.basis - args.alpha)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     rows = []
