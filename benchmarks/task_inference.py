@@ -17,9 +17,18 @@ Scenarios (Fashion-MNIST, LeNet-300-100, density 0.1):
   Permuted only, so Rotated is the held-out check.
 
 Per (scenario, rows, T, method): the share of test batches of 128 whose task is named
-correctly, the accuracy of the predictions made with the inferred task, and the median time
-per batch. Trained learners and fingerprints are cached (``--cache``), so a rerun only measures.
-Writes ``benchmarks/results/task_inference.json`` and, with ``--plot``, a PNG.
+correctly, the accuracy of the predictions made with the inferred task, and the median wall
+and CPU time per batch. Trained learners and fingerprints are cached (``--cache``), so a rerun
+only measures. Rows go to ``--out`` (JSON) as they are measured; ``--report`` turns saved runs
+into the tables of docs/results.md and, with ``--plot``, its figure. The runs behind that page:
+
+    nice python benchmarks/task_inference.py --only permuted --sizes 10 1000 --max-tasks-evaluated 25 \
+        --out benchmarks/results/task_inference_permuted_a.json     # and --sizes 100 250 (_b)
+    nice python benchmarks/task_inference.py --only rotated ...     # _rotated_a/_b/_c.json
+    nice python benchmarks/task_inference.py --only permuted --timing-only --sketch-dims 64 \
+        --methods oneshot binary iterative exhaustive fingerprint --out .../task_inference_timing.json
+    nice python benchmarks/task_inference.py --only permuted --fingerprint-sweep --out .../task_inference_fingerprint_sweep.json
+    python benchmarks/task_inference.py --report benchmarks/results/task_inference_*.json --plot docs/results/task_inference.png
 """
 
 from __future__ import annotations
