@@ -175,15 +175,16 @@ def test_candidates_restrict_the_choice(mixed):
 # ----------------------------------------------------------------------------- grad modes and state
 
 
-@pytest.mark.parametrize("method", ["oneshot", "binary", "iterative", "exhaustive"])
+@pytest.mark.parametrize("method", inference.METHODS)
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_works_under_no_grad_and_inference_mode(mixed, method, mode):
     sc, learner, batches, fps = mixed
-    want = infer_task(learner, batches[1], method=method)
+    want = infer_task(learner, batches[1], method=method, fingerprints=fps)
+    inference._FINGERPRINT_CACHE.clear()  # stack the fingerprints again, inside the mode
     ctx = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
     with ctx:
         x = batches[1].clone()  # under inference_mode: an inference tensor
-        got = infer_task(learner, x, method=method)
+        got = infer_task(learner, x, method=method, fingerprints=fps)
     assert got.task == want.task
     torch.testing.assert_close(torch.tensor(got.scores), torch.tensor(want.scores))
 
