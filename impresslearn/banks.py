@@ -93,7 +93,13 @@ def stored_bank_bytes(layer_sizes: Sequence[int], num_masks: int, draws: Sequenc
 
 def select_masks(bank: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
     """A byte-plane bank holding only masks ``indices`` of ``bank`` (in that order), re-packed."""
-    out = bank.new_zeros((ops.num_planes(len(indices)), bank.shape[1]))
+    count = len(indices)
+    if list(indices) == list(range(count)):  # a prefix (e.g. no random masks): whole planes, no bit loop
+        out = bank[: ops.num_planes(count)].clone()
+        if count % 8:
+            out[-1] &= (1 << (count % 8)) - 1
+        return out
+    out = bank.new_zeros((ops.num_planes(count), bank.shape[1]))
     for new, old in enumerate(indices):
         bit = (bank[old // 8] >> (old % 8)) & 1
         out[new // 8] |= bit << (new % 8)
@@ -149,8 +155,11 @@ def install_stored_banks(learner, tensors: dict, metadata: dict, need) -> None:
              f"layers.{i}.bank must hold the {len(kept)} trained masks, uint8[{ops.num_planes(len(kept))}, {n}]; "
              f"got {stored.dtype} of shape {tuple(stored.shape)}")  # fmt: skip
         bank = torch.zeros(ops.num_planes(num_masks), n, dtype=torch.uint8)
-        for j, index in enumerate(kept):
-            bank[index // 8] |= ((stored[j // 8] >> (j % 8)) & 1) << (index % 8)
+        if kept == list(range(len(kept))):  # trained masks first: their planes as stored
+            bank[: stored.shape[0]] = stored
+        else:
+            for j, index in enumerate(kept):
+                bank[index // 8] |= ((stored[j // 8] >> (j % 8)) & 1) << (index % 8)
         full.append(bank.to(layer.weight.device))
     for d in sorted(draws, key=lambda d: d["first"]):
         for m, scores in enumerate(random_mask_scores(shapes, d["count"], d["seed"])):

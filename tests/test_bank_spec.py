@@ -87,27 +87,32 @@ def test_load_refuses_random_draws_that_do_not_describe_the_bank(k250, tmp_path,
         ImpressLearner.load(tmp_path / "bad.safetensors")
 
 
-def test_a_mixed_bank_stores_only_its_trained_masks(task_data, tmp_path):
+@pytest.mark.parametrize("first_random", [5, 0])  # trained masks amid random ones, or first (whole planes)
+def test_a_mixed_bank_stores_only_its_trained_masks(task_data, tmp_path, first_random):
     learner = ImpressLearner(_lenet(), density=DENSITY)
-    learner.add_random_masks(5, seed=1)
+    if first_random:
+        learner.add_random_masks(first_random, seed=1)
     generator = torch.Generator().manual_seed(0)
     hand = [torch.rand(3, layer.weight.numel(), generator=generator) < 0.2 for layer in learner.layers]
-    assert learner.add_masks(hand) == [5, 6, 7]  # masks not drawn from a seed: stored bit by bit
-    learner.add_random_masks(9, seed=2)
+    at = list(range(first_random, first_random + 3))
+    assert learner.add_masks(hand) == at  # masks not drawn from a seed: stored bit by bit
+    learner.add_random_masks(14 - first_random, seed=2)  # shares the trained masks' plane
     learner.register_task("t", torch.rand(17, learner.num_layers))
     learner.save(tmp_path / "mixed.safetensors")
     tensors, _ = load_checkpoint(tmp_path / "mixed.safetensors")
     for i, layer in enumerate(learner.layers):
         assert tensors[f"layers.{i}.bank"].shape == (1, layer.weight.numel())  # 3 masks: one plane, not 3
+        assert not (tensors[f"layers.{i}.bank"] >> 3).any()  # no random mask's bits in the file
     loaded = ImpressLearner.load(tmp_path / "mixed.safetensors")
     for a, b, h in zip(learner.layers, loaded.layers, hand):
         assert torch.equal(a.bank, b.bank)
-        assert torch.equal(b.masks()[5:8].reshape(3, -1), h)
+        assert torch.equal(b.masks()[at[0] : at[-1] + 1].reshape(3, -1), h)
     _, x = task_data
     assert torch.equal(loaded.predict("t", x), learner.predict("t", x))
     stored = accounting.storage_report(learner)["stored_bank_bytes"]
     sizes, _ = accounting.model_sizes(learner.model)
-    assert stored == 3 * accounting.mask_bytes(sizes) + 2 * banks.RANDOM_DRAW_BYTES + banks.BANK_HASH_BYTES
+    draws = 2 if first_random else 1
+    assert stored == 3 * accounting.mask_bytes(sizes) + draws * banks.RANDOM_DRAW_BYTES + banks.BANK_HASH_BYTES
 
 
 def test_version_2_checkpoints_with_full_banks_still_load(k250, tmp_path):
