@@ -200,6 +200,12 @@ def test_inference_leaves_the_bound_task_and_train_mode_alone(mixed):
     assert all("forward" not in vars(m) for m in learner.model.modules())  # no patched forward left behind
     with torch.no_grad():
         assert torch.equal(learner.model(x), before)
+    learner.model.train()  # a user's loop in training mode stays in it
+    try:
+        infer_task(learner, x, method="oneshot")
+        assert learner.model.training
+    finally:
+        learner.model.eval()
 
 
 # ----------------------------------------------------------------------------- fingerprints
