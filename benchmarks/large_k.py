@@ -70,7 +70,8 @@ def main() -> None:
     dense = dense_step_seconds(x, y, args.warmup, args.steps)
     print(f"LeNet-300-100, density {DENSITY}, batch {args.batch_size}, {steps_per_epoch} steps per epoch of "
           f"{EPOCH_IMAGES:,} images; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-          f"load average {os.getloadavg()[0]:.1f}; median of {args.steps} steps after {args.warmup} warm-up")  # fmt: skip
+          f"load average {os.getloadavg()[0]:.1f}; median of {args.steps} steps after {args.warmup} "
+          "warm-up")  # fmt: skip
     print(f"plain dense LeNet-300-100 step: {1000 * dense:.1f} ms ({dense * steps_per_epoch:.1f} s per epoch)")
     print("| K | alpha step (ms) | x dense step | s per epoch | bank in memory (MB) | as fp32 masks (MB) "
           "| stored in checkpoint (B) | draw K masks (s) | save + load (s) |")
@@ -92,9 +93,10 @@ def main() -> None:
         learner.save(path)
         ImpressLearner.load(path)
         round_trip = time.perf_counter() - t0
-        print(f"| {k} | {1000 * step:.1f} | {step / dense:.1f} | {step * steps_per_epoch:.1f} | {in_memory / 1e6:.2f} | "
-              f"{accounting.dense_float_masks_bytes(sizes, k) / 1e6:.1f} | "
-              f"{stored_bank_bytes(sizes, k, learner.random_mask_draws)} | {draw:.1f} | {round_trip:.1f} |", flush=True)  # fmt: skip
+        print(f"| {k} | {1000 * step:.1f} | {step / dense:.1f} | {step * steps_per_epoch:.1f} | "
+              f"{in_memory / 1e6:.2f} | {accounting.dense_float_masks_bytes(sizes, k) / 1e6:.1f} | "
+              f"{stored_bank_bytes(sizes, k, learner.random_mask_draws)} | {draw:.1f} | {round_trip:.1f} |",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -53,8 +53,8 @@ def round_coefficients(alpha: torch.Tensor, name: str) -> torch.Tensor:
     rounded = alpha.detach().to(dtype)
     if not torch.isfinite(rounded).all() and torch.isfinite(alpha).all():
         largest = float(alpha.detach().abs().max())
-        raise ValueError(f"coefficients up to {largest:g} in magnitude do not fit {name} (max {torch.finfo(dtype).max:g}); "
-                         "store them as fp32 or bf16")  # fmt: skip
+        raise ValueError(f"coefficients up to {largest:g} in magnitude do not fit {name} "
+                         f"(max {torch.finfo(dtype).max:g}); store them as fp32 or bf16")  # fmt: skip
     return rounded.float()
 
 

@@ -40,7 +40,8 @@ class Preset:
         drawn from ``seed``; ``learner_kwargs`` (device, backend, progress) go to the learner."""
         from .learner import ImpressLearner
 
-        learner = ImpressLearner(model, density=self.density, coefficient_dtype=self.coefficient_dtype, **learner_kwargs)
+        learner = ImpressLearner(model, density=self.density, coefficient_dtype=self.coefficient_dtype,
+                                 **learner_kwargs)  # fmt: skip
         learner.add_random_masks(self.random_masks, seed=seed)
         return learner
 
