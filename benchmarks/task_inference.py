@@ -219,7 +219,8 @@ def spread(items: list, count: int) -> list:
 def report(paths: list[Path], plot: Path | None) -> str:
     """Markdown tables (identification, accuracy, ms per batch) of saved runs, and a PNG."""
     everything = [r for path in paths for r in json.loads(path.read_text())["rows"]]
-    rows = [r for r in everything if r["tasks"] != "timing" and "batch" not in r]
+    rows = [r for r in everything if r["tasks"] != "timing" and "batch" not in r and not r.get("fingerprint_only")]
+    alone = [r for r in everything if r.get("fingerprint_only")]
     for r in rows:  # runs before the label named the raw-pixel sketch
         r["method"] = "fingerprint m=raw" if r["method"] == "fingerprint" else r["method"]
     timing = [r for r in everything if r["tasks"] == "timing"]
@@ -259,6 +260,21 @@ def report(paths: list[Path], plot: Path | None) -> str:
             ratio = by_t[max(sizes)] / by_t[min(sizes)] if min(sizes) in by_t and max(sizes) in by_t else float("nan")
             lines.append(f"| {method} | " + " | ".join(f"{by_t[t]:.1f}" if t in by_t else "-" for t in sizes)
                          + f" | {ratio:.2f}x |")  # fmt: skip
+        lines.append("")
+    if alone:
+        scenarios = list(dict.fromkeys(r["scenario"] for r in alone))
+        lines.append("**The fingerprint alone** (no network needed), 2 test batches of 128 per task")
+        lines.append("")
+        lines.append("| sketch | bytes per task | " + " | ".join(f"{sc} (T = {next(r['T'] for r in alone if r['scenario'] == sc)})"
+                                                          for sc in scenarios) + " |")  # fmt: skip
+        lines.append("|---|---|" + "---|" * len(scenarios))
+        cells: dict[tuple, dict] = {}
+        for r in alone:
+            cells.setdefault((r["method"], r["extra_bytes_per_task"]), {})[r["scenario"]] = r
+        for (method, nbytes), by_sc in cells.items():
+            lines.append(f"| {method} | {nbytes} | " + " | ".join(
+                f"{by_sc[sc]['found']}/{by_sc[sc]['batches']} = {by_sc[sc]['rate']:.0%}" if sc in by_sc else "-"
+                for sc in scenarios) + " |")  # fmt: skip
         lines.append("")
     if sweep:
         batches = sorted({r["batch"] for r in sweep})
@@ -304,6 +320,34 @@ def report(paths: list[Path], plot: Path | None) -> str:
     return "\n".join(lines)
 
 
+def fingerprint_scenarios(args) -> list[dict]:
+    """The fingerprint alone (it needs no trained network) on scenarios where inputs differ less:
+    Split Fashion-MNIST (5 tasks of 2 classes) and Rotated at spacings below the 12 degrees above."""
+    cases = [("split 2 classes", create_scenario("split_fmnist", num_tasks=5, seed=args.seed,
+                                                 train_subset=args.train_subset, test_subset=args.test_subset))]
+    for spacing in (1.0, 3.0, 6.0):
+        cases.append((f"rotated {spacing:g}deg", create_scenario(
+            "rotated_fmnist", num_tasks=30, seed=args.seed, train_subset=args.train_subset,
+            test_subset=args.test_subset, angles=[spacing * t for t in range(30)], cache_size=2)))
+    rows = []
+    for label, sc in cases:
+        tasks = list(range(sc.num_tasks))
+        for m in args.sketch_dims:
+            fps = [inference.task_fingerprint(sc.task(t).train.inputs[: args.fingerprint_images], sketch_dim=m)
+                   for t in tasks]  # fmt: skip
+            found = total = 0
+            for t in tasks:
+                for x, _ in test_batches(sc, t, args.batches_per_task):
+                    found += int(inference.fingerprint_log_likelihoods(x, fps).mean(1).argmax()) == t
+                    total += 1
+            rows.append(dict(scenario=label, tasks="basis", T=len(tasks), method=f"fingerprint m={m or 'raw'}",
+                             found=found, batches=total, rate=found / total, extra_bytes_per_task=fps[0].nbytes,
+                             fingerprint_only=True))  # fmt: skip
+            print(f"  {label:<16} T={len(tasks):<3} fingerprint m={m or 'raw':<4} found {found}/{total} = "
+                  f"{found / total:.1%}", flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--basis", type=int, default=10, help="permuted basis tasks (edge-popup masks)")
@@ -335,6 +379,8 @@ def main() -> int:
     p.add_argument("--only", choices=["permuted", "rotated"], default=None)
     p.add_argument("--timing-only", action="store_true", help="permuted: CPU ms per batch of every method and T")
     p.add_argument("--timing-batches", type=int, default=3)
+    p.add_argument("--fingerprint-scenarios", action="store_true",
+                   help="the fingerprint alone on Split and on Rotated at 1, 3 and 6 degrees (no training)")
     p.add_argument("--fingerprint-sweep", action="store_true",
                    help="permuted: fingerprint identification of every alpha task by batch size (1..128)")
     p.add_argument("--build-only", action="store_true", help="train and cache the learners, measure nothing")
@@ -392,6 +438,10 @@ def main() -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     dims = [None if m == 0 else m for m in args.sketch_dims]
     args.sketch_dims = dims
+    if args.fingerprint_scenarios:
+        rows.extend(fingerprint_scenarios(args))
+        save()
+        return 0
     if args.only in (None, "permuted"):
         learner, state, sc = build_permuted(args)
         if args.build_only:
