@@ -9,7 +9,10 @@ What a task stores, in bytes (stored formats: docs/design.md, Formats):
 - coefficients ``A_t[K_t, d]``: ``4 * K_t * d`` in fp32, ``2 * K_t * d`` in fp16 or bf16 (the
   learner's ``coefficient_dtype``, :mod:`impresslearn.banks`);
 - per-task BatchNorm statistics (conv nets): fp32 running mean and variance per channel,
-  ``8 * C`` per BN layer. SupSup needs them too (a shared BN fails every task but the last).
+  ``8 * C`` per BN layer. SupSup needs them too (a shared BN fails every task but the last);
+- a fingerprint (task inference, :class:`impresslearn.inference.TaskFingerprint`), when the
+  task has one: fp16 mean and variance of ``m`` input projections and an fp32 entropy,
+  ``4 * m + 4`` (260 at the default m = 64). SupSup stores none (it infers with GN).
 
 ImpressLearn: a basis task stores its mask + its one-hot ``A_t`` + BN; a new task ``A_t`` + BN;
 a hybrid task ``A_t`` + its last-layer mask + BN. SupSup (one mask per task): mask + BN.
@@ -73,8 +76,9 @@ def supsup_bytes_per_task(layer_sizes: Sequence[int], bn_features: Sequence[int]
 @dataclass(frozen=True)
 class TaskBytes:
     """What one task stores: ``mask_bits`` (its own masks), ``coefficients``, ``bn_stats`` and
-    ``bank_share`` (its part of the shared bank, see the module doc; may be fractional);
-    ``total`` is their sum and ``supsup`` what SupSup stores for the same task."""
+    ``bank_share`` (its part of the shared bank, see the module doc; may be fractional) and
+    ``fingerprint`` (0 without one); ``total`` is their sum and ``supsup`` what SupSup stores
+    for the same task."""
 
     mask_bits: int
     coefficients: int
@@ -82,6 +86,7 @@ class TaskBytes:
     total: float
     supsup: int
     bank_share: float = 0
+    fingerprint: int = 0
 
     def __getitem__(self, key: str) -> int:  # reports read it like the dict it used to be
         return getattr(self, key)
@@ -91,9 +96,10 @@ class TaskBytes:
 
 
 def task_bytes(kind: str, num_masks: int, layer_sizes: Sequence[int], bn_features: Sequence[int], *,
-               coefficient_dtype: str = "fp32", bank_share: float = 0) -> TaskBytes:  # fmt: skip
+               coefficient_dtype: str = "fp32", bank_share: float = 0, fingerprint: int = 0) -> TaskBytes:  # fmt: skip
     """Bytes of one stored task of ``kind`` whose ``A_t`` spans ``num_masks`` masks, its
-    coefficients in ``coefficient_dtype``, plus ``bank_share`` bytes of the shared bank."""
+    coefficients in ``coefficient_dtype``, plus ``bank_share`` bytes of the shared bank and
+    ``fingerprint`` bytes of its fingerprint (``TaskFingerprint.nbytes``; 0 without one)."""
     if kind == "basis":
         own = mask_bytes(layer_sizes)
     elif kind == "hybrid":
@@ -104,8 +110,8 @@ def task_bytes(kind: str, num_masks: int, layer_sizes: Sequence[int], bn_feature
         raise ValueError(f"kind must be 'basis', 'new' or 'hybrid', got {kind!r}")
     coefficients = coefficient_bytes(num_masks, len(layer_sizes), coefficient_dtype)
     bn = bn_bytes_per_task(bn_features)
-    return TaskBytes(own, coefficients, bn, own + coefficients + bn + bank_share,
-                     supsup_bytes_per_task(layer_sizes, bn_features), bank_share)  # fmt: skip
+    return TaskBytes(own, coefficients, bn, own + coefficients + bn + bank_share + fingerprint,
+                     supsup_bytes_per_task(layer_sizes, bn_features), bank_share, fingerprint)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- of a learner
@@ -129,15 +135,23 @@ def shared_bank_bytes(learner) -> int:
     return stored_bank_bytes(sizes, learner.num_masks, draws) - basis_owned * mask_bytes(sizes)
 
 
+def fingerprint_bytes(learner, name: str) -> int:
+    """Bytes of task ``name``'s fingerprint in the learner's ``fingerprints`` (0 without one)."""
+    fingerprint = getattr(learner, "fingerprints", {}).get(name)
+    return 0 if fingerprint is None else fingerprint.nbytes
+
+
 def learner_task_bytes(learner, name: str) -> TaskBytes:
     rec = learner.tasks[name]
     sizes, features = model_sizes(learner.model)
     return task_bytes(rec.kind, rec.num_masks, sizes, features, coefficient_dtype=learner.coefficient_dtype,
-                      bank_share=shared_bank_bytes(learner) / len(learner.tasks))  # fmt: skip
+                      bank_share=shared_bank_bytes(learner) / len(learner.tasks),
+                      fingerprint=fingerprint_bytes(learner, name))  # fmt: skip
 
 
 def storage_report(learner) -> dict:
-    """Bytes of everything a learner stores (banks, coefficients, BN statistics) vs SupSup for the same tasks.
+    """Bytes of everything a learner stores (banks, coefficients, BN statistics, fingerprints) vs
+    SupSup for the same tasks.
 
     ``bank_bytes`` is the banks' size in memory (byte planes, random masks included);
     ``stored_bank_bytes`` what the checkpoint stores of them (random masks as their seeds,
@@ -151,7 +165,8 @@ def storage_report(learner) -> dict:
                        for rec in learner.tasks.values())  # fmt: skip
     t = len(learner.tasks)
     bn = bn_bytes_per_task(features) * t
-    total = stored_banks + coefficients + bn
+    fingerprints = sum(fingerprint_bytes(learner, name) for name in learner.tasks)
+    total = stored_banks + coefficients + bn + fingerprints
     supsup = supsup_bytes_per_task(sizes, features)
     return dict(
         num_tasks=t,
@@ -162,10 +177,14 @@ def storage_report(learner) -> dict:
         coefficient_dtype=learner.coefficient_dtype,
         coefficient_bytes=coefficients,
         bn_bytes=bn,
+        fingerprint_bytes=fingerprints,
         total_bytes=total,
         bytes_per_task=total / t if t else float("nan"),
+        # without a bank share; with a fingerprint like the stored ones' when the learner keeps them
         new_task_bytes=task_bytes("new", learner.num_masks, sizes, features,
-                                  coefficient_dtype=learner.coefficient_dtype).total,  # without a bank share
+                                  coefficient_dtype=learner.coefficient_dtype,
+                                  fingerprint=max((fp.nbytes for fp in getattr(learner, "fingerprints", {}).values()),
+                                                  default=0)).total,
         supsup_total_bytes=supsup * t,
         supsup_bytes_per_task=supsup,
         compression=(supsup * t / total) if t else float("nan"),
@@ -174,6 +193,7 @@ def storage_report(learner) -> dict:
 
 __all__ = [
     "FP32_BYTES", "PAPER_TABLE2_MASK_BITS_PER_WEIGHT", "TaskBytes", "bank_bytes", "bn_bytes_per_task",
-    "coefficient_bytes", "dense_float_masks_bytes", "learner_task_bytes", "mask_bytes", "model_sizes",
+    "coefficient_bytes", "dense_float_masks_bytes", "fingerprint_bytes", "learner_task_bytes", "mask_bytes",
+    "model_sizes",
     "shared_bank_bytes", "storage_report", "supsup_bytes_per_task", "task_bytes",
 ]  # fmt: skip

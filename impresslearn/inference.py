@@ -519,8 +519,6 @@ def task_fingerprint(
             learner.bind_task(name)
             learner.model.eval()
         for x in _batches(inputs):
-            if max_examples is not None and total >= max_examples:
-                break
             if max_examples is not None:
                 x = x[: max_examples - total]
             _check_batch(x)
@@ -532,6 +530,8 @@ def task_fingerprint(
             total += x.shape[0]
             if learner is not None:
                 entropy_sum += float(_entropy(learner.model(x.to(learner.device))).sum())
+            if max_examples is not None and total >= max_examples:
+                break  # before the loader draws (and perhaps loads) another batch
     if total < 2:
         raise ValueError(f"a fingerprint needs at least 2 examples, got {total}")
     mean = s1 / total

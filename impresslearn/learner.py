@@ -7,12 +7,13 @@ each usable on its own:
 - :mod:`impresslearn.tasks`       frozen task records, their registry, BN slots, the state hash;
 - :mod:`impresslearn.objectives`  ``EdgePopupObjective`` / ``AlphaObjective`` (nn.Modules for
                                   any loop, DDP included) and the ``fit`` loop ``learn_*`` use;
-- :mod:`impresslearn.inference`   task inference without labels (GN);
+- :mod:`impresslearn.inference`   task inference without labels (GN, input fingerprints);
 - :mod:`impresslearn.accounting`  bytes per task, for ImpressLearn and SupSup;
 - :mod:`impresslearn.learner_io`  checkpoint save and load.
 
-The learner holds the model (its banks live in its layers), the task registry and the
-per-task BN slots, and binds the mask source of the model's layers before each forward.
+The learner holds the model (its banks live in its layers), the task registry, the
+per-task BN slots and each task's input fingerprint (``fingerprints``, what ``infer_task``
+uses by default), and binds the mask source of the model's layers before each forward.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ from .tasks import TaskRecord, TaskRegistry, state_sha256
 # Masks a learner may draw without a seed: fresh entropy per call (recorded in the checkpoint).
 _SEED_BITS = 62
 
+# Training inputs a learned task's fingerprint reads (one pass, stopping there): the 64 fp16
+# means and variances are steady long before, and the pass costs one forward per input (the
+# entropy baseline), i.e. a fraction of one training epoch.
+FINGERPRINT_EXAMPLES = 4096
+
 
 class ImpressLearner:
     """Learns basis masks with edge-popup and new tasks as coefficients over them (ImpressLearn).
@@ -45,11 +51,15 @@ class ImpressLearner:
     or ``convert``). ``backend`` is passed to every op (None: the dispatch rule decides).
     ``coefficient_dtype`` (``"fp32"``, ``"fp16"`` or ``"bf16"``): every stored task's
     coefficients are rounded to it when stored, and saved in it (``impresslearn.banks``).
+    ``fingerprint_examples``: how many training inputs of a task ``learn_*`` read into its
+    fingerprint (``fingerprints``, :meth:`add_fingerprint`); 0 stores none.
     """
 
     def __init__(self, model: nn.Module, density: float = 0.1, device: str | torch.device = "cpu",
-                 backend: str | None = None, *, progress: bool = False, coefficient_dtype: str = "fp32"):  # fmt: skip
+                 backend: str | None = None, *, progress: bool = False, coefficient_dtype: str = "fp32",
+                 fingerprint_examples: int = FINGERPRINT_EXAMPLES):  # fmt: skip
         keep_count(1, density)  # validates density in (0, 1]
+        self.fingerprint_examples = check_integer(fingerprint_examples, "fingerprint_examples", minimum=0)
         self.coefficient_dtype = banks.check_coefficient_dtype(coefficient_dtype)
         self.model = model.to(device)
         self.density = float(density)
@@ -69,6 +79,8 @@ class ImpressLearner:
         self.mask_owners: list[str | None] = [None] * self.layers[0].num_masks
         # every add_random_masks call: {first, count, seed}, so the checkpoint says how to redraw them
         self.random_mask_draws: list[dict] = []
+        # task name -> its inputs' fingerprint (inference.TaskFingerprint), for task inference
+        self.fingerprints: dict[str, inference.TaskFingerprint] = {}
         self._slot_owner = None  # the open objective that reserved the next BN slot
 
     # -- sizes ------------------------------------------------------------------------------
@@ -144,7 +156,8 @@ class ImpressLearner:
 
         The task is stored as a basis task (one-hot ``A_t``) with its own BN slot; the returned
         history's ``task.mask_index`` is the mask's place in the bank. Homogeneous masks: call
-        again on the same data under other names with other ``cfg.seed``.
+        again on the same data under other names with other ``cfg.seed``. Its fingerprint is
+        read from the first ``fingerprint_examples`` inputs of ``loader`` (one more pass).
         """
         self.tasks.check_new_name(name)
         objective = EdgePopupObjective(self, seed=cfg.seed)
@@ -153,6 +166,7 @@ class ImpressLearner:
             rec = objective.commit(name, config=cfg)
         finally:
             objective.discard()  # a no-op after commit; else gives the BN slot back
+        self._fingerprint_learned_task(name, loader)
         return replace(history, task=rec)
 
     def add_random_masks(self, count: int, seed: int | None = None) -> list[int]:
@@ -212,6 +226,7 @@ class ImpressLearner:
         ``alpha`` starts at 1/K; only alpha trains (and, with ``hybrid``, a new edge-popup mask in
         the last layer, paper A.5, stored in that layer's extra bank). The returned history's
         ``task.coefficients`` is the stored ``A_t``. Diverged (non-finite) alpha is refused.
+        Its fingerprint is read from the first ``fingerprint_examples`` inputs of ``loader``.
         """
         self.tasks.check_new_name(name)
         objective = AlphaObjective(self, lam=cfg.lam, hybrid=hybrid, seed=cfg.seed)
@@ -220,6 +235,7 @@ class ImpressLearner:
             rec = objective.commit(name, config=cfg)
         finally:
             objective.discard()
+        self._fingerprint_learned_task(name, loader)
         return replace(history, task=rec)
 
     def register_task(self, name: str, coefficients: torch.Tensor, kind: str = "new", *,
@@ -244,6 +260,45 @@ class ImpressLearner:
             config = config.to_dict()
         rec = TaskRecord(name, kind, a.to(self.device).clone(), self.num_tasks, mask_index=mask_index, config=config)
         return self.store_task(rec)
+
+    # -- fingerprints (what task inference reads by default) ------------------------------
+    def add_fingerprint(self, name: str, inputs, *, max_examples: int | None = None) -> inference.TaskFingerprint:
+        """Compute and keep the fingerprint of stored task ``name`` from its training inputs.
+
+        For tasks committed from your own loop (``objective.commit(name, fingerprint_inputs=...)``
+        calls this too). ``inputs``: a tensor ``[N, ...]``, an iterable of batches (``x``,
+        ``(x, y)`` or ``(x, y, t)``) such as the training loader, or a ready
+        :class:`~impresslearn.inference.TaskFingerprint`. At most ``max_examples`` inputs are read
+        (default ``fingerprint_examples``, or ``FINGERPRINT_EXAMPLES`` when that is 0); besides
+        their sketch it measures the task's mean output entropy on them (the ``calibrated``
+        method's baseline). Replaces any earlier one.
+        """
+        rec = self.tasks[name]  # KeyError naming the stored tasks
+        if isinstance(inputs, inference.TaskFingerprint):
+            fingerprint = inputs
+        else:
+            if max_examples is None:  # learners that fingerprint nothing themselves still read the default
+                max_examples = self.fingerprint_examples or FINGERPRINT_EXAMPLES
+            max_examples = check_integer(max_examples, "max_examples", minimum=2)
+            fingerprint = inference.task_fingerprint(inputs, learner=self, name=rec.name, max_examples=max_examples)
+        others = [fp for n, fp in self.fingerprints.items() if n != name]
+        if others and not fingerprint.same_sketch(others[0]):
+            first = others[0]
+            raise ValueError(
+                f"the fingerprint of {name!r} (input size {fingerprint.input_size}, sketch_dim "
+                f"{fingerprint.sketch_dim}, seed {fingerprint.seed}) does not match the stored ones' "
+                f"({first.input_size}, {first.sketch_dim}, {first.seed}): they could not be compared"
+            )
+        self.fingerprints[name] = fingerprint
+        return fingerprint
+
+    def _fingerprint_learned_task(self, name: str, loader) -> None:
+        if self.fingerprint_examples == 0:
+            return
+        try:
+            self.add_fingerprint(name, loader)
+        except ValueError as exc:  # the task is stored either way; inference then falls back to GN
+            warnings.warn(f"task {name!r} was stored without a fingerprint: {exc}", stacklevel=3)
 
     # -- evaluation -----------------------------------------------------------------------
     def _accuracy(self, loader) -> float:
@@ -275,10 +330,15 @@ class ImpressLearner:
         set_bn_slot(self.model, self.tasks[owner].bn_slot if owner in self.tasks else None)
         return self._accuracy(loader)
 
-    # -- task inference (GN): impresslearn.inference ---------------------------------------
-    def infer_task(self, x: torch.Tensor, method: str = "oneshot", candidates: Sequence[str] | None = None) -> str:
-        """The stored task a batch ``x`` most likely comes from, without its label (SupSup GN by
-        default); :func:`impresslearn.inference.infer_task` gives the scores and confidence too."""
+    # -- task inference: impresslearn.inference --------------------------------------------
+    def infer_task(self, x: torch.Tensor, method: str = inference.DEFAULT_METHOD,
+                   candidates: Sequence[str] | None = None) -> str:  # fmt: skip
+        """The stored task a batch ``x`` most likely comes from, without its label.
+
+        The default ``'auto'`` matches the batch against the tasks' ``fingerprints`` when every
+        candidate has one (tasks from ``learn_*``, or :meth:`add_fingerprint`), else uses GN
+        (:func:`impresslearn.inference.infer_task`, which also gives scores and confidence).
+        """
         return inference.infer_task_name(self, x, method=method, candidates=candidates)
 
     def basis_gn(self, train_loader, test_loader, cfg: TrainConfig = TrainConfig()) -> dict:

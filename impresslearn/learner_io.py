@@ -12,6 +12,11 @@ Learner format 2 adds ``random_masks`` (the seed of every ``add_random_masks`` c
 files load with that list empty. Format 3 (what ``save`` writes) stores the banks without their
 random masks, which load redraws from those seeds and checks against ``bank_sha256``, and the
 coefficients in the learner's ``coefficient_dtype`` (:mod:`impresslearn.banks`).
+
+Any format may carry task fingerprints (``learner.fingerprints``): per fingerprinted task
+``fingerprints.<j>.mean`` / ``.var`` (fp16 ``[m]``) and ``.entropy`` (fp32 ``[1]``, NaN when not
+measured), ``fingerprint: true`` in its task entry and one ``fingerprint_sketch``
+(input size, sketch_dim, seed) for all. Files without them load with no fingerprints.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from . import banks
+from .inference import TaskFingerprint
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .layers import one_hot_coefficients
 from .tasks import TASK_KINDS, TaskRecord
@@ -41,6 +47,15 @@ def learner_tensors_and_metadata(learner) -> tuple[dict, dict]:
         tensors[f"layers.{i}.extra_bank"] = layer.extra_bank.detach().cpu().contiguous()
     for j, rec in enumerate(learner.tasks.values()):
         tensors[f"tasks.{j}.coefficients"] = rec.coefficients.detach().cpu().contiguous()
+    sketch = None
+    for j, name in enumerate(learner.tasks):
+        fp = learner.fingerprints.get(name)
+        if fp is None:
+            continue
+        tensors[f"fingerprints.{j}.mean"] = fp.mean.detach().to("cpu", torch.float16).contiguous()
+        tensors[f"fingerprints.{j}.var"] = fp.var.detach().to("cpu", torch.float16).contiguous()
+        tensors[f"fingerprints.{j}.entropy"] = torch.tensor([fp.entropy], dtype=torch.float32)
+        sketch = dict(input_size=fp.input_size, sketch_dim=fp.sketch_dim, seed=fp.seed)
     for b, bn in enumerate(learner.bns):
         tensors[f"bns.{b}.running_mean"] = bn.running_mean.detach().cpu().contiguous()
         tensors[f"bns.{b}.running_var"] = bn.running_var.detach().cpu().contiguous()
@@ -57,10 +72,12 @@ def learner_tensors_and_metadata(learner) -> tuple[dict, dict]:
         bn_features=[bn.num_features for bn in learner.bns],
         mask_owners=list(learner.mask_owners),
         random_masks=[dict(r) for r in learner.random_mask_draws],
+        fingerprint_sketch=sketch,
         tasks=[
             dict(name=rec.name, kind=rec.kind, num_masks=rec.num_masks, bn_slot=rec.bn_slot,
                  mask_index=rec.mask_index, extra_index=rec.extra_index,
-                 config=dict(rec.config) if rec.config is not None else None)  # fmt: skip
+                 config=dict(rec.config) if rec.config is not None else None,
+                 fingerprint=rec.name in learner.fingerprints)  # fmt: skip
             for rec in learner.tasks.values()
         ],
     )
@@ -206,7 +223,37 @@ def _install(cls, path, tensors, meta, device, backend, model, progress, need):
         rec = TaskRecord(name, t["kind"], a.to(learner.device, torch.float32), t["bn_slot"],
                          mask_index=mask_index, extra_index=extra_index, config=t["config"])  # fmt: skip
         learner.tasks.add(rec)
+    _install_fingerprints(learner, tensors, meta, need)
     return learner
+
+
+def _install_fingerprints(learner, tensors, meta, need) -> None:
+    """Every task entry marked ``fingerprint``: its fp16 mean and variance of the one stored
+    sketch's shape, finite, variances > 0, and an entropy that is NaN (not measured) or >= 0."""
+    sketch = meta.get("fingerprint_sketch")
+    marked = [j for j, t in enumerate(meta["tasks"]) if t.get("fingerprint", False)]
+    if not marked:
+        return
+    need(isinstance(sketch, dict) and set(sketch) == {"input_size", "sketch_dim", "seed"}
+         and _is_int(sketch["input_size"]) and sketch["input_size"] >= 1 and _is_int(sketch["seed"])
+         and (sketch["sketch_dim"] is None or _is_int(sketch["sketch_dim"]) and sketch["sketch_dim"] >= 1),
+         f"fingerprint_sketch {sketch!r} is not {{input_size, sketch_dim, seed}}")  # fmt: skip
+    m = sketch["input_size"] if sketch["sketch_dim"] is None else sketch["sketch_dim"]
+    for j in marked:
+        name = meta["tasks"][j]["name"]
+        mean, var, entropy = (tensors[f"fingerprints.{j}.{part}"] for part in ("mean", "var", "entropy"))
+        need(mean.dtype == var.dtype == torch.float16 and tuple(mean.shape) == tuple(var.shape) == (m,),
+             f"task {name!r}: fingerprint mean {tuple(mean.shape)} {mean.dtype} / var {tuple(var.shape)} "
+             f"{var.dtype} are not fp16 [{m}]")  # fmt: skip
+        need(bool(torch.isfinite(mean).all() and torch.isfinite(var).all() and (var > 0).all()),
+             f"task {name!r}: fingerprint mean or variance is not finite, or a variance is <= 0")  # fmt: skip
+        need(entropy.dtype == torch.float32 and tuple(entropy.shape) == (1,)
+             and (bool(torch.isnan(entropy).all()) or bool(torch.isfinite(entropy).all() and (entropy >= 0).all())),
+             f"task {name!r}: fingerprint entropy {entropy.tolist()} is not one fp32 value, NaN or >= 0")  # fmt: skip
+        learner.fingerprints[name] = TaskFingerprint(
+            mean=mean.clone(), var=var.clone(), input_size=sketch["input_size"], sketch_dim=sketch["sketch_dim"],
+            seed=sketch["seed"], entropy=float(entropy[0]),
+        )  # fmt: skip
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "load_learner", "save_learner"]

@@ -12,7 +12,7 @@ callbacks; when it is done, ``objective.commit(name)`` stores the task in the le
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = ddp(x, y)
         loss.backward(); optimizer.step(); optimizer.zero_grad()
-    objective.commit("task 7")
+    objective.commit("task 7", fingerprint_inputs=loader)  # the inputs task inference will match
 
 The learner's model is deliberately *not* a submodule: DDP would otherwise broadcast its
 buffers (the banks: 0.8 GB for ResNet-50 at K = 250) and the frozen backbone. A new objective
@@ -109,17 +109,21 @@ class TaskObjective(nn.Module):
                 "lower the learning rate. Nothing was stored."
             )
 
-    def _store(self, record: TaskRecord) -> TaskRecord:
+    def _store(self, record: TaskRecord, fingerprint_inputs=None) -> TaskRecord:
         rec = self.learner.store_task(record, owner=self)
         self.closed = True
         unbind(self.learner.model)
+        if fingerprint_inputs is not None:  # after storing: the fingerprint measures the stored task
+            self.learner.add_fingerprint(rec.name, fingerprint_inputs)
         return rec
 
 
 class EdgePopupObjective(TaskObjective):
     """Edge-popup (SupSup): one score tensor per layer; the forward uses ``topk(|S_i|, k_i)``.
 
-    ``commit(name)`` appends the top-k masks to the bank and stores a basis task (one-hot A_t).
+    ``commit(name)`` appends the top-k masks to the bank and stores a basis task (one-hot A_t);
+    with ``fingerprint_inputs`` (the training loader or inputs) it also stores the task's
+    fingerprint (``learner.add_fingerprint``), which task inference matches batches against.
     """
 
     def __init__(self, learner, *, seed: int = 0):
@@ -130,14 +134,15 @@ class EdgePopupObjective(TaskObjective):
     def bind(self) -> None:
         bind_scores(self.learner.model, list(self.scores), self.learner.density)
 
-    def commit(self, name: str, *, config: TrainConfig | dict | None = None) -> TaskRecord:
+    def commit(self, name: str, *, config: TrainConfig | dict | None = None, fingerprint_inputs=None) -> TaskRecord:
         self._check_open()
         self.learner.tasks.check_new_name(name)
         for i, s in enumerate(self.scores):
             self._check_finite(name, f"scores of layer {i}", s)
         index = self.learner.append_masks_from_scores([s.detach() for s in self.scores], owner=name)
         a = one_hot_coefficients(self.learner.model, index)
-        return self._store(TaskRecord(name, "basis", a, self.bn_slot, mask_index=index, config=_config_dict(config)))
+        record = TaskRecord(name, "basis", a, self.bn_slot, mask_index=index, config=_config_dict(config))
+        return self._store(record, fingerprint_inputs)
 
 
 class AlphaObjective(TaskObjective):
@@ -145,6 +150,7 @@ class AlphaObjective(TaskObjective):
 
     ``alpha`` starts at 1/K. With ``hybrid`` (paper A.5) the last layer instead trains a new
     edge-popup mask (``last_scores``), stored in that layer's extra bank at commit.
+    ``commit(name, fingerprint_inputs=...)`` also stores the task's fingerprint (as above).
     """
 
     def __init__(self, learner, *, lam: float = 0.0, hybrid: bool = False, seed: int = 0):
@@ -183,7 +189,7 @@ class AlphaObjective(TaskObjective):
             a[:, -1] = 0.0
         return a
 
-    def commit(self, name: str, *, config: TrainConfig | dict | None = None) -> TaskRecord:
+    def commit(self, name: str, *, config: TrainConfig | dict | None = None, fingerprint_inputs=None) -> TaskRecord:
         self._check_open()
         self.learner.tasks.check_new_name(name)
         a = self.coefficients()
@@ -193,7 +199,8 @@ class AlphaObjective(TaskObjective):
             self._check_finite(name, "last-layer scores", self.last_scores)
             extra_index = self.learner.append_extra_mask_from_scores(self.last_scores.detach())
         kind = "hybrid" if self.hybrid else "new"
-        return self._store(TaskRecord(name, kind, a, self.bn_slot, extra_index=extra_index, config=_config_dict(config)))
+        record = TaskRecord(name, kind, a, self.bn_slot, extra_index=extra_index, config=_config_dict(config))
+        return self._store(record, fingerprint_inputs)
 
 
 def _config_dict(config) -> dict | None:

@@ -28,7 +28,9 @@ plus Eq. 2's penalty).
 Evaluation, with the task label: a label that exactly one training experience carried selects
 that experience's task. Task-free (``task_free=True``, or a label no single experience owns, as
 in class- or domain-incremental benchmarks whose experiences all carry label 0): the task is
-inferred per minibatch by ``learner.infer_task`` (SupSup's one-shot GN).
+inferred per minibatch by ``learner.infer_task`` (``gn_method``, default ``'auto'``: each
+task's input fingerprint, read from up to ``learner.fingerprint_examples`` training inputs of
+its experience when it is committed; a task without one makes it fall back to GN).
 
 Checkpointing is Avalanche's own (``save_checkpoint`` / ``maybe_load_checkpoint``): the
 strategy, its learner and its task map pickle with it; after loading, use ``strategy.learner``.
@@ -51,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"(avalanche-lib); import failed with: {exc}") from exc
 
 from ..config import TrainConfig, check_integer
+from ..inference import DEFAULT_METHOD
 from ..objectives import AlphaObjective, EdgePopupObjective, TaskObjective
 
 
@@ -59,10 +62,10 @@ class ImpressLearnModule(MultiTaskModule):
 
     While an experience trains, ``objective`` is the open training objective (a submodule, so
     ``parameters()`` are exactly what trains); its logits answer every forward. Otherwise a
-    minibatch is answered by the stored task its label selects, or by the task GN infers.
+    minibatch is answered by the stored task its label selects, or by the task ``infer_task`` picks.
     """
 
-    def __init__(self, learner, *, task_free: bool = False, gn_method: str = "oneshot"):
+    def __init__(self, learner, *, task_free: bool = False, gn_method: str = DEFAULT_METHOD):
         super().__init__()
         self.learner = learner  # not a submodule: Avalanche's optimiser must not see the frozen backbone
         self.task_free = bool(task_free)
@@ -70,7 +73,7 @@ class ImpressLearnModule(MultiTaskModule):
         self.objective: TaskObjective | None = None
         self.training_labels: set[int] = set()  # labels of the experience that is training
         self.tasks_by_label: dict[int, list[str]] = {}
-        self.last_inferred: list[str] = []  # tasks GN picked in the last task-free forward (evidence)
+        self.last_inferred: list[str] = []  # tasks picked in the last task-free forward (evidence)
 
     def task_for_label(self, label: int) -> str | None:
         """The stored task a label selects, or None (no single experience owns it: infer it)."""
@@ -104,7 +107,7 @@ class ImpressLearnModule(MultiTaskModule):
     def _forward_task_free(self, x: torch.Tensor) -> torch.Tensor:
         if self.learner.num_tasks == 0:
             raise RuntimeError("no task is stored yet: train on an experience before evaluating")
-        with torch.enable_grad():  # GN differentiates the entropy; Avalanche evaluates under no_grad
+        with torch.enable_grad():  # GN (the fallback) needs gradients; Avalanche evaluates under no_grad
             name = self.learner.infer_task(x, method=self.gn_method)
         self.last_inferred.append(name)
         return self.learner.predict(name, x)
@@ -133,7 +136,7 @@ class ImpressLearnStrategy(SupervisedTemplate):
         random_seed: int = 0,
         hybrid: bool = False,
         task_free: bool = False,
-        gn_method: str = "oneshot",
+        gn_method: str = DEFAULT_METHOD,
         eval_mb_size: Optional[int] = None,
         plugins: Optional[Sequence[Any]] = None,
         evaluator: Union[Any, Callable[[], Any]] = default_evaluator,
@@ -224,7 +227,7 @@ class ImpressLearnStrategy(SupervisedTemplate):
         if objective is not None:
             _, cfg = self._phase()
             name = self.task_name(self.experience)
-            record = objective.commit(name, config=cfg)
+            record = objective.commit(name, config=cfg, fingerprint_inputs=self._fingerprint_inputs(cfg))
             self.task_records.append(record)
             for label in self.module.training_labels:
                 self.module.tasks_by_label.setdefault(label, []).append(name)
@@ -233,6 +236,15 @@ class ImpressLearnStrategy(SupervisedTemplate):
             self.trained_experiences += 1
             self.optimizer = _idle_optimizer()  # drop the committed objective's optimiser state
         super()._after_training_exp(**kwargs)
+
+    def _fingerprint_inputs(self, cfg: TrainConfig):
+        """The experience's training inputs, shuffled by a seeded generator (the fingerprint reads
+        the first ``learner.fingerprint_examples``), or None when the learner keeps no fingerprints."""
+        if self.learner.fingerprint_examples == 0:
+            return None
+        generator = torch.Generator().manual_seed(cfg.seed + self.trained_experiences)
+        return torch.utils.data.DataLoader(self.experience.dataset, batch_size=cfg.batch_size, shuffle=True,
+                                           generator=generator)  # fmt: skip
 
     # -- Avalanche checkpointing (save_checkpoint pickles the strategy with dill) ----------------
     def __getstate__(self):
