@@ -247,3 +247,34 @@ def test_fingerprints_identify_alpha_task_batches_where_gn_fails():
                 hits[method][t] += learner.infer_task(x, method=method) == f"t{t}"
     assert hits["auto"] == [4, 4, 4, 4], hits
     assert hits["oneshot"][2:] == hits["binary"][2:] == [0, 0], hits  # GN never finds the alpha tasks
+
+
+@pytest.mark.filterwarnings("ignore:No loggers specified")
+def test_avalanche_task_free_evaluation_uses_the_experiences_fingerprints():
+    """Each committed experience stores its fingerprint; task-free evaluation then names the
+    alpha experience's batches too (the README example's GN found none of them)."""
+    pytest.importorskip("avalanche", reason="the Avalanche extra is not installed")
+    from avalanche.benchmarks import tensors_benchmark
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from impresslearn.integrations.avalanche import ImpressLearnStrategy
+
+    sc = create_scenario("synthetic", num_tasks=3, train_size=256, test_size=128, seed=0)
+    bm = tensors_benchmark(train_tensors=[sc.task(t).train.tensors for t in range(3)],
+                           test_tensors=[sc.task(t).test.tensors for t in range(3)], task_labels=[0, 1, 2])  # fmt: skip
+    learner = ImpressLearner(_tiny_lenet(), density=0.3, fingerprint_examples=128)
+    strategy = ImpressLearnStrategy(learner=learner, basis_experiences=2, random_masks=6, mask_train=MASK_CFG,
+                                    alpha_train=ALPHA_CFG, task_free=True, eval_mb_size=64,
+                                    evaluator=EvaluationPlugin(accuracy_metrics(experience=True), loggers=[]))  # fmt: skip
+    for experience in bm.train_stream:
+        strategy.train(experience)
+    names = [f"experience {t}" for t in range(3)]
+    assert list(learner.tasks) == names and set(learner.fingerprints) == set(names)
+    assert learner.tasks["experience 2"].kind == "new"
+    for t, experience in enumerate(bm.test_stream):
+        strategy.module.last_inferred = []
+        strategy.eval([experience])
+        assert strategy.module.last_inferred == [names[t]] * 2  # both batches of 64
+    x = sc.task(2).test.inputs[:64]
+    assert infer_task(learner, x).method == "fingerprint"
