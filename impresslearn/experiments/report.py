@@ -199,6 +199,20 @@ def render_dir(directory: Path, assets: Path, out_file: Path) -> str:
     return "\n".join(text)
 
 
+# Sections of the results file that benchmark scripts write (task inference, the frontier) sit
+# below this line; a report regenerates what is above it and keeps the rest word for word.
+KEEP_MARKER = "<!-- impresslearn report keeps everything below this line -->"
+
+
+def kept_tail(out_file: Path) -> str | None:
+    """The marker and what follows it in an existing results file, or None."""
+    if not out_file.is_file():
+        return None
+    text = out_file.read_text()
+    at = text.find(KEEP_MARKER)
+    return text[at:] if at >= 0 else None
+
+
 def render(directories: list[Path], out_file: Path, assets: Path | None = None, intro: str | None = None,
            title: str = "Results") -> str:
     out_file = Path(out_file)
@@ -208,6 +222,9 @@ def render(directories: list[Path], out_file: Path, assets: Path | None = None, 
         parts += [intro.strip(), ""]
     for d in directories:
         parts.append(render_dir(Path(d), assets, out_file))
+    tail = kept_tail(out_file)
+    if tail is not None:
+        parts += ["", tail.strip()]
     text = "\n".join(parts).rstrip() + "\n"
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(text)

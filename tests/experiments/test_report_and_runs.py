@@ -98,6 +98,13 @@ def test_report_renders_tables_and_plots(tmp_path):
     png = tmp_path / "docs" / "results" / "fmnist_permuted" / "accuracy_by_impressions.png"
     assert png.is_file() and png.stat().st_size > 1000
     assert "](results/fmnist_permuted/accuracy_by_impressions.png)" in text
+    # sections a benchmark script appended below the marker survive a new report word for word
+    from impresslearn.experiments.report import KEEP_MARKER
+
+    appended = f"{KEEP_MARKER}\n\n## Frontier\n\n| K | bytes |\n|---|---|\n| 500 | 3056 |\n"
+    md.write_text(text + "\n" + appended)
+    again = render([out], md, intro="Scale: tiny.")
+    assert again.endswith(appended) and again.count("## fmnist_permuted") == 1 and again.count(KEEP_MARKER) == 1
     # a hand edit of a result in results.json is refused, not rendered
     from impresslearn.cli import main
 
