@@ -98,3 +98,4 @@ def test_readme_ddp_snippet_runs(monkeypatch):
     rec = learner.tasks["my task"]
     assert rec.kind == "new" and rec.coefficients.shape == (8, 3)
     assert not torch.equal(rec.coefficients, torch.full((8, 3), 1 / 8))  # alpha trained
+    assert learner.fingerprints["my task"].nbytes == 4 * 64 + 4  # commit(fingerprint_inputs=) stored it
