@@ -4,7 +4,8 @@
 2. a few random masks next to them (a mixture bank: permuted tasks share little structure);
 3. a few new tasks, each learned as alpha[K, d] over that bank (paper Eq. 1-2);
 4. evaluation with the task label, the incorrect-mask check, task inference without labels
-   (SupSup's one-shot GN over all stored tasks) and bytes per task next to SupSup;
+   (the tasks' input fingerprints, ``infer_task``'s default, over all stored tasks) and bytes
+   per task next to SupSup;
 5. a checkpoint under ``runs/demo/`` reloaded to identical predictions.
 """
 
@@ -127,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
         rows.append((name, rec.kind, acc, wrong, hits / total, b["total"], b["supsup"], own))
 
     print()
-    header = f"| {'task':<20} | {'kind':<5} | {'acc (label)':>11} | {'incorrect mask':>14} | {'GN task found':>13} | {'bytes/task':>11} | {'SupSup':>10} |"
+    header = f"| {'task':<20} | {'kind':<5} | {'acc (label)':>11} | {'incorrect mask':>14} | {'task found':>13} | {'bytes/task':>11} | {'SupSup':>10} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name, kind, acc, wrong, gn, nbytes, supsup, _ in rows:
@@ -137,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
         )
     report = learner.storage_report()
     print()
-    print(f"task inference (one-shot GN over all {learner.num_tasks} tasks, batches of 128): "
+    print(f"task inference without labels (input fingerprints, over all {learner.num_tasks} tasks, batches of 128): "
           f"{gn_hits}/{gn_total} = {gn_hits / gn_total:.1%}")  # fmt: skip
     print(f"storage: bank {_fmt_bytes(report['bank_bytes'])} in memory (K = {report['num_masks']} masks x "
           f"{report['num_layers']} layers, 1 bit per weight), {_fmt_bytes(report['stored_bank_bytes'])} stored "

@@ -22,8 +22,9 @@ def test_demo_runs_and_reloads_identically(tmp_path, capsys):
     assert demo.main(args) == 0
     out = capsys.readouterr().out
     assert "| permuted_fmnist/2    | new   |" in out
-    assert "task inference (one-shot GN over all 3 tasks" in out
+    assert "task inference without labels (input fingerprints, over all 3 tasks" in out
     assert "reloaded predictions identical: True" in out
-    # bytes from impresslearn.accounting: alpha[4, 3] in fp32, SupSup one bit per LeNet weight (266,200 / 8)
-    assert "a new task adds 48 B vs SupSup's 32.50 KiB" in out
+    # bytes from impresslearn.accounting: alpha[4, 3] in fp32 and the 260-B input fingerprint, SupSup
+    # one bit per LeNet weight (266,200 / 8)
+    assert "a new task adds 308 B vs SupSup's 32.50 KiB" in out
     assert (tmp_path / "demo" / "learner.safetensors").exists()
