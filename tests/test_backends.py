@@ -153,7 +153,7 @@ def _run_learner(backend, monkeypatch):
     learner.add_random_masks(8, seed=0)
     learner.learn_alpha(second.name, BatchLoader(second.train, batch_size=64, shuffle=True, seed=1), cfg)
     x, _ = next(iter(BatchLoader(first.test, batch_size=32)))
-    inferred = learner.infer_task(x)
+    inferred = learner.infer_task(x, method="oneshot")  # GN runs the kernels; the default reads fingerprints
     monkeypatch.setattr(_backends, "select", select)
     banks = [layer.bank.clone() for layer in learner.layers]
     return banks, learner.tasks[second.name].coefficients.detach().clone(), inferred, used
