@@ -231,7 +231,9 @@ def _install_fingerprints(learner, tensors, meta, need) -> None:
     """Every task entry marked ``fingerprint``: its fp16 mean and variance of the one stored
     sketch's shape, finite, variances > 0, and an entropy that is NaN (not measured) or >= 0."""
     sketch = meta.get("fingerprint_sketch")
-    marked = [j for j, t in enumerate(meta["tasks"]) if t.get("fingerprint", False)]
+    flags = [t.get("fingerprint", False) for t in meta["tasks"]]  # absent before fingerprints existed
+    need(all(isinstance(f, bool) for f in flags), f"task fingerprint flags {flags[:5]} are not true/false")
+    marked = [j for j, flag in enumerate(flags) if flag]
     if not marked:
         return
     need(isinstance(sketch, dict) and set(sketch) == {"input_size", "sketch_dim", "seed"}

@@ -210,6 +210,7 @@ def _set(key, value):
         (lambda tensors, meta: meta["fingerprint_sketch"].update(sketch_dim=32), "are not fp16 \\[32\\]"),
         (lambda tensors, meta: meta.update(fingerprint_sketch=None), "fingerprint_sketch"),
         (lambda tensors, meta: meta["fingerprint_sketch"].update(seed="zero"), "fingerprint_sketch"),
+        (lambda tensors, meta: meta["tasks"][0].update(fingerprint="yes"), "not true/false"),
     ],
 )
 def test_a_damaged_or_mismatched_fingerprint_is_refused_at_load(synthetic, tmp_path, change, message):

@@ -1,6 +1,7 @@
 """The Avalanche strategy on an offline benchmark built from Fashion-MNIST tensors (a few hundred
 images per experience): Avalanche's metrics see the training loss and accuracy, evaluation with
-task labels matches the learner's own, task-free evaluation uses GN, checkpointing resumes."""
+task labels matches the learner's own, task-free evaluation uses ``infer_task`` (the experiences'
+fingerprints), checkpointing resumes."""
 
 import re
 from pathlib import Path
