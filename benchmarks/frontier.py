@@ -78,11 +78,39 @@ def save_rows(path: Path, rows: list[dict], settings: dict) -> None:
     os.replace(temporary, path)
 
 
+def chosen(source: list[dict], candidates: list[TrainConfig], **group) -> TrainConfig | None:
+    """The candidate with the best validation accuracy on the first seed of the rows matching
+    ``group`` (e.g. method and K); None until every candidate has run on that seed."""
+    mine = [r for r in source if all(r.get(key) == value for key, value in group.items())]
+    if not mine:
+        return None
+    seed0 = [r for r in mine if r["seed"] == min(m["seed"] for m in mine)]
+    if len(seed0) < len(candidates):
+        return None
+    best = max(seed0, key=lambda r: r["validation"]["fp32"])["candidate"]
+    return next(c for c in candidates if candidate_name(c) == best)
+
+
+def plan_runs(rows: list[dict], earlier: list[dict] | None, args, candidates: list[TrainConfig], **group):
+    """(seed, config) still to run for ``group``: every candidate on the first seed, then the one
+    chosen on validation for the other seeds; rows already in ``rows`` are skipped (resume)."""
+    if earlier is not None:  # the choice made on another run's validation split, for every seed
+        choice = chosen(earlier, candidates, **group)
+        if choice is None:
+            raise SystemExit(f"{args.choices_from} has not chosen a candidate for {group}")
+        candidates = [choice]
+    done = {(r["seed"], r["candidate"]) for r in rows if all(r.get(key) == v for key, v in group.items())}
+    for seed in args.seeds:
+        pool = candidates if seed == args.seeds[0] else [chosen(rows, candidates, **group)]
+        for cfg in pool:
+            if (seed, candidate_name(cfg)) not in done:
+                yield seed, cfg
+
+
 def run(args) -> None:
     settings = dict(density=DENSITY, train_images=args.train_images, validation_images=VALIDATION_IMAGES,
                     epochs=3, batch_size=128, threads=torch.get_num_threads())  # fmt: skip
     rows = load_rows(args.out)
-    done = {(r["method"], r["K"], r["seed"], r["candidate"]) for r in rows}
     sc = create_scenario("permuted_fmnist", num_tasks=2 + max(args.seeds), seed=0)
 
     def data(seed):
@@ -98,26 +126,8 @@ def run(args) -> None:
 
     earlier = load_rows(args.choices_from) if args.choices_from else None
 
-    def chosen(method, k, candidates, source):
-        """The candidate with the best validation accuracy on the first seed (None until all have run)."""
-        mine = [r for r in source if r["method"] == method and r["K"] == k]
-        seed0 = [r for r in mine if r["seed"] == min(m["seed"] for m in mine)]
-        if len(seed0) < len(candidates):
-            return None
-        best = max(seed0, key=lambda r: r["validation"]["fp32"])["candidate"]
-        return next(c for c in candidates if candidate_name(c) == best)
-
     def plan(method, k, candidates):
-        if earlier is not None:  # the choice made on another run's validation split, for every seed
-            choice = chosen(method, k, candidates, earlier)
-            if choice is None:
-                raise SystemExit(f"{args.choices_from} has not chosen a candidate for {method} K={k}")
-            candidates = [choice]
-        for seed in args.seeds:
-            pool = candidates if seed == args.seeds[0] else [chosen(method, k, candidates, rows)]
-            for cfg in pool:
-                if (method, k, seed, candidate_name(cfg)) not in done:
-                    yield seed, cfg
+        return plan_runs(rows, earlier, args, candidates, method=method, K=k)
 
     for seed, cfg in plan("supsup", 1, MASK_CANDIDATES):
         train, val, test = data(seed)
@@ -146,6 +156,73 @@ def run(args) -> None:
                 accuracy["test"][dtype] = learner.evaluate(name, test)
             record(dict(method="random", K=k, seed=seed, candidate=candidate_name(cfg), seconds=round(seconds, 1),
                         **accuracy))  # fmt: skip
+
+
+def rotated_angles(spacing: float, k: int, seeds: list[int]) -> tuple[list[float], dict[int, float]]:
+    """Basis angles ``0, spacing, ..., (k-1) spacing`` and, per seed ``s``, a new task half-way
+    between basis tasks ``s`` and ``s + 1`` (never one of the basis angles)."""
+    if max(seeds) + 1 >= k:
+        raise SystemExit(f"--ks {k}: a new task of seed {max(seeds)} lies between basis tasks "
+                         f"{max(seeds)} and {max(seeds) + 1}; use K > {max(seeds) + 1}")  # fmt: skip
+    return [spacing * i for i in range(k)], {seed: spacing * (seed + 0.5) for seed in seeds}
+
+
+def run_rotated(args) -> None:
+    """Rotated Fashion-MNIST: per spacing, K basis masks trained with edge-popup on tasks at
+    ``0, spacing, ...`` (heterogeneous impressions), alpha over them on new tasks half-way between
+    two basis angles, against SupSup's dedicated mask on the same new tasks.
+
+    The basis masks are trained with the mask candidate chosen on SupSup's validation runs, once per
+    spacing (in memory: a resumed run retrains them only if some alpha row is still missing);
+    K smaller than the largest is the first K of the same bank.
+    """
+    settings = dict(scenario="rotated_fmnist", density=DENSITY, train_images=args.train_images,
+                    validation_images=VALIDATION_IMAGES, epochs=3, batch_size=128, threads=torch.get_num_threads())  # fmt: skip
+    rows = load_rows(args.out)
+    earlier = load_rows(args.choices_from) if args.choices_from else None
+
+    def record(row):
+        rows.append(row)
+        save_rows(args.out, rows, settings)
+        print(json.dumps(row), flush=True)
+
+    def loaders(sc, t, seed):
+        task = sc.task(t)
+        train, val = split(task.train, args.train_images)
+        return (BatchLoader(train, batch_size=128, shuffle=True, seed=seed), BatchLoader(val, batch_size=1000),
+                BatchLoader(task.test, batch_size=1000))  # fmt: skip
+
+    for spacing in args.spacings:
+        basis, new = rotated_angles(spacing, max(args.ks), args.seeds)
+        angles = basis + [new[seed] for seed in args.seeds]
+        sc = create_scenario("rotated_fmnist", num_tasks=len(angles), angles=angles, seed=0)
+        new_task = {seed: len(basis) + i for i, seed in enumerate(args.seeds)}
+        group = dict(method="supsup", K=1, spacing=spacing)
+        for seed, cfg in plan_runs(rows, earlier, args, MASK_CANDIDATES, **group):
+            train, val, test = loaders(sc, new_task[seed], seed)
+            learner = ImpressLearner(create_model("lenet300", seed=0), density=DENSITY)
+            t0 = time.perf_counter()
+            learner.learn_basis_mask("task", train, cfg.replace(seed=seed))
+            record(dict(group, angle=new[seed], seed=seed, candidate=candidate_name(cfg),
+                        seconds=round(time.perf_counter() - t0, 1), validation={"fp32": learner.evaluate("task", val)},
+                        test={"fp32": learner.evaluate("task", test)}))  # fmt: skip
+        learner = None  # the bank of basis masks, trained on first need
+        for k in sorted(args.ks):
+            group = dict(method="heterogeneous", K=k, spacing=spacing)
+            for seed, cfg in plan_runs(rows, earlier, args, ALPHA_CANDIDATES, **group):
+                if learner is None:
+                    mask_cfg = chosen(earlier or rows, MASK_CANDIDATES, method="supsup", K=1, spacing=spacing)
+                    learner = ImpressLearner(create_model("lenet300", seed=0), density=DENSITY)
+                    for t, angle in enumerate(basis):
+                        learner.learn_basis_mask(f"basis {angle:g}", loaders(sc, t, 0)[0], mask_cfg.replace(seed=t))
+                sub = ImpressLearner(create_model("lenet300", seed=0), density=DENSITY)
+                sub.add_masks([layer.masks()[:k] for layer in learner.layers])  # the first K of the bank
+                train, val, test = loaders(sc, new_task[seed], seed)
+                t0 = time.perf_counter()
+                sub.learn_alpha("task", train, cfg.replace(seed=seed))
+                record(dict(group, angle=new[seed], seed=seed, candidate=candidate_name(cfg),
+                            seconds=round(time.perf_counter() - t0, 1),
+                            validation={"fp32": sub.evaluate("task", val)}, test={"fp32": sub.evaluate("task", test)}))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- report
@@ -191,6 +268,36 @@ def report(args) -> None:
         print(f"figure: {args.figure}")
 
 
+def report_rotated(args) -> None:
+    """The Rotated table: per spacing, SupSup's row and each K, the candidate chosen on validation."""
+    rows = load_rows(args.out)
+    if not rows:
+        raise SystemExit(f"{args.out}: no rows yet; run with --scenario rotated first")
+    sizes, features = accounting.model_sizes(create_model("lenet300", seed=0))
+    print("| spacing (degrees) | method | K | lr (chosen on validation) | bytes per new task | bank (stored by the "
+          "K basis tasks) | test accuracy % (mean +- sd) | seeds | vs SupSup (points) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for spacing in sorted({r["spacing"] for r in rows}):
+        supsup_mean = None
+        for method in ("supsup", "heterogeneous"):
+            for k in sorted({r["K"] for r in rows if r["method"] == method and r["spacing"] == spacing}):
+                mine = [r for r in rows if r["method"] == method and r["K"] == k and r["spacing"] == spacing]
+                seed0 = min(r["seed"] for r in mine)
+                best = max((r for r in mine if r["seed"] == seed0), key=lambda r: r["validation"]["fp32"])["candidate"]
+                acc = [100 * r["test"]["fp32"] for r in mine if r["candidate"] == best]
+                mean, sd = statistics.mean(acc), (statistics.stdev(acc) if len(acc) > 1 else float("nan"))
+                if method == "supsup":
+                    supsup_mean = mean
+                    nbytes, bank, label, gap = accounting.supsup_bytes_per_task(sizes, features), "-", "SupSup", "-"
+                else:
+                    nbytes = accounting.task_bytes("new", k, sizes, features).total
+                    bank = f"{k * accounting.mask_bytes(sizes):,}"
+                    label = "heterogeneous impressions"
+                    gap = "-" if supsup_mean is None else f"{mean - supsup_mean:+.1f}"
+                print(f"| {spacing:g} | {label} | {k if method != 'supsup' else '-'} | {best} | {nbytes:,} | {bank} "
+                      f"| {mean:.1f} +- {sd:.1f} | {len(acc)} | {gap} |")
+
+
 def draw(table, path: Path) -> None:
     import matplotlib
 
@@ -225,18 +332,32 @@ def draw(table, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (appended to; resumes)")
+    p.add_argument("--scenario", choices=("permuted", "rotated"), default="permuted",
+                   help="permuted: random banks vs SupSup; rotated: K trained (heterogeneous) impressions vs SupSup")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results JSON (appended to; resumes); default docs/results/frontier/<frontier|rotated>.json")
     p.add_argument("--train-images", type=int, default=12_000, help="training images per task (the rest is unused)")
-    p.add_argument("--ks", type=lambda s: [int(v) for v in s.split(",")], default=[10, 50, 250, 500, 1000])
+    p.add_argument("--ks", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                   help="bank sizes; default 10,50,250,500,1000 (permuted), 10 (rotated)")
+    p.add_argument("--spacings", type=lambda s: [float(v) for v in s.split(",")], default=[3.0, 12.0],
+                   help="rotated: degrees between neighbouring basis tasks")
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     p.add_argument("--choices-from", type=Path, default=None,
                    help="reuse the candidates another results file chose on its validation split (no new choice)")
     p.add_argument("--report", action="store_true", help="print the table (and draw --figure) from --out")
     p.add_argument("--figure", type=Path, default=None)
     args = p.parse_args()
+    rotated = args.scenario == "rotated"
+    args.out = args.out or (DEFAULT_OUT.with_name("rotated.json") if rotated else DEFAULT_OUT)
+    args.ks = args.ks or ([10] if rotated else [10, 50, 250, 500, 1000])
     if args.train_images < 1 or any(k < 1 for k in args.ks) or any(s < 0 for s in args.seeds):
         p.error("--train-images and --ks must be positive, --seeds non-negative")
-    report(args) if args.report else run(args)
+    if any(not 0 < d < 360 for d in args.spacings):
+        p.error("--spacings must lie in (0, 360) degrees")
+    if rotated:
+        report_rotated(args) if args.report else run_rotated(args)
+    else:
+        report(args) if args.report else run(args)
 
 
 if __name__ == "__main__":

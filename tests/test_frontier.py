@@ -102,3 +102,68 @@ def test_the_readme_preset_snippet_runs():
     learner = scope["learner"]
     assert learner.num_masks == 500 and learner.tasks["task 1"].coefficients.shape == (500, 3)
     assert learner.bytes_per_task("task 1").coefficients == 3_000
+
+
+class _TinyRotated:
+    """Stands in for rotated Fashion-MNIST: 96 random 28x28 images rotated per task (48 of them
+    validate), labels from the unrotated image so that neighbouring angles share structure."""
+
+    requests: list = []
+
+    def __init__(self, name, num_tasks, angles, seed):
+        from impresslearn.scenarios import InMemoryDataset
+        from impresslearn.scenarios.mnist import rotate_images
+
+        assert name == "rotated_fmnist" and len(angles) == num_tasks
+        _TinyRotated.requests.append(list(angles))
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(96 + 32, 1, 28, 28, generator=g)
+        y = (x[:, 0, :14].mean(dim=(1, 2)) > x[:, 0, 14:].mean(dim=(1, 2))).long()
+        self._tasks = [
+            argparse.Namespace(train=InMemoryDataset(rotate_images(x[:96], a), y[:96]),
+                               test=InMemoryDataset(rotate_images(x[96:], a), y[96:]))
+            for a in angles
+        ]  # fmt: skip
+
+    def task(self, t):
+        return self._tasks[t]
+
+
+def test_the_rotated_frontier_trains_impressions_between_new_tasks_chooses_on_validation_and_resumes(
+    tmp_path, monkeypatch, capsys
+):
+    frontier = _frontier_script()
+    _TinyRotated.requests.clear()
+    monkeypatch.setattr(frontier, "create_scenario", _TinyRotated)
+    monkeypatch.setattr(frontier, "VALIDATION_IMAGES", 48)
+    one_epoch = [TrainConfig(optimizer="adam", lr=0.03, epochs=1), TrainConfig(optimizer="rmsprop", lr=0.002, epochs=1)]
+    monkeypatch.setattr(frontier, "MASK_CANDIDATES", one_epoch)
+    monkeypatch.setattr(frontier, "ALPHA_CANDIDATES", one_epoch)
+    out = tmp_path / "rotated.json"
+    argv = ["frontier.py", "--scenario", "rotated", "--spacings", "3", "--ks", "2,3", "--seeds", "0,1",
+            "--train-images", "40", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    frontier.main()
+    # basis tasks at 0, 3, 6 degrees; the new tasks of seeds 0 and 1 half-way between them
+    assert _TinyRotated.requests == [[0.0, 3.0, 6.0, 1.5, 4.5]]
+    rows = json.loads(out.read_text())["rows"]
+    for method, k in (("supsup", 1), ("heterogeneous", 2), ("heterogeneous", 3)):
+        mine = [r for r in rows if r["method"] == method and r["K"] == k and r["spacing"] == 3.0]
+        assert sorted(r["angle"] for r in mine) == [1.5, 1.5, 4.5]  # both candidates on seed 0, one on seed 1
+        seed0 = [r for r in mine if r["seed"] == 0]
+        (seed1,) = [r for r in mine if r["seed"] == 1]
+        assert seed1["candidate"] == max(seed0, key=lambda r: r["validation"]["fp32"])["candidate"]
+    # a rerun finds every row done: nothing is trained again
+    frontier.main()
+    assert len(json.loads(out.read_text())["rows"]) == len(rows) == 9
+    monkeypatch.setattr("sys.argv", argv + ["--report"])
+    capsys.readouterr()
+    frontier.main()
+    table = capsys.readouterr().out
+    assert "| 3 | SupSup | - |" in table and "| 33,275 | - |" in table
+    # a new task stores alpha[K, 3] in fp32 only; the K trained masks are the basis tasks' own
+    assert "| 3 | heterogeneous impressions | 3 |" in table and "| 36 | 99,825 |" in table
+    # a seed's new task must lie between two basis tasks of the bank
+    monkeypatch.setattr("sys.argv", argv[:6] + ["2", "--seeds", "0,1,2", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="use K > 3"):
+        frontier.main()
