@@ -1,4 +1,4 @@
-"""The accuracy-per-byte frontier on Permuted Fashion-MNIST at density 0.1 (issue 14, reduced).
+"""The accuracy-per-byte frontier on Permuted and Rotated Fashion-MNIST at density 0.1 (issue 14, reduced).
 
 For each seed ``s`` (the new task is permuted task ``1 + s``; the random bank is drawn from
 seed ``s``) the script trains, on a training split carved from that task's training set:
@@ -20,6 +20,15 @@ Run it niced on a shared machine; ``--report`` prints the table and draws the fi
     python benchmarks/frontier.py --report --figure docs/results/frontier/frontier.png
 
 The rows behind docs/results.md (Frontier) are docs/results/frontier/frontier.json.
+
+``--scenario rotated`` is the Rotated Fashion-MNIST part: per spacing ``d`` (degrees), K basis
+masks trained with edge-popup on tasks at ``0, d, ..., (K-1) d`` (heterogeneous impressions) and,
+for seed ``s``, a new task at ``(s + 0.5) d``, half-way between two basis tasks; alpha over the
+first K basis masks against SupSup's dedicated mask on that new task, with the same validation
+split, candidates and choice as above. Its rows are docs/results/frontier/rotated.json::
+
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/frontier.py --scenario rotated --spacings 3,12,36 --ks 5,10
+    python benchmarks/frontier.py --scenario rotated --report
 """
 
 from __future__ import annotations
@@ -177,7 +186,8 @@ def run_rotated(args) -> None:
     K smaller than the largest is the first K of the same bank.
     """
     settings = dict(scenario="rotated_fmnist", density=DENSITY, train_images=args.train_images,
-                    validation_images=VALIDATION_IMAGES, epochs=3, batch_size=128, threads=torch.get_num_threads())  # fmt: skip
+                    validation_images=VALIDATION_IMAGES, epochs=3, batch_size=128,
+                    threads=torch.get_num_threads())  # fmt: skip
     rows = load_rows(args.out)
     earlier = load_rows(args.choices_from) if args.choices_from else None
 
@@ -222,7 +232,8 @@ def run_rotated(args) -> None:
                 sub.learn_alpha("task", train, cfg.replace(seed=seed))
                 record(dict(group, angle=new[seed], seed=seed, candidate=candidate_name(cfg),
                             seconds=round(time.perf_counter() - t0, 1),
-                            validation={"fp32": sub.evaluate("task", val)}, test={"fp32": sub.evaluate("task", test)}))  # fmt: skip
+                            validation={"fp32": sub.evaluate("task", val)},
+                            test={"fp32": sub.evaluate("task", test)}))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- report
