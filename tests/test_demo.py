@@ -8,19 +8,22 @@ from impresslearn import demo
 from impresslearn.scenarios import DataNotFoundError, create_scenario
 
 
-def test_demo_runs_and_reloads_identically(tmp_path, capsys):
+def run_demo(tmp_path, capsys, *flags: str) -> str:
+    """Run the demo on the real Fashion-MNIST files with ``flags``; its printed output."""
     try:
         create_scenario("permuted_fmnist", num_tasks=1, train_subset=10, test_subset=10).task(0)
     except DataNotFoundError as exc:
         pytest.skip(f"Fashion-MNIST not installed: {exc}")
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
-    args = parser.parse_args(
-        ["--basis-tasks", "2", "--new-tasks", "1", "--random-masks", "2", "--train-subset", "600",
-         "--test-subset", "256", "--alpha-epochs", "1", "--no-progress", "--out", str(tmp_path / "demo")]
-    )  # fmt: skip
+    args = parser.parse_args([*flags, "--no-progress", "--out", str(tmp_path / "demo")])
     assert demo.main(args) == 0
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_demo_runs_and_reloads_identically(tmp_path, capsys):
+    out = run_demo(tmp_path, capsys, "--basis-tasks", "2", "--new-tasks", "1", "--random-masks", "2",
+                   "--train-subset", "600", "--test-subset", "256", "--alpha-epochs", "1")  # fmt: skip
     assert "| permuted_fmnist/2    | new   |" in out
     assert "task inference without labels (input fingerprints, over all 3 tasks" in out
     assert "reloaded predictions identical: True" in out

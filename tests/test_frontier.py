@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from impresslearn import TrainConfig, demo
+from impresslearn import TrainConfig
 from impresslearn.config import ConfigError
 from impresslearn.models import create_model
 from impresslearn.presets import PRESETS, Preset, get_preset
-from impresslearn.scenarios import BatchLoader, DataNotFoundError, create_scenario
+from impresslearn.scenarios import BatchLoader, create_scenario
+from tests.test_demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:.*optimiser steps:UserWarning")  # tiny data on purpose
@@ -51,19 +52,8 @@ def test_unknown_presets_and_bad_fields_are_refused_by_name():
 
 
 def test_the_demo_runs_with_the_preset(tmp_path, capsys):
-    try:
-        create_scenario("permuted_fmnist", num_tasks=1, train_subset=10, test_subset=10).task(0)
-    except DataNotFoundError as exc:
-        pytest.skip(f"Fashion-MNIST not installed: {exc}")
-    parser = argparse.ArgumentParser()
-    demo.add_arguments(parser)
-    args = parser.parse_args(
-        ["--preset", "random500-fp16", "--basis-tasks", "1", "--new-tasks", "1", "--train-subset", "300",
-         "--test-subset", "128", "--mask-epochs", "1", "--alpha-epochs", "1", "--no-progress",
-         "--out", str(tmp_path / "demo")]
-    )  # fmt: skip
-    assert demo.main(args) == 0
-    out = capsys.readouterr().out
+    out = run_demo(tmp_path, capsys, "--preset", "random500-fp16", "--basis-tasks", "1", "--new-tasks", "1",
+                   "--train-subset", "300", "--test-subset", "128", "--mask-epochs", "1", "--alpha-epochs", "1")  # fmt: skip
     assert "1 basis tasks, 500 random masks, 1 new tasks" in out
     # alpha[501, 3] in fp16 = 3,006 B (+ its task-inference fingerprint): a tenth of SupSup's mask at most
     new_task = re.search(r"a new task adds ([0-9.]+) KiB vs SupSup's 32.50 KiB", out)
