@@ -87,29 +87,42 @@ def _load(path: Path, density: float, seed: int) -> tuple[ImpressLearner, dict]:
     return learner, state
 
 
+def _learn_masks(learner: ImpressLearner, sc, tasks, seed: int) -> None:
+    mask_cfg = TrainConfig(epochs=1, lr=0.01, optimizer="adam", momentum=0.9, seed=seed)
+    for t in tasks:
+        learner.learn_basis_mask(sc.task(t).name, _loader(sc.task(t).train, t), mask_cfg)
+
+
+def _cached_or_trained(path: Path, args, train) -> tuple[ImpressLearner, dict]:
+    """The learner cached at ``path``, else a fresh one ``train(learner, start)`` fills, then saved."""
+    if path.exists():
+        return _load(path, args.density, args.seed)
+    torch.manual_seed(args.seed)
+    learner = ImpressLearner(create_model("lenet300", seed=args.seed), density=args.density)
+    start = time.perf_counter()
+    train(learner, start)
+    state = dict(train_seconds=time.perf_counter() - start)
+    _save(learner, path, state)
+    return learner, state
+
+
 def build_permuted(args) -> tuple[ImpressLearner, dict, object]:
     total = args.basis + args.alpha + args.distractors
     sc = create_scenario("permuted_fmnist", num_tasks=total, seed=args.seed, train_subset=args.train_subset,
                          test_subset=args.test_subset, cache_size=2)  # fmt: skip
     path = args.cache / f"permuted_b{args.basis}_r{args.random}_a{args.alpha}_n{args.train_subset}_s{args.seed}.pt"
-    if path.exists():
-        learner, state = _load(path, args.density, args.seed)
-    else:
-        torch.manual_seed(args.seed)
-        learner = ImpressLearner(create_model("lenet300", seed=args.seed), density=args.density)
-        mask_cfg = TrainConfig(epochs=1, lr=0.01, optimizer="adam", momentum=0.9, seed=args.seed)
+
+    def train(learner, start):
         alpha_cfg = TrainConfig(epochs=1, lr=0.05, optimizer="adam", momentum=0.9, seed=args.seed)
-        start = time.perf_counter()
-        for t in range(args.basis):
-            learner.learn_basis_mask(sc.task(t).name, _loader(sc.task(t).train, t), mask_cfg)
+        _learn_masks(learner, sc, range(args.basis), args.seed)
         learner.add_random_masks(args.random, seed=args.seed)
         for t in range(args.basis, args.basis + args.alpha):
             learner.learn_alpha(sc.task(t).name, _loader(sc.task(t).train, t), alpha_cfg)
             if (t - args.basis) % 25 == 0:
                 print(f"  permuted: {t + 1}/{args.basis + args.alpha} tasks trained, "
                       f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
-        state = dict(train_seconds=time.perf_counter() - start)
-        _save(learner, path, state)
+
+    learner, state = _cached_or_trained(path, args, train)
     # distractors: a trained alpha matrix with its mask rows shuffled (not trained, see the docstring)
     g = torch.Generator().manual_seed(args.seed + 1)
     alpha_names = [sc.task(t).name for t in range(args.basis, args.basis + args.alpha)]
@@ -124,17 +137,9 @@ def build_rotated(args) -> tuple[ImpressLearner, dict, object]:
                          test_subset=args.test_subset, angles=[args.spacing * t for t in range(args.rotated)],
                          cache_size=2)  # fmt: skip
     path = args.cache / f"rotated_{args.rotated}x{args.spacing}_n{args.train_subset}_s{args.seed}.pt"
-    if path.exists():
-        learner, state = _load(path, args.density, args.seed)
-    else:
-        torch.manual_seed(args.seed)
-        learner = ImpressLearner(create_model("lenet300", seed=args.seed), density=args.density)
-        mask_cfg = TrainConfig(epochs=1, lr=0.01, optimizer="adam", momentum=0.9, seed=args.seed)
-        start = time.perf_counter()
-        for t in range(args.rotated):
-            learner.learn_basis_mask(sc.task(t).name, _loader(sc.task(t).train, t), mask_cfg)
-        state = dict(train_seconds=time.perf_counter() - start)
-        _save(learner, path, state)
+    learner, state = _cached_or_trained(
+        path, args, lambda learner, start: _learn_masks(learner, sc, range(args.rotated), args.seed)
+    )
     return learner, state, sc
 
 
