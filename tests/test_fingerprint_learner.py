@@ -14,6 +14,7 @@ from impresslearn.learner import FINGERPRINT_EXAMPLES
 from impresslearn.models import create_model
 from impresslearn.objectives import AlphaObjective, fit
 from impresslearn.scenarios import BatchLoader, create_scenario
+from tests.test_learner import _tiny_lenet, permuted_fmnist_or_skip
 
 # tiny synthetic tasks train in a few steps: fit's "too few steps" warning is expected here
 pytestmark = pytest.mark.filterwarnings("ignore:.*optimiser steps")
@@ -21,10 +22,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*optimiser steps")
 MASK_CFG = TrainConfig(epochs=1, lr=0.1, batch_size=32)
 ALPHA_CFG = TrainConfig(epochs=1, lr=0.05, optimizer="adam", momentum=0.9, batch_size=32)
 SKETCH_BYTES = 4 * 64 + 4  # the default sketch: 64 fp16 means and variances and one fp32 entropy
-
-
-def _tiny_lenet(seed=0):
-    return create_model("lenet300", num_classes=10, seed=seed, hidden=[32, 16])
 
 
 def _loader(ds, seed=0, batch_size=32):
@@ -225,13 +222,7 @@ def test_a_damaged_or_mismatched_fingerprint_is_refused_at_load(synthetic, tmp_p
 def test_fingerprints_identify_alpha_task_batches_where_gn_fails():
     """Permuted Fashion-MNIST, 2000 images per task: GN names the basis tasks but not one batch
     of the alpha tasks (issue 13: 0%); the fingerprints the learner stored name all of them."""
-    from impresslearn.scenarios import DataNotFoundError
-
-    try:
-        sc = create_scenario("permuted_fmnist", num_tasks=4, seed=0, train_subset=2000, test_subset=512)
-        sc.task(0)
-    except DataNotFoundError as exc:
-        pytest.skip(f"Fashion-MNIST not installed: {exc}")
+    sc = permuted_fmnist_or_skip(4, train_subset=2000, test_subset=512)
     torch.manual_seed(0)
     learner = ImpressLearner(create_model("lenet300", seed=0, hidden=[64, 32]), density=0.1)
     with warnings.catch_warnings():

@@ -25,6 +25,16 @@ def _tiny_lenet(seed=0):
     return create_model("lenet300", num_classes=10, seed=seed, hidden=[32, 16])
 
 
+def permuted_fmnist_or_skip(num_tasks, **kw):
+    """The Permuted Fashion-MNIST scenario (seed 0) with its first task loaded, or skip the test."""
+    try:
+        sc = create_scenario("permuted_fmnist", num_tasks=num_tasks, seed=0, **kw)
+        sc.task(0)
+    except DataNotFoundError as exc:
+        pytest.skip(f"Fashion-MNIST not installed: {exc}")
+    return sc
+
+
 def _synthetic(num_tasks=3, **kw):
     return create_scenario("synthetic", num_tasks=num_tasks, train_size=256, test_size=128, seed=0, **kw)
 
@@ -36,11 +46,7 @@ def _synthetic(num_tasks=3, **kw):
 def fmnist():
     """Three basis masks on Permuted Fashion-MNIST (2000 images each, one epoch), five random
     masks (K = 8: permuted tasks share little, so a few more impressions help), one new task."""
-    try:
-        sc = create_scenario("permuted_fmnist", num_tasks=5, seed=0, train_subset=2000, test_subset=500)
-        sc.task(0)
-    except DataNotFoundError as exc:
-        pytest.skip(f"Fashion-MNIST not installed: {exc}")
+    sc = permuted_fmnist_or_skip(5, train_subset=2000, test_subset=500)
     torch.manual_seed(0)
     learner = ImpressLearner(create_model("lenet300", seed=0), density=0.1)
     tests = [_loader(sc.task(t).test, batch_size=500) for t in range(sc.num_tasks)]
@@ -418,11 +424,7 @@ def test_default_train_config_trains_a_mask_and_alpha_on_fashion_mnist():
     1 epoch) reached about 0.42 for the mask and 0.35 for alpha at this size."""
     from impresslearn.scenarios import InMemoryDataset
 
-    try:
-        sc = create_scenario("permuted_fmnist", num_tasks=2, seed=0, train_subset=7000)
-        sc.task(0)
-    except DataNotFoundError as exc:
-        pytest.skip(f"Fashion-MNIST not installed: {exc}")
+    sc = permuted_fmnist_or_skip(2, train_subset=7000)
     assert TrainConfig() == TrainConfig(optimizer="adam", lr=0.03, epochs=3)
     splits = []
     for t in range(2):
