@@ -646,18 +646,15 @@ def bind_coefficients(
         )
     if last_layer_extra is not None:
         _check_coefficients("last_layer_extra", last_layer_extra, 1)
-    for i, layer in enumerate(layers):  # validate all first: a failure leaves the old binding intact
-        if i == d - 1 and last_elsewhere:
-            if last_layer_extra is not None:
-                layer._coefficient_source(None, last_layer_extra)
-        else:
-            layer._coefficient_source(alpha[:, i])
+    sources = []  # build (and so validate) every source first: a failure leaves the old binding intact
     for i, layer in enumerate(layers):
         if i == d - 1 and last_elsewhere:
             if last_layer_extra is not None:
-                layer.use_coefficients(None, last_layer_extra)
+                sources.append((layer, layer._coefficient_source(None, last_layer_extra)))
         else:
-            layer.use_coefficients(alpha[:, i])
+            sources.append((layer, layer._coefficient_source(alpha[:, i])))
+    for layer, source in sources:
+        layer.source = source
 
 
 def one_hot_coefficients(model: nn.Module, index: int) -> torch.Tensor:
