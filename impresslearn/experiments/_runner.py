@@ -22,15 +22,13 @@ masks. The thread count, device, backend and torch version are therefore part of
 a sweep resumed with another OMP_NUM_THREADS trains its masks again instead of mixing masks
 from two numerics into one result.
 
-A cache entry is a safetensors file (no pickle) whose metadata carries a SHA-256 over the
-masks and the metadata; an entry that does not verify is logged and retrained, never used.
+A cache entry is an ``impresslearn.checkpoint`` file (safetensors, no pickle, SHA-256 over the
+masks and the metadata); an entry that does not verify is logged and retrained, never used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -215,44 +213,27 @@ class MaskCacheError(ValueError):
     """A mask cache file cannot be trusted (unreadable, damaged, foreign); it is retrained."""
 
 
-def _entry_checksum(tensors: dict[str, torch.Tensor], meta: dict) -> str:
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def write_mask_entry(path: Path, key: str, entry: dict) -> None:
-    """Store a trained mask (per-layer bool tensors + its accuracy) as safetensors + checksum."""
-    from safetensors.torch import save
+    """Store a trained mask (per-layer bool tensors + its accuracy) as a checkpoint file (safetensors + SHA-256)."""
+    from ..checkpoint import save_checkpoint
 
-    from .._atomic import atomic_write
-
-    tensors = {f"mask.{i}": m.to(torch.bool).contiguous() for i, m in enumerate(entry["masks"])}
+    tensors = {f"mask.{i}": m.to(torch.bool) for i, m in enumerate(entry["masks"])}
     meta = {"format": MASK_CACHE_FORMAT, "key": key, "accuracy": float(entry["accuracy"]),
             "task": int(entry["task"]), "popup_seed": int(entry["popup_seed"]), "num_layers": len(tensors)}
-    header = {"meta": json.dumps(meta, sort_keys=True), "sha256": _entry_checksum(tensors, meta)}
-    atomic_write(path, save(tensors, metadata=header), make_parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, tensors, meta)
 
 
 def read_mask_entry(path: Path, key: str) -> dict:
     """A cache entry written by ``write_mask_entry`` for ``key``; MaskCacheError if it does not verify."""
-    from safetensors import SafetensorError, safe_open
+    from ..checkpoint import CheckpointError, load_checkpoint
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-        meta = json.loads(header["meta"])
-        expected = header["sha256"]
-    except (OSError, SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise MaskCacheError(f"{path}: unreadable mask cache entry ({type(exc).__name__}: {exc})") from None
+        tensors, meta = load_checkpoint(path)  # checks the header and every tensor against their SHA-256
+    except CheckpointError as exc:
+        raise MaskCacheError(f"{path}: unreadable mask cache entry ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != MASK_CACHE_FORMAT or meta.get("key") != key:
         raise MaskCacheError(f"{path}: not the mask cache entry of key {key}")
-    if _entry_checksum(tensors, meta) != expected:
-        raise MaskCacheError(f"{path}: checksum mismatch (the file was damaged after it was written)")
     n = meta.get("num_layers")
     names = [f"mask.{i}" for i in range(n)] if isinstance(n, int) else None
     if names is None or sorted(tensors) != sorted(names) or any(tensors[k].dtype != torch.bool for k in names):
