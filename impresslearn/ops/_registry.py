@@ -111,6 +111,8 @@ def load_triton_ops() -> None:
     ``python -m impresslearn.info``); a broken kernel file raises its own error.
     """
     global _load_failure
+    if _REGISTRARS and len(_registered) == len(_REGISTRARS):
+        return  # loaded: the path every dispatch to a Triton kernel takes (no import, no lock)
     # the op modules add their registrars when imported; importing ops here covers a
     # caller that reaches this function before anything imported impresslearn.ops
     from .. import ops  # noqa: F401
