@@ -22,11 +22,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
 # A reference to something outside the repository: the sibling folder of the project's
 # working notes, the design document that lived there, or an absolute path into them.
-OUTSIDE = re.compile(r"\.\./shared|\bDESIGN\b|/work/(?:shared|notes|main)\b")
+OUTSIDE = re.compile(r"\.\./shared|\bDESIGN\b|\bSTYLE\.md\b|/work/(?:shared|notes|main)\b")
 
 
 def _tracked_files() -> list[Path]:
@@ -41,7 +40,7 @@ def test_no_file_refers_to_anything_outside_the_repository():
     offenders = []
     for path in _tracked_files():
         rel = path.relative_to(ROOT).as_posix()
-        if rel == THIS or not path.is_file():
+        if not path.is_file():
             continue
         try:
             text = path.read_text(encoding="utf-8")
@@ -54,7 +53,11 @@ def test_no_file_refers_to_anything_outside_the_repository():
 
 
 def test_the_pattern_catches_what_it_must():
-    for bad in ("see ../shared/reference/x.md", "(DESIGN section 2)", "DESIGN 2", "/work/notes/api.md"):
+    # spelled in pieces, so that this file holds no such reference itself (it is scanned too)
+    up, design, style = "../", "DES" + "IGN", "STY" + "LE.md"
+    outside = (f"see {up}shared/reference/x.md", f"({design} section 2)", f"{design} 2", f"rule ({style})",
+               "/wo" + "rk/notes/a.md")
+    for bad in outside:
         assert OUTSIDE.search(bad), bad
     for fine in ("docs/design.md, Formats", "a design choice", "--out /shared/runs/imagenet"):
         assert not OUTSIDE.search(fine), fine

@@ -2,7 +2,7 @@
 
 Compared with a float64 evaluation of ``x @ (W * alpha @ B)^T``. A kernel may err at
 most twice as much as PyTorch's own composition (combine + F.linear) in the same
-dtype, plus the dtype's atol (flash-attention's rule, STYLE.md). Runs on CPU tensors
+dtype, plus the dtype's atol (flash-attention's rule). Runs on CPU tensors
 under TRITON_INTERPRET=1 where there is no GPU, compiled on CUDA tensors where there is
 one (tests/conftest.py); ``test_gpu_*`` adds bf16 and batch sizes around the
 fused/cuBLAS threshold on a CUDA device.
