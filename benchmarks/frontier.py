@@ -71,6 +71,24 @@ def split(dataset, train_images: int):
     return InMemoryDataset(x[: min(cut, train_images)], y[: min(cut, train_images)]), InMemoryDataset(x[cut:], y[cut:])
 
 
+def task_loaders(task, train_images: int, seed: int):
+    """(train, validation, test) loaders of one task: ``split`` of its training set, then its test set."""
+    train, val = split(task.train, train_images)
+    return (BatchLoader(train, batch_size=128, shuffle=True, seed=seed), BatchLoader(val, batch_size=1000),
+            BatchLoader(task.test, batch_size=1000))  # fmt: skip
+
+
+def recorder(path: Path, rows: list[dict], settings: dict):
+    """``record(row)``: append a row, rewrite the file whole and print the row."""
+
+    def record(row):
+        rows.append(row)
+        save_rows(path, rows, settings)
+        print(json.dumps(row), flush=True)
+
+    return record
+
+
 def candidate_name(cfg: TrainConfig) -> str:
     return f"{cfg.optimizer} lr {cfg.lr:g}"
 
@@ -123,15 +141,9 @@ def run(args) -> None:
     sc = create_scenario("permuted_fmnist", num_tasks=2 + max(args.seeds), seed=0)
 
     def data(seed):
-        task = sc.task(1 + seed)
-        train, val = split(task.train, args.train_images)
-        return (BatchLoader(train, batch_size=128, shuffle=True, seed=seed), BatchLoader(val, batch_size=1000),
-                BatchLoader(task.test, batch_size=1000))  # fmt: skip
+        return task_loaders(sc.task(1 + seed), args.train_images, seed)
 
-    def record(row):
-        rows.append(row)
-        save_rows(args.out, rows, settings)
-        print(json.dumps(row), flush=True)
+    record = recorder(args.out, rows, settings)
 
     earlier = load_rows(args.choices_from) if args.choices_from else None
 
@@ -191,16 +203,10 @@ def run_rotated(args) -> None:
     rows = load_rows(args.out)
     earlier = load_rows(args.choices_from) if args.choices_from else None
 
-    def record(row):
-        rows.append(row)
-        save_rows(args.out, rows, settings)
-        print(json.dumps(row), flush=True)
+    record = recorder(args.out, rows, settings)
 
     def loaders(sc, t, seed):
-        task = sc.task(t)
-        train, val = split(task.train, args.train_images)
-        return (BatchLoader(train, batch_size=128, shuffle=True, seed=seed), BatchLoader(val, batch_size=1000),
-                BatchLoader(task.test, batch_size=1000))  # fmt: skip
+        return task_loaders(sc.task(t), args.train_images, seed)
 
     for spacing in args.spacings:
         basis, new = rotated_angles(spacing, max(args.ks), args.seeds)
