@@ -263,15 +263,16 @@ def fit(objective: TaskObjective, loader, cfg: TrainConfig, *, val_loader=None, 
             if x.dim() == 0 or x.shape[0] == 0:
                 raise ValueError(f"{desc}: batch {batches} of epoch {epoch + 1} is empty (zero examples)")
             loss = objective(x.to(device), y.to(device))
-            if not torch.isfinite(loss):
+            value = loss.item()  # the step's one host sync, before backward and step are queued
+            if not math.isfinite(value):
                 raise FloatingPointError(
-                    f"{desc}: the loss is {loss.item()} at step {batches} of epoch {epoch + 1}: training diverged "
+                    f"{desc}: the loss is {value} at step {batches} of epoch {epoch + 1}: training diverged "
                     f"(lr {cfg.lr} {cfg.optimizer}); lower the learning rate"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item()
+            total += value
             batches += 1
             if batches % 20 == 0:
                 bar.set_postfix(loss=f"{total / batches:.3f}")
