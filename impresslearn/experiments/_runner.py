@@ -354,7 +354,7 @@ def run_impress(run, ctx: RunContext) -> dict:
         "accuracy_matrix": matrix, "alpha_seconds": round(alpha_time, 3),
         "num_masks": learner.num_masks, "num_layers": learner.num_layers,
         "bytes_per_task": _jsonable_bytes(learner.bytes_per_task(names[0])),
-        **accuracy_summary(matrix),  # acc, bwt, forgetting (impresslearn.metrics): BWT = 0 by construction
+        **accuracy_summary(matrix),  # bwt, forgetting (impresslearn.metrics): BWT = 0 by construction
     }
     if p.get("label_free_matrix", True):
         no_labels, hits = [], []
