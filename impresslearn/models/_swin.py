@@ -13,25 +13,23 @@ import torch
 from torchvision.models import swin_transformer as swin
 
 
+def _masked_forward(self, x: torch.Tensor, **extra) -> torch.Tensor:
+    return swin.shifted_window_attention(
+        x, self.qkv.effective_weight(), self.proj.effective_weight(), self.get_relative_position_bias(),
+        self.window_size, self.num_heads, shift_size=self.shift_size,
+        attention_dropout=self.attention_dropout, dropout=self.dropout,
+        qkv_bias=self.qkv.bias, proj_bias=self.proj.bias, training=self.training, **extra,
+    )  # fmt: skip
+
+
 class MaskedShiftedWindowAttention(swin.ShiftedWindowAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swin.shifted_window_attention(
-            x, self.qkv.effective_weight(), self.proj.effective_weight(), self.get_relative_position_bias(),
-            self.window_size, self.num_heads, shift_size=self.shift_size,
-            attention_dropout=self.attention_dropout, dropout=self.dropout,
-            qkv_bias=self.qkv.bias, proj_bias=self.proj.bias, training=self.training,
-        )  # fmt: skip
+        return _masked_forward(self, x)
 
 
 class MaskedShiftedWindowAttentionV2(swin.ShiftedWindowAttentionV2):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swin.shifted_window_attention(
-            x, self.qkv.effective_weight(), self.proj.effective_weight(), self.get_relative_position_bias(),
-            self.window_size, self.num_heads, shift_size=self.shift_size,
-            attention_dropout=self.attention_dropout, dropout=self.dropout,
-            qkv_bias=self.qkv.bias, proj_bias=self.proj.bias, logit_scale=self.logit_scale,
-            training=self.training,
-        )  # fmt: skip
+        return _masked_forward(self, x, logit_scale=self.logit_scale)
 
 
 MASKED = {
