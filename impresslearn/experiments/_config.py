@@ -303,15 +303,15 @@ _SECTIONS = {
 _TOP_LEVEL = {f.name for f in dataclasses.fields(ExperimentConfig)} | {"quick"}
 
 
-def _build(cls: type, data: Any, key: str, **extra: Any):
+def _build(cls: type, data: Any, key: str):
     if not isinstance(data, Mapping):
         raise ConfigError(f"{key}: must be a mapping, got {data!r}")
-    known = {f.name for f in dataclasses.fields(cls)} - set(extra)
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{key}: unknown key(s) {unknown}; known keys: {sorted(known)}")
     try:
-        return cls(**data, **extra)
+        return cls(**data)
     except ConfigError as exc:
         # TrainConfig names its own field ("momentum: ..."); the section says where it sits.
         message = str(exc)
