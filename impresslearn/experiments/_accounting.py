@@ -24,11 +24,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .. import accounting
 from ._config import ConfigError, _positive_int, _require, check_folder_name, check_integer
 
 KIB = 1024.0
 # 16-bit indices at density 1/8, as the paper's column works out (defined in impresslearn.accounting)
-from ..accounting import PAPER_TABLE2_MASK_BITS_PER_WEIGHT as PAPER_MASK_BITS_PER_WEIGHT  # noqa: E402
+PAPER_MASK_BITS_PER_WEIGHT = accounting.PAPER_TABLE2_MASK_BITS_PER_WEIGHT
 _TORCHVISION_PREFIX = "torchvision."
 
 
@@ -101,15 +102,11 @@ def build_model(model: str, kwargs: Mapping[str, Any], seed: int = 0):
 
 def count_model(model) -> dict:
     """Weights per masked layer and channels per multitask BN of a real model (what accounting reads)."""
-    from ..accounting import model_sizes
-
-    layer_sizes, bn_features = model_sizes(model)
+    layer_sizes, bn_features = accounting.model_sizes(model)
     return {"layer_sizes": layer_sizes, "bn_features": bn_features}
 
 
 def compute_row(row: AccountingRow, counts: Mapping[str, Any]) -> dict:
-    from .. import accounting
-
     sizes, features = counts["layer_sizes"], counts["bn_features"]
     o, d = sum(sizes), len(sizes)
     mask_kb = o * PAPER_MASK_BITS_PER_WEIGHT / 8 / KIB
