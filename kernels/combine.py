@@ -147,10 +147,11 @@ def _check_flat(name: str, t: torch.Tensor, bank: torch.Tensor) -> None:
 
 
 def coefficient_table(alpha: torch.Tensor, num_planes: int) -> torch.Tensor:
-    """fp32[G, 256]: the partial sum of each plane's 8 coefficients for every byte value."""
-    _checks.check_tensor("alpha", alpha, dtypes=(torch.float32,), ndim=1)
-    if _checks.num_planes(alpha.shape[0]) != num_planes:
-        raise ValueError(f"alpha has {alpha.shape[0]} coefficients, which do not fill {num_planes} byte planes")
+    """fp32[G, 256]: the partial sum of each plane's 8 coefficients for every byte value.
+
+    ``alpha`` is one its callers (the launchers here and in linear.py) have checked
+    against the bank with :func:`check_alpha`, so ``num_planes`` is ceil(K / 8).
+    """
     table = torch.empty((num_planes, 256), dtype=torch.float32, device=alpha.device)
     launch(_coeff_table_kernel, (num_planes,), alpha, table, alpha.shape[0])
     return table
