@@ -147,9 +147,11 @@ def check_records(path: Path, records: list) -> None:
     from ._sweep import record_checksum
 
     for record in records:
-        if isinstance(record, dict) and "checksum" in record and record["checksum"] != record_checksum(record):
-            raise ResultsEdited(f"{path}: run {record.get('run_id')!r} was changed after the run wrote it "
-                                "(checksum mismatch); rerun `impresslearn run` on this folder to rebuild it")
+        # a record without its checksum is refused too: dropping the field must not pass a hand edit
+        if not isinstance(record, dict) or record.get("checksum") != record_checksum(record):
+            run_id = record.get("run_id") if isinstance(record, dict) else None
+            raise ResultsEdited(f"{path}: run {run_id!r} was changed after the run wrote it "
+                                "(checksum missing or mismatched); rerun `impresslearn run` on this folder to rebuild it")
 
 
 def render_dir(directory: Path, assets: Path, out_file: Path) -> str:

@@ -115,6 +115,11 @@ def test_report_renders_tables_and_plots(tmp_path):
         render([out], md)
     assert main(["report", str(out), "--out", str(tmp_path / "edited.md")]) == 2
     assert not (tmp_path / "edited.md").exists()
+    # ... and so is the same edit with the record's checksum removed
+    del payload["runs"][0]["checksum"]
+    (out / "results.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="checksum missing or mismatched"):
+        render([out], md)
 
 
 def test_table2_lenet_row_matches_the_paper_from_the_real_model():
