@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import torch
 
@@ -59,6 +60,36 @@ def check_tensor(name: str, t, *, dtypes=None, ndim=None, min_ndim=None, contigu
         raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
 
 
+SYNC_CHECKS_ENV = "IMPRESSLEARN_SYNC_CHECKS"
+
+
+def reads_values_on_host(device: torch.device) -> bool:
+    """Whether :func:`check_finite` reads a tensor on ``device`` back to the host.
+
+    CPU: always (the read is free and a bad value is refused by name, as ``ValueError``).
+    CUDA: only with ``IMPRESSLEARN_SYNC_CHECKS=1``. A host read there waits for every
+    queued kernel, once per op call, and a training step calls several ops per layer;
+    by default the check is a device-side assertion instead (:func:`assert_finite_async`),
+    which stops on a bad value without stalling the stream. Set the variable while
+    debugging to get the named ``ValueError`` on CUDA too. Other devices (no device-side
+    assertion to rely on) read on the host.
+    """
+    if device.type != "cuda":
+        return True
+    return os.environ.get(SYNC_CHECKS_ENV, "").strip() == "1"
+
+
+def assert_finite_async(name: str, lo: torch.Tensor, hi: torch.Tensor) -> None:
+    """Fail when ``lo`` or ``hi`` (the min and max of a tensor) is not finite, without a host read.
+
+    ``torch._assert_async`` queues the test on the tensor's device: on CUDA a bad value
+    raises a device-side assert at the next synchronisation (which leaves the CUDA
+    context unusable: the process must restart), under ``torch.compile`` it keeps the
+    graph whole, and on CPU it raises ``RuntimeError`` at once.
+    """
+    torch._assert_async(torch.isfinite(lo) & torch.isfinite(hi), f"{name} must be finite (it holds NaN or inf)")
+
+
 def check_finite(name: str, t: torch.Tensor) -> None:
     """Refuse NaN and +-inf in ``t``.
 
@@ -70,19 +101,18 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     ``t``'s size and measured slower than the top-k itself on 25M scores. Measured on 25M
     scores, 2 threads of a busy 2-core machine: 0.12x (fp32) and 0.15x (bf16) the time of
     the cpp top-k kernel, against 1.2-1.4x for ``isfinite().all()``; about 12 us on an
-    alpha of 250 values. On CUDA it adds one host synchronisation per call.
+    alpha of 250 values. Where the values are read back (CPU; CUDA only in debug mode):
+    :func:`reads_values_on_host`.
     """
     if t.numel() == 0 or t.device.type == "meta":  # a meta tensor has no values to check
         return
     lo, hi = torch.aminmax(t.detach())
-    if torch.compiler.is_compiling():
-        # A host read would split a compiled graph in two at every op; an assertion inside
-        # the graph keeps it whole and still stops on a bad value (RuntimeError; on CUDA a
-        # device-side assert).
-        torch._assert_async(torch.isfinite(lo) & torch.isfinite(hi), f"{name} must be finite (it holds NaN or inf)")
+    # under torch.compile a host read would split the graph in two at every op
+    if torch.compiler.is_compiling() or not reads_values_on_host(t.device):
+        assert_finite_async(name, lo, hi)
         return
-    if t.device.type == "cpu":  # host reads cost nothing here, and skip three small ops (65 -> 9 us per
-        finite = math.isfinite(lo.item()) and math.isfinite(hi.item())  # alpha on a busy 2-core machine)
+    if t.device.type == "cpu":  # two scalar reads skip three small ops (65 -> 9 us per alpha, busy 2 cores)
+        finite = math.isfinite(lo.item()) and math.isfinite(hi.item())
     else:
         finite = bool(torch.isfinite(lo) & torch.isfinite(hi))  # one host read
     if not finite:

@@ -110,6 +110,44 @@ def test_meta_tensors_are_shape_checked_only():
     _checks.check_finite("alpha", torch.empty(3, device="meta"))
 
 
+def test_finiteness_is_read_on_the_host_on_cpu_and_asserted_on_the_device_on_cuda(monkeypatch):
+    """A host read per op call stalled the CUDA stream; there the check is a device-side assert
+    unless IMPRESSLEARN_SYNC_CHECKS=1 asks for the named ValueError (debugging)."""
+    monkeypatch.delenv(_checks.SYNC_CHECKS_ENV, raising=False)
+    assert _checks.reads_values_on_host(torch.device("cpu"))
+    assert not _checks.reads_values_on_host(torch.device("cuda", 0))
+    monkeypatch.setenv(_checks.SYNC_CHECKS_ENV, "1")
+    assert _checks.reads_values_on_host(torch.device("cuda", 0))
+
+
+def test_the_device_side_finiteness_check_reads_nothing_on_the_host(monkeypatch):
+    """The path CUDA tensors take, run on CPU tensors with every Python-level host read made to fail."""
+    good, bad = torch.rand(9), torch.rand(9)
+    bad[4] = math.nan
+    monkeypatch.setattr(_checks, "reads_values_on_host", lambda device: False)  # as on CUDA by default
+    for read in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, read, lambda *a, _read=read: pytest.fail(f"host read: Tensor.{_read}"))
+    _checks.check_finite("alpha", good)
+    with pytest.raises(RuntimeError, match="alpha must be finite"):  # _assert_async raises at once on CPU
+        _checks.check_finite("alpha", bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_finiteness_check_does_not_synchronise_cuda(monkeypatch):
+    monkeypatch.delenv(_checks.SYNC_CHECKS_ENV, raising=False)
+    alpha = torch.rand(250, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a synchronising call raises
+    try:
+        _checks.check_finite("alpha", alpha)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    monkeypatch.setenv(_checks.SYNC_CHECKS_ENV, "1")
+    alpha[3] = math.inf
+    with pytest.raises(ValueError, match="alpha must be finite: 1 of 250"):
+        _checks.check_finite("alpha", alpha)
+
+
 # ----------------------------------------------------------------------------- integer arguments
 
 # Every public function of impresslearn.ops that takes an integer, as (argument name, call with it).
