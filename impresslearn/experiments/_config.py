@@ -189,12 +189,26 @@ class EvalSpec:
     gn_with_supsup: bool = False  # GN among SupSup masks (one per task) too, for Fig. 6
     label_free_matrix: bool = True  # accuracy matrix without task labels (task inferred per batch)
     full_matrix: bool = False     # evaluate every learned task after each new one (R is T x T)
+    # The accuracy-per-byte frontier: each impress run also scores its new tasks with their
+    # coefficients rounded to every dtype in ``coefficient_dtypes`` (trained in fp32), with the
+    # bytes each stores (impresslearn.accounting); the report adds the frontier table and figure.
+    frontier: bool = False
+    coefficient_dtypes: tuple = ("fp32",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "basis_gn_kinds", _tuple(self.basis_gn_kinds, "evaluate.basis_gn_kinds"))
         object.__setattr__(self, "gn_methods", _tuple(self.gn_methods, "evaluate.gn_methods"))
+        object.__setattr__(self, "coefficient_dtypes", _tuple(self.coefficient_dtypes, "evaluate.coefficient_dtypes"))
+        from ..banks import COEFFICIENT_DTYPES
+
+        _require(len(self.coefficient_dtypes) > 0, "evaluate.coefficient_dtypes", "must not be empty")
+        for dtype in self.coefficient_dtypes:
+            _require(dtype in COEFFICIENT_DTYPES, "evaluate.coefficient_dtypes",
+                     f"unknown dtype {dtype!r}; choose from {tuple(COEFFICIENT_DTYPES)}")
+        _require(len(set(self.coefficient_dtypes)) == len(self.coefficient_dtypes), "evaluate.coefficient_dtypes",
+                 f"has duplicates: {list(self.coefficient_dtypes)}")
         for name in ("new_tasks", "supsup", "incorrect_mask", "basis_gn", "hybrid", "gn", "gn_with_supsup",
-                     "label_free_matrix", "full_matrix"):
+                     "label_free_matrix", "full_matrix", "frontier"):
             _require(isinstance(getattr(self, name), bool), f"evaluate.{name}", "must be true or false")
         for name in ("basis_gn_max_tasks", "gn_num_tasks", "gn_basis_count", "gn_batch_size", "gn_batches_per_task"):
             _positive_int(getattr(self, name), f"evaluate.{name}")
@@ -205,6 +219,54 @@ class EvalSpec:
                  f"must be one of {BASIS_KINDS}, got {self.gn_basis_kind!r}")
         for m in self.gn_methods:
             _require(m in GN_METHODS, "evaluate.gn_methods", f"unknown method {m!r}; choose from {GN_METHODS}")
+        _require(self.frontier or self.coefficient_dtypes == ("fp32",), "evaluate.coefficient_dtypes",
+                 "other dtypes than fp32 are scored only on the frontier; set evaluate.frontier: true")
+
+
+def _candidates(value: Any, key: str, base: TrainConfig) -> tuple:
+    """Candidate overrides of a training phase, each a mapping of TrainConfig keys; each is
+    applied to ``base`` here, so a bad candidate is refused by name before anything trains."""
+    candidates = _tuple(value, key)
+    plain = []
+    for i, candidate in enumerate(candidates):
+        where = f"{key}[{i}]"
+        _require(isinstance(candidate, Mapping) and len(candidate) > 0, where,
+                 f"must be a non-empty mapping of training keys (e.g. {{optimizer: adam, lr: 0.01}}), got {candidate!r}")
+        unknown = sorted(set(map(str, candidate)) - TrainConfig.field_names())
+        _require(not unknown, where, f"unknown key(s) {unknown}; known keys: {sorted(TrainConfig.field_names())}")
+        try:
+            base.replace(**candidate)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
+        plain.append(dict(sorted(candidate.items())))
+    _require(len({json.dumps(c, sort_keys=True) for c in plain}) == len(plain), key, "has duplicates")
+    return tuple(plain)
+
+
+@dataclass(frozen=True)
+class ValidationSpec:
+    """Hyperparameters chosen on a validation split carved from each new task's training set.
+
+    ``images`` examples of each new task's training set (after ``scenario.train_subset``) are set
+    aside, drawn with ``seed`` (``impresslearn.scenarios.train_validation_split``); every training
+    on a new task (SupSup's mask, alpha) then uses the rest. Each candidate is a partial override
+    of the phase (``alpha_train`` for alpha, ``mask_train`` for SupSup's dedicated mask); a run
+    trains every candidate, keeps the one with the best mean validation accuracy over its new
+    tasks (ties: the first listed) and reads the test set only for that one. No candidates: the
+    phase as configured is the only one. Basis masks are trained on their own tasks' full
+    training sets (they are other tasks' data, never a new task's test data).
+    """
+
+    images: int
+    alpha_candidates: tuple = ()
+    mask_candidates: tuple = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _set_ints(self, images=_positive_int(self.images, "validation.images"),
+                  seed=check_integer(self.seed, "validation.seed", minimum=0))
+        object.__setattr__(self, "alpha_candidates", _tuple(self.alpha_candidates, "validation.alpha_candidates"))
+        object.__setattr__(self, "mask_candidates", _tuple(self.mask_candidates, "validation.mask_candidates"))
 
 
 @dataclass(frozen=True)
@@ -221,6 +283,7 @@ class ExperimentConfig:
     mask_train: TrainConfig = field(default_factory=TrainConfig)
     alpha_train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvalSpec = field(default_factory=EvalSpec)
+    validation: ValidationSpec | None = None  # None: train on all of a new task's training set, no choice
     description: str = ""
     paper_figure: str = ""
 
@@ -248,7 +311,22 @@ class ExperimentConfig:
                  f"{self.scenario.num_tasks} tasks cannot hold {self.first_new_task} heterogeneous basis tasks "
                  f"(largest count in basis.counts) plus num_new_tasks={self.num_new_tasks} new tasks; "
                  f"need at least {needed}")
+        if self.validation is not None:
+            _require(isinstance(self.validation, ValidationSpec), "validation", "must be a mapping")
+            # Candidates are checked against the phases they override (a bad lr names its place).
+            object.__setattr__(self, "validation", dataclasses.replace(
+                self.validation,
+                alpha_candidates=_candidates(self.validation.alpha_candidates, "validation.alpha_candidates",
+                                             self.alpha_train),
+                mask_candidates=_candidates(self.validation.mask_candidates, "validation.mask_candidates",
+                                            self.mask_train)))
+            if self.scenario.train_subset is not None:
+                _require(self.validation.images < self.scenario.train_subset, "validation.images",
+                         f"{self.validation.images} validation images leave none of scenario.train_subset="
+                         f"{self.scenario.train_subset} to train on")
         ev = self.evaluate
+        if ev.frontier:
+            _require(ev.new_tasks or ev.supsup, "evaluate.frontier", "needs evaluate.new_tasks or evaluate.supsup")
         if ev.gn:
             gn_basis = self.basis.heterogeneous_tasks(ev.gn_basis_kind, ev.gn_basis_count)
             _require(ev.gn_num_tasks + gn_basis <= self.scenario.num_tasks, "evaluate.gn_num_tasks",
@@ -299,6 +377,7 @@ _SECTIONS = {
     "mask_train": TrainConfig,
     "alpha_train": TrainConfig,
     "evaluate": EvalSpec,
+    "validation": ValidationSpec,
 }
 _TOP_LEVEL = {f.name for f in dataclasses.fields(ExperimentConfig)} | {"quick"}
 
@@ -331,6 +410,8 @@ def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
         if required not in data:
             raise ConfigError(f"{required}: missing (required)")
     kwargs = {k: v for k, v in data.items() if k != "quick"}
+    if kwargs.get("validation", ()) is None:  # `validation: null`: no validation split (the default)
+        del kwargs["validation"]
     for section, cls in _SECTIONS.items():
         if section in kwargs:
             kwargs[section] = _build(cls, kwargs[section] or {}, section)

@@ -36,8 +36,10 @@ from typing import Any
 
 import torch
 
+from .. import accounting
 from ..accounting import model_sizes, supsup_bytes_per_task
-from ..layers import one_hot_coefficients
+from ..banks import round_coefficients, stored_bank_bytes
+from ..layers import bind_coefficients, one_hot_coefficients
 from ..metrics import accuracy_summary
 from ._config import stable_hash
 
@@ -107,6 +109,20 @@ class RunContext:
         train = BatchLoader(task.train, batch_size=batch_size, shuffle=True, seed=seed)
         test = BatchLoader(task.test, batch_size=params["scenario"]["test_batch_size"], shuffle=False)
         return task, train, test
+
+    def new_task_loaders(self, params: dict, task_index: int, batch_size: int, seed: int):
+        """(train, validation, test) loaders of a new task. With ``params["validation"]`` the
+        training set is split (``train_validation_split``): train on the rest, choose on the
+        carved part; without it, validation is None and train is the whole training set."""
+        from ..scenarios import BatchLoader, train_validation_split
+
+        spec = params.get("validation")
+        task, train, test = self.loaders(params, task_index, batch_size, seed)
+        if not spec:
+            return train, None, test
+        train_part, val_part = train_validation_split(task.train, spec["images"], seed=spec["seed"])
+        return (BatchLoader(train_part, batch_size=batch_size, shuffle=True, seed=seed),
+                BatchLoader(val_part, batch_size=params["scenario"]["test_batch_size"], shuffle=False), test)
 
     # --- models and learners
     def new_learner(self, params: dict, seed: int, density: float):
@@ -271,6 +287,39 @@ def import_masks(learner, masks: list[list[torch.Tensor]], names: list[str] | No
     return list(learner.add_masks(per_layer))
 
 
+def evaluate_rounded(learner, name: str, coefficient_dtype: str, loader) -> float:
+    """Accuracy of task ``name`` with its coefficients rounded to ``coefficient_dtype`` (as a learner
+    storing that dtype would hold them, ``impresslearn.banks``), on the task's own BN slot."""
+    from ..objectives import accuracy
+
+    rec = learner.bind_task(name)  # the task's BN slot (and hybrid mask); coefficients rebound below
+    bind_coefficients(learner.model, round_coefficients(rec.coefficients, coefficient_dtype),
+                      last_layer_extra=rec.last_layer_extra())  # fmt: skip
+    learner.model.eval()
+    return float(accuracy(learner.model, loader, learner.device))
+
+
+# ----------------------------------------------------------------------------- validation choice
+
+
+def phase_candidates(params: dict, phase: str) -> list[dict]:
+    """The overrides of ``phase`` ('alpha_train' or 'mask_train') a run chooses among: the
+    config's candidates, or the phase as configured (one empty override) when it lists none."""
+    key = {"alpha_train": "alpha_candidates", "mask_train": "mask_candidates"}[phase]
+    return list(params["validation"].get(key) or [{}])
+
+
+def choose_on_validation(candidates: list[dict], validation_accuracies: list[list[float]]) -> dict:
+    """The choice record of a run: every candidate with its validation accuracy per new task and
+    their mean; ``chosen`` is the index of the best mean (ties: the first listed). Only
+    validation accuracies enter: the test set is read afterwards, for the chosen one alone."""
+    means = [_mean(accs) for accs in validation_accuracies]
+    best = max(range(len(candidates)), key=lambda i: (means[i], -i))
+    return {"candidates": [{"override": c, "validation_accuracies": v, "mean_validation_accuracy": m}
+                           for c, v, m in zip(candidates, validation_accuracies, means)],
+            "chosen": best, "chosen_override": candidates[best]}  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- evaluation helpers
 
 
@@ -286,8 +335,41 @@ def _mean(values) -> float | None:
 # ----------------------------------------------------------------------------- run kinds
 
 
+def _supsup_on_validation(run, ctx: RunContext) -> dict:
+    """SupSup's dedicated masks with the mask recipe chosen on validation: every candidate trains
+    one mask per new task on the task's training part; the test set is read for the chosen one."""
+    p = run.params
+    candidates = phase_candidates(p, "mask_train")
+    learners, val_accs = [], []
+    for override in candidates:
+        cfg = train_config({**p["mask_train"], **override}, _popup_seed(run.seed, 0))
+        per_task, accs = [], []
+        for t in p["new_tasks"]:
+            train, val, _ = ctx.new_task_loaders(p, t, cfg.batch_size, seed=_popup_seed(run.seed, 0))
+            learner = ctx.new_learner(p, run.seed, run.density)
+            learner.learn_basis_mask(f"mask/{t}", train, cfg)
+            per_task.append(learner)
+            accs.append(_accuracy(learner.evaluate(f"mask/{t}", val)))
+        learners.append(per_task)
+        val_accs.append(accs)
+    choice = choose_on_validation(candidates, val_accs)
+    chosen = learners[choice["chosen"]]
+    accs = [_accuracy(lr.evaluate(f"mask/{t}", ctx.new_task_loaders(p, t, 128, seed=run.seed)[2]))
+            for lr, t in zip(chosen, p["new_tasks"])]  # fmt: skip
+    model = chosen[0].model
+    sizes = [layer.weight.numel() for layer in chosen[0].layers]
+    return {
+        "tasks": p["new_tasks"], "accuracies": accs, "mean_accuracy": _mean(accs), "accuracy_matrix": [accs],
+        "chance": 1.0 / ctx.scenario(p).num_classes, "mask_bits": sum(sizes),
+        "bytes_per_task": supsup_bytes_per_task(*model_sizes(model)),  # impresslearn.accounting
+        "num_layers": len(sizes), "learner_layers": chosen[0].num_layers, "validation": choice,
+    }
+
+
 def run_supsup(run, ctx: RunContext) -> dict:
     p = run.params
+    if p.get("validation"):
+        return _supsup_on_validation(run, ctx)
     accs = []
     for t in p["new_tasks"]:
         entry = ctx.mask(p, run.seed, run.density, t, _popup_seed(run.seed, 0))
@@ -328,25 +410,89 @@ def _impression_learner(run, ctx: RunContext):
     return learner
 
 
+def basis_owned_masks(run) -> int:
+    """How many masks of a run's impression set are some basis task's own mask (that task stores
+    it whether or not new tasks use it): one per distinct basis task. The other masks (random
+    draws, a homogeneous set's extra seeds of task 0) are stored for the new tasks alone."""
+    if run.basis_kind == "random":
+        return 0
+    sources = basis_sources(run.basis_kind, run.count, run.seed, run.params.get("mixture_homogeneous", 0.5))
+    return len({task for task, _ in sources})
+
+
+def frontier_points(run, learner, names: list[str], test_loaders: dict) -> dict:
+    """Per coefficient dtype: the new tasks' test accuracy with their coefficients rounded to it,
+    and the bytes a new task adds (``impresslearn.accounting.task_bytes``): its coefficients in
+    that dtype, BN statistics, fingerprint, and its share of the bank masks no basis task owns
+    (``basis_owned_masks``), stored as ``impresslearn.banks`` stores them (random draws: a seed
+    record), split over the run's new tasks. The basis tasks' own masks are reported beside it
+    (``basis_owned_bank_bytes``), not charged to the new tasks."""
+    sizes, features = model_sizes(learner.model)
+    owned = basis_owned_masks(run) * accounting.mask_bytes(sizes)
+    unowned = stored_bank_bytes(sizes, learner.num_masks, learner.random_mask_draws) - owned
+    out = {"basis_owned_bank_bytes": owned, "dtypes": {}}
+    for dtype in run.params["coefficient_dtypes"]:
+        accs = [evaluate_rounded(learner, name, dtype, test_loaders[name]) for name in names]
+        rec = learner.tasks[names[0]]
+        nbytes = accounting.task_bytes(rec.kind, rec.num_masks, sizes, features, coefficient_dtype=dtype,
+                                       bank_share=unowned / len(names),
+                                       fingerprint=accounting.fingerprint_bytes(learner, names[0]))  # fmt: skip
+        out["dtypes"][dtype] = {"accuracies": accs, "mean_accuracy": _mean(accs), "bytes_per_task": nbytes.to_dict()}
+    return out
+
+
+def _alpha_on_validation(run, ctx: RunContext, names: list[str]):
+    """(learner, choice, seconds): every alpha candidate learns the run's new tasks on their training
+    parts over a fresh copy of the impression set; the learner of the best mean validation
+    accuracy is kept (the others are dropped as soon as they lose)."""
+    p = run.params
+    candidates = phase_candidates(p, "alpha_train")
+    best, best_mean, val_accs, seconds = None, None, [], 0.0
+    for override in candidates:
+        cfg = train_config({**p["alpha_train"], **override}, run.seed)
+        learner = _impression_learner(run, ctx)
+        accs = []
+        t0 = time.perf_counter()
+        for t, name in zip(p["new_tasks"], names):
+            train, val, _ = ctx.new_task_loaders(p, t, cfg.batch_size, seed=run.seed)
+            learner.learn_alpha(name, train, cfg, hybrid=run.hybrid)
+            accs.append(_accuracy(learner.evaluate(name, val)))
+        seconds += time.perf_counter() - t0
+        val_accs.append(accs)
+        if best is None or _mean(accs) > best_mean:
+            best, best_mean = learner, _mean(accs)
+    return best, choose_on_validation(candidates, val_accs), seconds
+
+
 def run_impress(run, ctx: RunContext) -> dict:
     p = run.params
-    learner = _impression_learner(run, ctx)
     tasks = p["new_tasks"]
     names = [f"new/{t}" for t in tasks]
-    test_loaders = {}
     n = len(tasks)
     matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
-    t0 = time.perf_counter()
-    for i, (t, name) in enumerate(zip(tasks, names)):
-        _, train, test = ctx.loaders(p, t, p["alpha_train"]["batch_size"], seed=run.seed)
-        test_loaders[name] = test
-        learner.learn_alpha(name, train, train_config(p["alpha_train"], run.seed), hybrid=run.hybrid)
-        cols = range(i + 1) if p.get("full_matrix") else [i]
-        for j in cols:
-            matrix[i][j] = _accuracy(learner.evaluate(names[j], test_loaders[names[j]]))
-    alpha_time = time.perf_counter() - t0
-    # Final row: every task again after all are learned (no forgetting: equals the diagonal).
-    final = [_accuracy(learner.evaluate(nm, test_loaders[nm])) for nm in names]
+    choice = None
+    if p.get("validation"):
+        learner, choice, alpha_time = _alpha_on_validation(run, ctx, names)
+        test_loaders = {nm: ctx.loaders(p, t, 128, seed=run.seed)[2] for t, nm in zip(tasks, names)}
+        # The test set is read once, after the choice: the diagonal is measured with the final
+        # row (a stored alpha task never changes: own coefficients, own BN slot).
+        final = [_accuracy(learner.evaluate(nm, test_loaders[nm])) for nm in names]
+        for i in range(n):
+            matrix[i][i] = final[i]
+    else:
+        learner = _impression_learner(run, ctx)
+        test_loaders = {}
+        t0 = time.perf_counter()
+        for i, (t, name) in enumerate(zip(tasks, names)):
+            _, train, test = ctx.loaders(p, t, p["alpha_train"]["batch_size"], seed=run.seed)
+            test_loaders[name] = test
+            learner.learn_alpha(name, train, train_config(p["alpha_train"], run.seed), hybrid=run.hybrid)
+            cols = range(i + 1) if p.get("full_matrix") else [i]
+            for j in cols:
+                matrix[i][j] = _accuracy(learner.evaluate(names[j], test_loaders[names[j]]))
+        alpha_time = time.perf_counter() - t0
+        # Final row: every task again after all are learned (no forgetting: equals the diagonal).
+        final = [_accuracy(learner.evaluate(nm, test_loaders[nm])) for nm in names]
     matrix[-1] = final
     result: dict[str, Any] = {
         "tasks": tasks, "accuracies": final, "mean_accuracy": _mean(final),
@@ -356,6 +502,10 @@ def run_impress(run, ctx: RunContext) -> dict:
         "bytes_per_task": _jsonable_bytes(learner.bytes_per_task(names[0])),
         **accuracy_summary(matrix),  # bwt, forgetting (impresslearn.metrics): BWT = 0 by construction
     }
+    if choice is not None:
+        result["validation"] = choice
+    if "coefficient_dtypes" in p:
+        result["frontier"] = frontier_points(run, learner, names, test_loaders)
     if p.get("label_free_matrix", True):
         no_labels, hits = [], []
         for name in names:

@@ -91,6 +91,10 @@ def expand(config: ExperimentConfig) -> list[RunSpec]:
     alpha = {"alpha_train": config.alpha_train.to_dict()}
     new_tasks = {"new_tasks": list(config.new_task_indices)}
     mixture = {"mixture_homogeneous": config.basis.mixture_homogeneous}
+    # Opt-in settings join a run's parameters (and so its id) only when they are on: runs of
+    # configs without them keep their ids, and their finished results are reused.
+    validation = {} if config.validation is None else {"validation": dataclasses.asdict(config.validation)}
+    frontier = {"coefficient_dtypes": list(ev.coefficient_dtypes)} if ev.frontier else {}
 
     def shared(*parts: dict) -> tuple:
         merged: dict = {}
@@ -104,7 +108,7 @@ def expand(config: ExperimentConfig) -> list[RunSpec]:
         for density in config.densities:
             base = dict(experiment=config.name, seed=seed, density=float(density))
             if ev.supsup:
-                runs.append(RunSpec(run_kind="supsup", shared=shared(common, new_tasks), **base))
+                runs.append(RunSpec(run_kind="supsup", shared=shared(common, new_tasks, validation), **base))
             if ev.incorrect_mask:
                 runs.append(RunSpec(run_kind="incorrect_mask", shared=shared(common, new_tasks), **base))
             if ev.new_tasks:
@@ -114,7 +118,8 @@ def expand(config: ExperimentConfig) -> list[RunSpec]:
                     for count in config.basis.counts_for(kind):
                         for hybrid in ((False, True) if ev.hybrid else (False,)):
                             runs.append(RunSpec(run_kind="impress", basis_kind=kind, count=count, hybrid=hybrid,
-                                                shared=shared(common, alpha, new_tasks, extra), **base))
+                                                shared=shared(common, alpha, new_tasks, extra, validation,
+                                                              frontier), **base))
             if ev.basis_gn:
                 for kind in ev.basis_gn_kinds:
                     extra = mixture if kind == "mixture" else {}
