@@ -8,6 +8,7 @@
 #ifdef WITH_CPU
 #include "cpu/bank.h"
 #include "cpu/combine.h"
+#include "cpu/combine_rows.h"
 #include "cpu/isa.h"
 #include "cpu/topk.h"
 #endif
@@ -79,6 +80,42 @@ at::Tensor combine_masks_alpha_grad_cpp(const at::Tensor& grad, const at::Tensor
   return out;
 }
 
+// Coefficients per group of group_len flat weights (combine_rows.h): alpha fp32[K, ceil(n / group_len)].
+at::Tensor combine_masks_rows_cpp(const at::Tensor& weight, const at::Tensor& bank, const at::Tensor& alpha,
+                                  int64_t group_len) {
+  expect(is_flat_cpu(weight), "combine_masks_rows_cpp takes a contiguous 1-D CPU weight");
+  const cpu::Dtype dtype = element_type(weight, "combine_masks_rows_cpp");
+  const int64_t n = weight.size(0);
+  expect(is_bank_for(bank, n), "combine_masks_rows_cpp takes a contiguous CPU uint8[G, n] bank covering the weight");
+  expect(group_len >= 1, "combine_masks_rows_cpp needs group_len >= 1");
+  expect(alpha.dim() == 2 && alpha.is_contiguous() && alpha.is_cpu() && alpha.scalar_type() == at::kFloat &&
+             alpha.size(1) == cpu::num_groups(n, group_len),
+         "combine_masks_rows_cpp takes a contiguous fp32 alpha[K, ceil(n / group_len)]");
+  const int64_t k = alpha.size(0);
+  expect(k >= 1 && (k + 7) / 8 == bank.size(0), "alpha[K, groups] and the bank disagree: ceil(K/8) != bank planes");
+  auto out = at::empty_like(weight);
+  cpu::combine_masks_rows(weight.data_ptr(), dtype, bank.data_ptr<uint8_t>(), alpha.data_ptr<float>(), k, n, group_len,
+                          out.data_ptr(), threads(), kernel_isa());
+  return out;
+}
+
+at::Tensor combine_masks_rows_alpha_grad_cpp(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& bank,
+                                             int64_t num_masks, int64_t group_len) {
+  expect(is_flat_cpu(grad) && is_flat_cpu(weight) && grad.size(0) == weight.size(0),
+         "combine_masks_rows_alpha_grad_cpp takes contiguous 1-D CPU grad and weight of one length");
+  const cpu::Dtype grad_dtype = element_type(grad, "combine_masks_rows_alpha_grad_cpp");
+  const cpu::Dtype weight_dtype = element_type(weight, "combine_masks_rows_alpha_grad_cpp");
+  const int64_t n = weight.size(0);
+  expect(is_bank_for(bank, n), "combine_masks_rows_alpha_grad_cpp takes a contiguous CPU uint8[G, n] bank covering the weight");
+  expect(num_masks >= 1 && (num_masks + 7) / 8 == bank.size(0), "num_masks does not match the bank's planes");
+  expect(group_len >= 1, "combine_masks_rows_alpha_grad_cpp needs group_len >= 1");
+  auto out = at::empty({num_masks, cpu::num_groups(n, group_len)}, weight.options().dtype(at::kFloat));
+  cpu::combine_masks_rows_alpha_grad(grad.data_ptr(), grad_dtype, weight.data_ptr(), weight_dtype,
+                                     bank.data_ptr<uint8_t>(), num_masks, n, group_len, out.data_ptr<float>(),
+                                     threads(), kernel_isa());
+  return out;
+}
+
 void check_topk_args(const at::Tensor& scores, int64_t k, const char* op) {
   expect(is_flat_cpu(scores), "topk_mask takes contiguous 1-D CPU scores");
   element_type(scores, op);
@@ -139,6 +176,8 @@ TORCH_LIBRARY(impresslearn, m) {
   m.def("set_mask_cpp(Tensor(a!) bank, int index, Tensor mask) -> ()");
   m.def("combine_masks_cpp(Tensor weight, Tensor bank, Tensor alpha) -> Tensor");
   m.def("combine_masks_alpha_grad_cpp(Tensor grad, Tensor weight, Tensor bank, int num_masks) -> Tensor");
+  m.def("combine_masks_rows_cpp(Tensor weight, Tensor bank, Tensor alpha, int group_len) -> Tensor");
+  m.def("combine_masks_rows_alpha_grad_cpp(Tensor grad, Tensor weight, Tensor bank, int num_masks, int group_len) -> Tensor");
   m.def("topk_mask_cpp(Tensor scores, int k) -> Tensor");
   m.def("topk_mask_into_cpp(Tensor(a!) bank, int index, Tensor scores, int k) -> ()");
 #endif
@@ -151,6 +190,8 @@ TORCH_LIBRARY_IMPL(impresslearn, CPU, m) {
   m.impl("set_mask_cpp", &set_mask_cpp);
   m.impl("combine_masks_cpp", &combine_masks_cpp);
   m.impl("combine_masks_alpha_grad_cpp", &combine_masks_alpha_grad_cpp);
+  m.impl("combine_masks_rows_cpp", &combine_masks_rows_cpp);
+  m.impl("combine_masks_rows_alpha_grad_cpp", &combine_masks_rows_alpha_grad_cpp);
   m.impl("topk_mask_cpp", &topk_mask_cpp);
   m.impl("topk_mask_into_cpp", &topk_mask_into_cpp);
 }

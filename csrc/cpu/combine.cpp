@@ -177,7 +177,10 @@ using detail::kGradBlock;
 using detail::PlaneTables;
 using detail::plane_value;
 
-std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks, int64_t planes) {
+}  // namespace
+
+// Declared in combine_kernels.h: combine_rows.cpp builds each row block's tables with it.
+std::vector<detail::PlaneTables> detail::plane_tables(const float* alpha, int64_t num_masks, int64_t planes) {
   std::vector<PlaneTables> tables(planes);
   const int first[3] = {0, 3, 6}, width[3] = {3, 3, 2};
   for (int64_t g = 0; g < planes; ++g) {
@@ -195,6 +198,10 @@ std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks, int
   }
   return tables;
 }
+
+namespace {
+
+using detail::plane_tables;
 
 void accumulate_planes_portable(const uint8_t* bank, int64_t n, int64_t planes, const float* table256, int64_t j0,
                                 int64_t len, float* acc) {

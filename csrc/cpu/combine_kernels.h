@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
+#include <vector>
 
 namespace impresslearn::cpu::detail {
 
@@ -14,17 +16,22 @@ constexpr int64_t kFwdBlock = 2048;
 // fixes the summation order), identical for every ISA and thread count.
 constexpr int64_t kGradBlock = 2048;
 
-// A byte's 8 bits split 3 + 3 + 2: each group's partial sums fit the 8 lanes of one
-// ymm register, which vpermps indexes with the low 3 bits of each lane (higher bits
-// are ignored, so x >> 3 needs no mask): 3 in-register lookups per byte, no blends.
-struct alignas(32) PlaneTables {
-  float t0[8];  // t0[v] = sum_{b<3} alpha[8g+b]   * bit_b(v)
-  float t1[8];  // t1[v] = sum_{b<3} alpha[8g+3+b] * bit_b(v)
-  float t2[8];  // t2[v] = sum_{b<2} alpha[8g+6+b] * bit_b(v), v < 4 (lanes 4-7 zero)
+// A byte's 8 bits split 4 + 4: each nibble indexes a 16-entry table of partial
+// sums. The vector loops hold a table as 4 byte planes (byte q of every entry, 16
+// bytes: one vpshufb table) and rebuild the fp32 entries with byte and word
+// unpacks; the portable loop reads the 256-entry table T[v] = plane_value(v).
+struct alignas(16) PlaneTables {
+  float lo[16];               // lo[v] = sum_{b<4} alpha[8g+b]   * bit_b(v), in b order
+  float hi[16];               // hi[v] = sum_{b<4} alpha[8g+4+b] * bit_b(v), in b order
+  uint8_t lo_bytes[4][16];    // lo_bytes[q][v] = byte q of lo[v] (little-endian)
+  uint8_t hi_bytes[4][16];    // hi_bytes[q][v] = byte q of hi[v]
 };
 
-// The value every path adds for byte v of plane g, in one fixed fp32 order.
-inline float plane_value(const PlaneTables& t, unsigned v) { return (t.t0[v & 7] + t.t1[(v >> 3) & 7]) + t.t2[v >> 6]; }
+// The value every path adds for byte v of plane g: one fp32 addition.
+inline float plane_value(const PlaneTables& t, unsigned v) { return t.lo[v & 15] + t.hi[v >> 4]; }
+
+// The tables of planes [0, ceil(num_masks / 8)); masks >= num_masks count as alpha = 0.
+std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks);
 
 // acc[0, len) += plane_value(tables[g], bank[g * n + j0 + j]) for every plane g, planes
 // taken two at a time as ((acc + value_g) + value_g+1), a last odd plane alone.

@@ -187,3 +187,183 @@ def combine_masks_alpha_grad(
     dtype = torch.float64 if torch.float64 in (weight.dtype, grad.dtype) else weight.dtype
     impl = _backends.dispatch("combine_masks_alpha_grad", weight.device, backend, dtype)
     return impl(grad.reshape(-1), weight.reshape(-1), bank, num_masks)
+
+
+# ============================================================================= rows
+# combine_masks_rows: coefficients per block of output channels (docs/design.md, Notation,
+# "Coefficient granularity"). The weight is [C, ...] (output channels first, as nn.Linear and
+# nn.Conv2d store it), alpha is [K, R] with R = ceil(C / block), and channels
+# [r * block, (r + 1) * block) use column r::
+#
+#     coeff[c, :] = alpha[:, c // block] @ B[:, c, :]          # B = unpack(bank), [K, C, L]
+#     w_eff = weight * coeff.view_as(weight)
+#
+# Same order as above: reference, kernels (C++ in csrc/cpu/combine_rows.cpp; no Triton kernel:
+# on CUDA tensors the gpu family runs this op's reference), autograd, functional API.
+
+
+def _rows_layout(weight: torch.Tensor, block: int) -> tuple[int, int, int]:
+    """(channels C, weights per channel L, column count R) of a ``[C, ...]`` weight in blocks of ``block``."""
+    channels = weight.shape[0]
+    return channels, weight.numel() // channels, -(-channels // block)
+
+
+def _per_channel(alpha: torch.Tensor, block: int, channels: int) -> torch.Tensor:
+    """``alpha[K, R]`` repeated to one column per channel, ``[K, C]``."""
+    return alpha.repeat_interleave(block, dim=1)[:, :channels]
+
+
+def combine_masks_rows_reference(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, block: int) -> torch.Tensor:
+    """Dense reference: unpacks the bank to float ``[K, C, L]`` and mixes each channel with its column."""
+    dtype = _compute_dtype(weight, alpha)
+    channels, per_channel, _ = _rows_layout(weight, block)
+    masks = unpack_masks_reference(bank, alpha.shape[0]).to(dtype).view(-1, channels, per_channel)
+    coeff = torch.einsum("kc,kcl->cl", _per_channel(alpha.to(dtype), block, channels), masks)
+    return (weight.reshape(channels, per_channel).to(dtype) * coeff).to(weight.dtype).view_as(weight)
+
+
+def combine_masks_rows_alpha_grad_reference(
+    grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int, block: int
+) -> torch.Tensor:
+    """``grad_alpha[k, r] = sum over channels c of block r, weights l: grad W B[k, c, l]``, dense."""
+    dtype = _compute_dtype(grad, weight)
+    channels, per_channel, columns = _rows_layout(weight, block)
+    masks = unpack_masks_reference(bank, num_masks).to(dtype).view(num_masks, channels, per_channel)
+    u = (grad.reshape(channels, per_channel).to(dtype) * weight.reshape(channels, per_channel).to(dtype))
+    per_channel_grad = torch.einsum("kcl,cl->kc", masks, u)
+    column_of = torch.arange(channels, device=weight.device) // block
+    out = per_channel_grad.new_zeros(num_masks, columns)
+    return out.index_add_(1, column_of, per_channel_grad)
+
+
+# Kernels on flat tensors, as the per-layer ones; the block becomes a group of flat weights:
+#   combine_masks_rows_<b>(weight[n], bank[G, n], alpha fp32[K, R], group_len) -> W_eff[n]
+#   combine_masks_rows_alpha_grad_<b>(grad[n], weight[n], bank[G, n], num_masks, group_len) -> fp32[K, R]
+# with group_len = block * L and R = ceil(n / group_len).
+
+_ROWS_FWD = {}
+_ROWS_BWD = {}
+
+if compiled_op("combine_masks_rows_cpp") is not None:
+
+    @torch.library.register_fake("impresslearn::combine_masks_rows_cpp")
+    def _(weight, bank, alpha, group_len):
+        return torch.empty_like(weight)
+
+    @torch.library.register_fake("impresslearn::combine_masks_rows_alpha_grad_cpp")
+    def _(grad, weight, bank, num_masks, group_len):
+        return weight.new_empty((num_masks, -(-weight.shape[0] // group_len)), dtype=torch.float32)
+
+    _ROWS_FWD["cpp"] = torch.ops.impresslearn.combine_masks_rows_cpp.default
+    _ROWS_BWD["cpp"] = torch.ops.impresslearn.combine_masks_rows_alpha_grad_cpp.default
+
+
+def _rows_setup_context(ctx, inputs, output):
+    weight, bank, alpha, group_len = inputs
+    ctx.save_for_backward(weight, bank, alpha)
+    ctx.group_len = group_len
+
+
+def _make_rows_backward(fwd, bwd):
+    def backward(ctx, grad):
+        weight, bank, alpha = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_weight = grad_alpha = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = fwd(grad, bank, alpha, ctx.group_len)  # elementwise: grad * coeff
+        if ctx.needs_input_grad[2]:
+            grad_alpha = bwd(grad, weight, bank, alpha.shape[0], ctx.group_len).to(alpha.dtype)
+        return grad_weight, None, grad_alpha, None
+
+    return backward
+
+
+for _name, _fwd in _ROWS_FWD.items():
+    torch.library.register_autograd(_fwd, _make_rows_backward(_fwd, _ROWS_BWD[_name]), setup_context=_rows_setup_context)
+
+_ROWS_IMPLS = {"reference": combine_masks_rows_reference, **_ROWS_FWD}
+_ROWS_ALPHA_GRAD_IMPLS = {"reference": combine_masks_rows_alpha_grad_reference, **_ROWS_BWD}
+_ROWS_COMPOSED = "its PyTorch reference, on the tensors' device (no Triton kernel of the rows op)"
+_ROWS_DTYPES = {"cpp": KERNEL_DTYPES}
+_backends.register(_backends.OpSpec("combine_masks_rows", _ROWS_IMPLS, _ROWS_DTYPES, composed=_ROWS_COMPOSED))
+_backends.register(
+    _backends.OpSpec("combine_masks_rows_alpha_grad", _ROWS_ALPHA_GRAD_IMPLS, _ROWS_DTYPES, composed=_ROWS_COMPOSED)
+)
+
+
+def _select_rows(op: str, device: torch.device, backend: str | None, dtype: torch.dtype) -> str:
+    """The dispatch rule, except that the gpu family, which has no rows kernel, runs the reference
+    on CUDA tensors (as it does on CPU tensors for an op without a Triton kernel) instead of raising."""
+    requested = _backends.requested_backend(backend)
+    if requested is not None and device.type == "cuda" and _backends.canonical(requested) == "gpu":
+        return "reference"
+    return _backends.select(op, device, backend, dtype)
+
+
+def _check_rows(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, block: int) -> int:
+    """Checks the rows op's inputs (names the argument at fault); returns ``block`` as an int."""
+    _checks.check_tensor("weight", weight, dtypes=_checks.FLOAT_DTYPES, min_ndim=1)
+    if weight.numel() == 0:
+        raise ValueError(f"weight must have at least one element, got shape {tuple(weight.shape)}")
+    block = _checks.check_int("block", block, minimum=1)
+    _checks.check_bank(bank, n=weight.numel())
+    _checks.check_tensor("alpha", alpha, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    k = alpha.shape[0]
+    if k < 1 or _checks.num_planes(k) != bank.shape[0]:
+        raise ValueError(
+            f"bank and alpha disagree on K: alpha has {k} rows (ceil(K/8) = {_checks.num_planes(k)} planes) "
+            f"but the bank has {bank.shape[0]} byte planes"
+        )
+    channels, _, columns = _rows_layout(weight, block)
+    if alpha.shape[1] != columns:
+        raise ValueError(
+            f"alpha has {alpha.shape[1]} columns but a weight of {channels} output channels in blocks of {block} "
+            f"needs ceil({channels}/{block}) = {columns}"
+        )
+    _checks.check_same_device(weight=weight, bank=bank, alpha=alpha)
+    _checks.check_finite("alpha", alpha)
+    return block
+
+
+def combine_masks_rows(
+    weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, block: int = 1, *, backend: str | None = None
+) -> torch.Tensor:
+    """``weight * sum_k alpha[k, c // block] * mask_k`` per output channel ``c``; differentiable in weight and alpha.
+
+    ``weight``: ``[C, ...]`` with ``n`` elements; ``bank``: ``uint8[ceil(K/8), n]``; ``alpha``:
+    ``[K, ceil(C / block)]``, one column per block of ``block`` output channels (the last block
+    may be shorter). With every column equal to a vector ``a``, the cpp kernel gives the bits of
+    ``combine_masks(weight, bank, a)``. Equivalent PyTorch::
+
+        coeff = torch.einsum("kc,kcl->cl", alpha.repeat_interleave(block, 1)[:, :C], masks.view(K, C, -1))
+        w_eff = weight * coeff.view_as(weight)
+    """
+    block = _check_rows(weight, bank, alpha, block)
+    dtype = torch.float64 if torch.float64 in (weight.dtype, alpha.dtype) else weight.dtype
+    name = _select_rows("combine_masks_rows", weight.device, backend, dtype)
+    if name == "reference":
+        return combine_masks_rows_reference(weight, bank, alpha, block)
+    group_len = block * (weight.numel() // weight.shape[0])
+    alpha32 = alpha.float() if alpha.dtype != torch.float32 else alpha
+    return _ROWS_IMPLS[name](weight.reshape(-1), bank, alpha32.contiguous(), group_len).view_as(weight)
+
+
+def combine_masks_rows_alpha_grad(
+    grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int, block: int = 1, *,
+    backend: str | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """``grad_alpha[k, r] = sum over the weights j of channel block r: grad_j weight_j mask_k[j]``, fp32 ``[K, R]``."""
+    _checks.check_tensor("grad", grad, dtypes=_checks.FLOAT_DTYPES)
+    _checks.check_tensor("weight", weight, dtypes=_checks.FLOAT_DTYPES, min_ndim=1)
+    if grad.shape != weight.shape:
+        raise ValueError(f"grad has shape {tuple(grad.shape)} but weight has {tuple(weight.shape)}")
+    num_masks = _checks.check_int("num_masks", num_masks, minimum=1)
+    block = _checks.check_int("block", block, minimum=1)
+    _checks.check_bank(bank, num_masks, n=weight.numel())
+    _checks.check_same_device(grad=grad, weight=weight, bank=bank)
+    dtype = torch.float64 if torch.float64 in (weight.dtype, grad.dtype) else weight.dtype
+    name = _select_rows("combine_masks_rows_alpha_grad", weight.device, backend, dtype)
+    if name == "reference":
+        return combine_masks_rows_alpha_grad_reference(grad, weight, bank, num_masks, block)
+    group_len = block * (weight.numel() // weight.shape[0])
+    return _ROWS_ALPHA_GRAD_IMPLS[name](grad.reshape(-1), weight.reshape(-1), bank, num_masks, group_len)

@@ -1,0 +1,152 @@
+// combine with coefficients per block of output channels (see combine_rows.h).
+//
+// A driver around combine.cpp's inner loops (combine_kernels.h): the forward runs
+// accumulate_planes_* on one chunk of at most kFwdBlock weights of one group, with
+// that group's plane tables, so it costs per weight what combine_masks does (the
+// tables, 96 bytes per plane and group, are built once per call). The alpha gradient
+// runs plane_bit_sums_* on blocks of kGradBlock weights that start at each group's
+// first weight, one partial result per (group, block), then adds each group's blocks
+// in order in fp64.
+//
+// Threads take whole chunks (forward) or whole blocks (gradient), so the bits do not
+// depend on the thread count. The AVX-512 ISA runs the AVX2 gradient loop: the
+// AVX-512 pair loop needs two full blocks side by side, which groups of one channel
+// (a few hundred weights) rarely have; both give the same bits by definition.
+#include "cpu/combine_rows.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/combine_kernels.h"
+
+namespace impresslearn::cpu {
+
+namespace {
+
+using detail::kFwdBlock;
+using detail::kGradBlock;
+using detail::PlaneTables;
+
+// Each group's plane tables, [group][plane]: alpha's column r gathered, then the one builder.
+std::vector<PlaneTables> group_tables(const float* alpha, int64_t num_masks, int64_t groups, int64_t planes) {
+  std::vector<PlaneTables> tables(groups * planes);
+  std::vector<float> column(num_masks);
+  for (int64_t r = 0; r < groups; ++r) {
+    for (int64_t k = 0; k < num_masks; ++k) column[k] = alpha[k * groups + r];
+    const std::vector<PlaneTables> t = detail::plane_tables(column.data(), num_masks, planes);
+    std::copy(t.begin(), t.end(), tables.begin() + r * planes);
+  }
+  return tables;
+}
+
+// The portable loop: plane_value, the value the 256-entry table of combine.cpp holds.
+void accumulate_planes_portable(const uint8_t* bank, int64_t n, int64_t planes, const PlaneTables* tables, int64_t j0,
+                                int64_t len, float* acc) {
+  for (int64_t g = 0; g < planes; ++g) {
+    const uint8_t* p = bank + g * n + j0;
+    for (int64_t j = 0; j < len; ++j) acc[j] += detail::plane_value(tables[g], p[j]);
+  }
+}
+
+template <Dtype D>
+void scale_by_weight(const void* weight, int64_t j0, int64_t len, const float* acc, void* out) {
+  using T = typename Element<D>::type;
+  const T* w = static_cast<const T*>(weight) + j0;
+  T* o = static_cast<T*>(out) + j0;
+  for (int64_t j = 0; j < len; ++j) o[j] = Element<D>::store(Element<D>::load(w[j]) * acc[j]);
+}
+
+template <Dtype D>
+void load_as_float(const void* src, int64_t j0, int64_t len, float* dst) {
+  using T = typename Element<D>::type;
+  const T* s = static_cast<const T*>(src) + j0;
+  for (int64_t j = 0; j < len; ++j) dst[j] = Element<D>::load(s[j]);
+}
+
+void load_as_float(const void* src, Dtype dtype, int64_t j0, int64_t len, float* dst) {
+  switch (dtype) {
+    case Dtype::f32: return load_as_float<Dtype::f32>(src, j0, len, dst);
+    case Dtype::f16: return load_as_float<Dtype::f16>(src, j0, len, dst);
+    case Dtype::bf16: return load_as_float<Dtype::bf16>(src, j0, len, dst);
+  }
+}
+
+// A (group, chunk) work item: chunk c of group r covers [r * group_len + c * block, ...).
+struct Chunk {
+  int64_t j0, len;
+};
+
+Chunk chunk_of(int64_t item, int64_t chunks_per_group, int64_t block, int64_t group_len, int64_t n) {
+  const int64_t r = item / chunks_per_group, c = item % chunks_per_group;
+  const int64_t start = r * group_len + c * block;
+  const int64_t end = std::min({start + block, (r + 1) * group_len, n});
+  return {start, std::max<int64_t>(0, end - start)};
+}
+
+}  // namespace
+
+void combine_masks_rows(const void* weight, Dtype dtype, const uint8_t* bank, const float* alpha, int64_t num_masks,
+                        int64_t n, int64_t group_len, void* out, int num_threads, Isa isa) {
+  const int64_t planes = (num_masks + 7) / 8;
+  const int64_t groups = num_groups(n, group_len);
+  const std::vector<PlaneTables> tables = group_tables(alpha, num_masks, groups, planes);
+  const int64_t chunks_per_group = (group_len + kFwdBlock - 1) / kFwdBlock;
+  const int64_t items = groups * chunks_per_group;
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 8) if (items > 1)
+  for (int64_t item = 0; item < items; ++item) {
+    const Chunk ch = chunk_of(item, chunks_per_group, kFwdBlock, group_len, n);
+    if (ch.len == 0) continue;  // past the end of a last, shorter group
+    const PlaneTables* t = tables.data() + (item / chunks_per_group) * planes;
+    alignas(64) float acc[kFwdBlock];
+    std::fill(acc, acc + ch.len, 0.0f);
+    switch (isa) {
+      case Isa::avx512: detail::accumulate_planes_avx512(bank, n, planes, t, ch.j0, ch.len, acc); break;
+      case Isa::avx2: detail::accumulate_planes_avx2(bank, n, planes, t, ch.j0, ch.len, acc); break;
+      case Isa::portable: accumulate_planes_portable(bank, n, planes, t, ch.j0, ch.len, acc); break;
+    }
+    switch (dtype) {
+      case Dtype::f32: scale_by_weight<Dtype::f32>(weight, ch.j0, ch.len, acc, out); break;
+      case Dtype::f16: scale_by_weight<Dtype::f16>(weight, ch.j0, ch.len, acc, out); break;
+      case Dtype::bf16: scale_by_weight<Dtype::bf16>(weight, ch.j0, ch.len, acc, out); break;
+    }
+  }
+}
+
+void combine_masks_rows_alpha_grad(const void* grad, Dtype grad_dtype, const void* weight, Dtype weight_dtype,
+                                   const uint8_t* bank, int64_t num_masks, int64_t n, int64_t group_len,
+                                   float* grad_alpha, int num_threads, Isa isa) {
+  const int64_t planes = (num_masks + 7) / 8;
+  const int64_t slots = 8 * planes;
+  const int64_t groups = num_groups(n, group_len);
+  const int64_t blocks_per_group = (group_len + kGradBlock - 1) / kGradBlock;
+  const int64_t items = groups * blocks_per_group;
+  std::vector<double> partial(items * slots, 0.0);  // [group, block, 8 * plane + bit]
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 8) if (items > 1)
+  for (int64_t item = 0; item < items; ++item) {
+    const Chunk ch = chunk_of(item, blocks_per_group, kGradBlock, group_len, n);
+    if (ch.len == 0) continue;  // an empty block adds 0.0: its partial stays zero
+    alignas(64) float u[kGradBlock];
+    alignas(64) float w[kGradBlock];
+    // u = grad * W in fp32, as combine.cpp's Products computes it
+    load_as_float(grad, grad_dtype, ch.j0, ch.len, u);
+    load_as_float(weight, weight_dtype, ch.j0, ch.len, w);
+    for (int64_t j = 0; j < ch.len; ++j) u[j] *= w[j];
+    double* out = partial.data() + item * slots;
+    for (int64_t g = 0; g < planes; ++g) {
+      const uint8_t* p = bank + g * n + ch.j0;
+      const int bits = int(std::min<int64_t>(8, num_masks - 8 * g));
+      if (isa == Isa::portable) detail::plane_bit_sums_portable(p, u, ch.len, bits, out + 8 * g);
+      else detail::plane_bit_sums_avx2(p, u, ch.len, bits, out + 8 * g);
+    }
+  }
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (groups * num_masks > (1 << 16))
+  for (int64_t r = 0; r < groups; ++r) {
+    for (int64_t k = 0; k < num_masks; ++k) {
+      double s = 0.0;
+      for (int64_t b = 0; b < blocks_per_group; ++b) s += partial[(r * blocks_per_group + b) * slots + k];
+      grad_alpha[k * groups + r] = static_cast<float>(s);
+    }
+  }
+}
+
+}  // namespace impresslearn::cpu
