@@ -8,7 +8,7 @@ Every op has a pure-PyTorch reference (``*_reference``), kernels registered with
 from ._checks import keep_count, num_planes
 from ._registry import load_triton_ops
 from .bank import append_mask, grow_bank, pack_masks, set_mask_, unpack_masks
-from .combine import combine_masks, combine_masks_alpha_grad
+from .combine import combine_masks, combine_masks_alpha_grad, combine_masks_rows, combine_masks_rows_alpha_grad
 from .linear import impress_conv2d, impress_linear
 from .topk import edge_popup_weight, topk_mask, topk_mask_into_
 
@@ -16,6 +16,8 @@ __all__ = [
     "append_mask",
     "combine_masks",
     "combine_masks_alpha_grad",
+    "combine_masks_rows",
+    "combine_masks_rows_alpha_grad",
     "edge_popup_weight",
     "grow_bank",
     "impress_conv2d",
