@@ -1,380 +1,635 @@
-"""The accuracy-per-byte frontier on Permuted and Rotated Fashion-MNIST at density 0.1 (issue 14, reduced).
+"""The accuracy-per-byte frontier on Permuted and Rotated Fashion-MNIST (issue 14, reduced).
 
-For each seed ``s`` (the new task is permuted task ``1 + s``; the random bank is drawn from
-seed ``s``) the script trains, on a training split carved from that task's training set:
+A YAML config (``configs/frontier_permuted.yaml``, ``configs/frontier_rotated.yaml``; the fields
+are :class:`FrontierConfig`'s) says what to run; command-line flags override single fields::
 
-- SupSup's point: one edge-popup mask per task (a dedicated mask);
-- ImpressLearn with a bank of K random masks (no training, stored as a seed): alpha over it,
-  evaluated with its coefficients in fp32, fp16 and bf16 (``impresslearn.banks``).
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/frontier.py configs/frontier_permuted.yaml
+    python benchmarks/frontier.py configs/frontier_permuted.yaml --report   # table + figure
 
-The last 10,000 training images of each task are the validation split; the learning rate is
-chosen on it, never on test data: every candidate is trained on seed 0 and the one with the best
-validation accuracy is used for seeds 1 and 2 (test accuracy is recorded for every run but read
-only in the report, for the chosen candidate). Bytes per task come from
-``impresslearn.accounting`` (the one definition).
+Permuted (seed ``s``: the new task is permuted task ``1 + s``; every method sees the same new
+task, so the comparison is paired). At every density in ``densities``:
 
-Rows are appended to a JSON file as they finish; a rerun skips what is there (it resumes).
-Run it niced on a shared machine; ``--report`` prints the table and draws the figure::
+- SupSup's point: one edge-popup mask per new task (a dedicated mask);
+- ``random``: alpha over a bank of K uniformly random masks drawn from seed ``s`` (stored as its seed).
 
-    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/frontier.py [--train-images 12000] [--ks 10,50,250,500,1000]
-    python benchmarks/frontier.py --report --figure docs/results/frontier/frontier.png
+At ``density`` only (the paper's three kinds of bank, and their mixture):
 
-The rows behind docs/results.md (Frontier) are docs/results/frontier/frontier.json.
+- ``heterogeneous``: alpha over the masks of K other permuted tasks (tasks 10, 11, ...), trained
+  with edge-popup (each is its basis task's own SupSup mask);
+- ``homogeneous``: alpha over K masks of one task (task 10) trained from K score seeds;
+- ``mixed``: the first T heterogeneous masks plus K - T random masks drawn from seed ``s``.
 
-``--scenario rotated`` is the Rotated Fashion-MNIST part: per spacing ``d`` (degrees), K basis
-masks trained with edge-popup on tasks at ``0, d, ..., (K-1) d`` (heterogeneous impressions) and,
-for seed ``s``, a new task at ``(s + 0.5) d``, half-way between two basis tasks; alpha over the
-first K basis masks against SupSup's dedicated mask on that new task, with the same validation
-split, candidates and choice as above. Its rows are docs/results/frontier/rotated.json::
+Rotated: per spacing ``d`` (degrees), K basis masks trained on tasks at ``0, d, ..., (K-1) d``
+(heterogeneous impressions) and, for seed ``s``, a new task at ``(s + 0.5) d``, half-way between
+two basis tasks, against SupSup's dedicated mask on that new task.
 
-    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/frontier.py --scenario rotated --spacings 3,12,36 --ks 5,10
-    python benchmarks/frontier.py --scenario rotated --report
+Every task's training set is cut by :func:`impresslearn.validation.validation_split`: the last
+10,000 images validate, the first ``train_images`` train. The learning rate is chosen on
+validation, never on test data (:func:`impresslearn.validation.choose`): every candidate is
+trained on the first seed and the one with the best validation accuracy is used for the others.
+Alpha is trained in fp32 and evaluated again with its coefficients rounded to fp16 and bf16.
+Bytes per task come from ``impresslearn.accounting`` (the one definition; see ``task_bytes``).
+
+Rows are appended to the results JSON as they finish, under a file lock, so a rerun resumes and
+two processes may share one file (run disjoint parts with ``--only`` / ``--densities``).
+Trained masks are cached under ``runs/frontier_masks/`` so that a resumed run does not retrain them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
 
-from impresslearn import ImpressLearner, TrainConfig, accounting
+from impresslearn import ImpressLearner, accounting
 from impresslearn.banks import COEFFICIENT_DTYPES, round_coefficients, stored_bank_bytes
+from impresslearn.config import ConfigError, TrainConfig, check_integer, check_real
 from impresslearn.models import create_model
-from impresslearn.scenarios import BatchLoader, InMemoryDataset, create_scenario
+from impresslearn.scenarios import BatchLoader, create_scenario
+from impresslearn.validation import (ALPHA_CANDIDATES, MASK_CANDIDATES, VALIDATION_IMAGES, candidate_name, choose,
+                                     validation_split)  # fmt: skip
 
-DENSITY = 0.1
-VALIDATION_IMAGES = 10_000
-# The paper's LeNet recipe (RMSprop lr 0.002, Table 3), a smaller RMSprop step and the library's
-# default (Adam lr 0.03): alpha starts at 1/K, so the best step may shrink as K grows.
-ALPHA_CANDIDATES = [
-    TrainConfig(optimizer="rmsprop", lr=0.002, epochs=3),
-    TrainConfig(optimizer="rmsprop", lr=0.0005, epochs=3),
-    TrainConfig(optimizer="adam", lr=0.03, epochs=3),
-]
-MASK_CANDIDATES = [
-    TrainConfig(optimizer="adam", lr=0.03, epochs=3),  # the library default, chosen on validation for a mask
-    TrainConfig(optimizer="rmsprop", lr=0.002, epochs=3),  # paper Table 3
-]
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "frontier" / "frontier.json"
-
-
-def split(dataset, train_images: int):
-    """(train, validation) of a task's training set: the last 10,000 images validate."""
-    x, y = dataset.tensors
-    cut = len(y) - VALIDATION_IMAGES
-    return InMemoryDataset(x[: min(cut, train_images)], y[: min(cut, train_images)]), InMemoryDataset(x[cut:], y[cut:])
+ROOT = Path(__file__).resolve().parents[1]
+MASK_CACHE = ROOT / "runs" / "frontier_masks"
+BASIS_FIRST_TASK = 10  # Permuted: trained banks use tasks 10, 11, ...; new tasks are 1 + seed < 10
+METHODS = {
+    "permuted": ("supsup", "random", "heterogeneous", "homogeneous", "mixed"),
+    "rotated": ("supsup", "heterogeneous"),
+}
+BANK_LABELS = {
+    "supsup": "SupSup (one mask per task)",
+    "random": "random (stored as its seed)",
+    "heterogeneous": "heterogeneous (K other tasks' masks)",
+    "homogeneous": "homogeneous (K masks of one task)",
+    "mixed": "mixed (trained + random)",
+}
 
 
-def task_loaders(task, train_images: int, seed: int):
-    """(train, validation, test) loaders of one task: ``split`` of its training set, then its test set."""
-    train, val = split(task.train, train_images)
-    return (BatchLoader(train, batch_size=128, shuffle=True, seed=seed), BatchLoader(val, batch_size=1000),
-            BatchLoader(task.test, batch_size=1000))  # fmt: skip
+# ----------------------------------------------------------------------------- the config
 
 
-def recorder(path: Path, rows: list[dict], settings: dict):
-    """``record(row)``: append a row, rewrite the file whole and print the row."""
-
-    def record(row):
-        rows.append(row)
-        save_rows(path, rows, settings)
-        print(json.dumps(row), flush=True)
-
-    return record
+def _reals(value, key, **bounds) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{key}: must be a non-empty list, got {value!r}")
+    return tuple(check_real(v, f"{key}[{i}]", **bounds) for i, v in enumerate(value))
 
 
-def candidate_name(cfg: TrainConfig) -> str:
-    return f"{cfg.optimizer} lr {cfg.lr:g}"
+def _ints(value, key, minimum: int, allow_empty: bool = True) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
+        raise ConfigError(f"{key}: must be a {'' if allow_empty else 'non-empty '}list, got {value!r}")
+    return tuple(check_integer(v, f"{key}[{i}]", minimum=minimum) for i, v in enumerate(value))
+
+
+@dataclass(frozen=True)
+class FrontierConfig:
+    """What one frontier run trains; every field is checked here, so bad values fail by name.
+
+    ``densities``: SupSup and random banks at each; ``density``: the trained (heterogeneous,
+    homogeneous, mixed) banks and Rotated. ``random_ks`` maps a density to its random-bank sizes
+    (``default`` for densities not listed). ``trained_ks``: heterogeneous and homogeneous bank
+    sizes (Rotated: heterogeneous). ``mixed``: ``[trained, K]`` pairs. ``spacings``: Rotated only.
+    ``only``: the methods to run (all of the scenario's by default).
+    """
+
+    scenario: str = "permuted"
+    out: str = "docs/results/frontier/frontier.json"
+    figure: str | None = None
+    train_images: int = 12_000
+    seeds: tuple[int, ...] = (0, 1, 2)
+    density: float = 0.1
+    densities: tuple[float, ...] = (0.1,)
+    random_ks: tuple[tuple[str, tuple[int, ...]], ...] = (("default", (10, 50, 250, 500, 1000)),)
+    trained_ks: tuple[int, ...] = ()
+    mixed: tuple[tuple[int, int], ...] = ()
+    spacings: tuple[float, ...] = ()
+    only: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        if self.scenario not in METHODS:
+            raise ConfigError(f"scenario: must be one of {sorted(METHODS)}, got {self.scenario!r}")
+        if not isinstance(self.out, str) or not self.out:
+            raise ConfigError(f"out: must be a path, got {self.out!r}")
+        if self.figure is not None and not isinstance(self.figure, str):
+            raise ConfigError(f"figure: must be a path, got {self.figure!r}")
+        put("train_images", check_integer(self.train_images, "train_images", minimum=1))
+        put("seeds", _ints(self.seeds, "seeds", minimum=0, allow_empty=False))
+        if self.scenario == "permuted" and max(self.seeds) + 1 >= BASIS_FIRST_TASK:
+            raise ConfigError(f"seeds: must be < {BASIS_FIRST_TASK - 1} (new task 1 + seed comes before the "
+                              f"basis tasks {BASIS_FIRST_TASK}, ...), got {max(self.seeds)}")  # fmt: skip
+        bounds = dict(minimum=0, maximum=1, exclusive_minimum=True)
+        put("density", check_real(self.density, "density", **bounds))
+        put("densities", _reals(self.densities, "densities", **bounds))
+        ks = self.random_ks
+        if not isinstance(ks, (dict, tuple, list)):
+            raise ConfigError(f"random_ks: must map densities (or 'default') to lists of K, got {ks!r}")
+        items = ks.items() if isinstance(ks, dict) else ks
+        checked = []
+        for key, value in items:
+            if key != "default":
+                key = f"{check_real(key, 'random_ks key', **bounds):g}"
+            checked.append((key, _ints(value, f"random_ks[{key}]", minimum=1)))
+        put("random_ks", tuple(checked))
+        put("trained_ks", _ints(self.trained_ks, "trained_ks", minimum=1))
+        pairs = []
+        for i, pair in enumerate(self.mixed):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ConfigError(f"mixed[{i}]: must be [trained masks, K], got {pair!r}")
+            trained = check_integer(pair[0], f"mixed[{i}][0] (trained masks)", minimum=1)
+            k = check_integer(pair[1], f"mixed[{i}][1] (K)", minimum=trained + 1)
+            pairs.append((trained, k))
+        put("mixed", tuple(pairs))
+        put("spacings", _reals(self.spacings, "spacings", minimum=0, maximum=360, exclusive_minimum=True,
+                               exclusive_maximum=True) if self.spacings else ())  # fmt: skip
+        if self.scenario == "rotated":
+            if not self.spacings or not self.trained_ks:
+                raise ConfigError("rotated: needs spacings and trained_ks")
+            if max(self.seeds) + 1 >= min(self.trained_ks):
+                raise ConfigError(f"trained_ks: a new task of seed {max(self.seeds)} lies between basis tasks "
+                                  f"{max(self.seeds)} and {max(self.seeds) + 1}; use K > {max(self.seeds) + 1}")  # fmt: skip
+        if not isinstance(self.only, (list, tuple)):
+            raise ConfigError(f"only: must be a list of methods, got {self.only!r}")
+        put("only", tuple(self.only))
+        for method in self.only:
+            if method not in METHODS[self.scenario]:
+                raise ConfigError(f"only: {method!r} is not a {self.scenario} method ({', '.join(METHODS[self.scenario])})")
+
+    def ks_at(self, density: float) -> tuple[int, ...]:
+        """Random-bank sizes at ``density``."""
+        table = dict(self.random_ks)
+        return table.get(f"{density:g}", table.get("default", ()))
+
+    def runs(self, method: str) -> bool:
+        return not self.only or method in self.only
+
+    @classmethod
+    def from_yaml(cls, path: Path, **overrides) -> FrontierConfig:
+        """The config in ``path`` (unknown keys refused by name), with ``overrides`` (not None) on top."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a mapping of fields, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- results file
 
 
 def load_rows(path: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"] if path.exists() else []
 
 
-def save_rows(path: Path, rows: list[dict], settings: dict) -> None:
-    """Write the rows whole: a temporary file renamed over the old one (a kill leaves either)."""
+def locked(path: Path) -> FileLock:
+    """An exclusive lock beside ``path`` (two runs may append to one results file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(dict(settings=settings, rows=rows), indent=1))
-    os.replace(temporary, path)
+    return FileLock(path.with_name(path.name + ".lock"))
 
 
-def chosen(source: list[dict], candidates: list[TrainConfig], **group) -> TrainConfig | None:
-    """The candidate with the best validation accuracy on the first seed of the rows matching
-    ``group`` (e.g. method and K); None until every candidate has run on that seed."""
-    mine = [r for r in source if all(r.get(key) == value for key, value in group.items())]
-    if not mine:
-        return None
-    seed0 = [r for r in mine if r["seed"] == min(m["seed"] for m in mine)]
-    if len(seed0) < len(candidates):
-        return None
-    best = max(seed0, key=lambda r: r["validation"]["fp32"])["candidate"]
-    return next(c for c in candidates if candidate_name(c) == best)
+def recorder(path: Path, rows: list[dict], settings: dict):
+    """``record(row)``: under the lock, re-read the file (another run may have added rows), append
+    the row, write the file whole (a temporary file renamed over it) and refresh ``rows``."""
+
+    def record(row):
+        with locked(path):
+            rows[:] = load_rows(path) + [row]
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_text(json.dumps(dict(settings=settings, rows=rows), indent=1))
+            os.replace(temporary, path)
+        print(json.dumps(row), flush=True)
+
+    return record
 
 
-def plan_runs(rows: list[dict], earlier: list[dict] | None, args, candidates: list[TrainConfig], **group):
+def matching(rows: list[dict], **group) -> list[dict]:
+    return [r for r in rows if all(r.get(key) == value for key, value in group.items())]
+
+
+def chosen(rows: list[dict], candidates, **group) -> TrainConfig | None:
+    """The candidate chosen on the first seed's validation accuracy for ``group``; None until all ran."""
+    return choose(matching(rows, **group), candidates, metric=lambda r: r["validation"]["fp32"])
+
+
+def plan_runs(rows: list[dict], seeds, candidates, earlier: list[dict] | None = None, **group):
     """(seed, config) still to run for ``group``: every candidate on the first seed, then the one
-    chosen on validation for the other seeds; rows already in ``rows`` are skipped (resume)."""
-    if earlier is not None:  # the choice made on another run's validation split, for every seed
+    chosen on validation for the other seeds; rows already in ``rows`` are skipped (resume).
+    With ``earlier`` (another results file's rows) its choice for ``group`` is used for every seed."""
+    if earlier is not None:
         choice = chosen(earlier, candidates, **group)
         if choice is None:
-            raise SystemExit(f"{args.choices_from} has not chosen a candidate for {group}")
+            raise SystemExit(f"--choices-from has no choice for {group}")
         candidates = [choice]
-    done = {(r["seed"], r["candidate"]) for r in rows if all(r.get(key) == v for key, v in group.items())}
-    for seed in args.seeds:
-        pool = candidates if seed == args.seeds[0] else [chosen(rows, candidates, **group)]
+    done = {(r["seed"], r["candidate"]) for r in matching(rows, **group)}
+    for seed in seeds:
+        pool = candidates if seed == seeds[0] else [chosen(rows, candidates, **group)]
         for cfg in pool:
             if (seed, candidate_name(cfg)) not in done:
                 yield seed, cfg
 
 
-def run(args) -> None:
-    settings = dict(density=DENSITY, train_images=args.train_images, validation_images=VALIDATION_IMAGES,
+def task_loaders(task, train_images: int, seed: int):
+    """(train, validation, test) loaders of one task: ``validation_split`` of its training set, then its test set."""
+    train, val = validation_split(task.train, VALIDATION_IMAGES, train_images)
+    return (BatchLoader(train, batch_size=128, shuffle=True, seed=seed), BatchLoader(val, batch_size=1000),
+            BatchLoader(task.test, batch_size=1000))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def new_learner(density: float) -> ImpressLearner:
+    return ImpressLearner(create_model("lenet300", seed=0), density=density, progress=False)
+
+
+def train_mask(key: str, density: float, loader, cfg: TrainConfig) -> list[torch.Tensor]:
+    """An edge-popup mask (bool per layer) for the task behind ``loader``, cached on disk under
+    ``key`` (which must name the task, density, candidate, seed and training images)."""
+    path = MASK_CACHE / f"{key}.safetensors"
+    if path.exists():
+        stored = load_file(path)
+        return [stored[str(i)] for i in range(len(stored))]
+    learner = new_learner(density)
+    learner.learn_basis_mask("task", loader, cfg)
+    masks = [layer.masks()[0] for layer in learner.layers]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    save_file({str(i): m.contiguous() for i, m in enumerate(masks)}, str(temporary))
+    os.replace(temporary, path)
+    return masks
+
+
+def alpha_row(learner: ImpressLearner, loaders, cfg: TrainConfig, seed: int, **fields) -> dict:
+    """Train alpha over ``learner``'s bank on a new task; accuracy with fp32/fp16/bf16 coefficients."""
+    train, val, test = loaders
+    t0 = time.perf_counter()
+    history = learner.learn_alpha("task", train, cfg.replace(seed=seed))
+    seconds = time.perf_counter() - t0
+    alpha = history.task.coefficients
+    accuracy = {"validation": {}, "test": {}}
+    for dtype in COEFFICIENT_DTYPES:
+        name = "task" if dtype == "fp32" else f"task {dtype}"
+        if dtype != "fp32":
+            learner.register_task(name, round_coefficients(alpha, dtype))
+        accuracy["validation"][dtype] = learner.evaluate(name, val)
+        accuracy["test"][dtype] = learner.evaluate(name, test)
+    return dict(fields, seed=seed, candidate=candidate_name(cfg), seconds=round(seconds, 1), **accuracy)
+
+
+def supsup_row(loaders, cfg: TrainConfig, seed: int, **fields) -> dict:
+    """Train SupSup's dedicated mask (at ``fields["density"]``) on a new task."""
+    train, val, test = loaders
+    learner = new_learner(fields["density"])
+    t0 = time.perf_counter()
+    learner.learn_basis_mask("task", train, cfg.replace(seed=seed))
+    seconds = time.perf_counter() - t0
+    return dict(fields, seed=seed, candidate=candidate_name(cfg), seconds=round(seconds, 1),
+                validation={"fp32": learner.evaluate("task", val)}, test={"fp32": learner.evaluate("task", test)})  # fmt: skip
+
+
+def run_permuted(config: FrontierConfig, choices_from: str | None = None) -> None:
+    out = ROOT / config.out
+    settings = dict(scenario="permuted_fmnist", train_images=config.train_images, validation_images=VALIDATION_IMAGES,
                     epochs=3, batch_size=128, threads=torch.get_num_threads())  # fmt: skip
-    rows = load_rows(args.out)
-    sc = create_scenario("permuted_fmnist", num_tasks=2 + max(args.seeds), seed=0)
+    rows = load_rows(out)
+    record = recorder(out, rows, settings)
+    earlier = load_rows(Path(choices_from)) if choices_from else None
+    trained_ks = config.trained_ks + tuple(t for t, _ in config.mixed)
+    sc = create_scenario("permuted_fmnist", num_tasks=BASIS_FIRST_TASK + max(trained_ks, default=1), seed=0)
 
-    def data(seed):
-        return task_loaders(sc.task(1 + seed), args.train_images, seed)
+    def loaders(t, seed):
+        return task_loaders(sc.task(t), config.train_images, seed)
 
-    record = recorder(args.out, rows, settings)
+    for density in config.densities:
+        if config.runs("supsup"):
+            group = dict(method="supsup", K=1, density=density)
+            for seed, cfg in plan_runs(rows, config.seeds, earlier=earlier, candidates=MASK_CANDIDATES, **group):
+                record(supsup_row(loaders(1 + seed, seed), cfg, seed, **group))
+        if config.runs("random"):
+            for k in config.ks_at(density):
+                group = dict(method="random", K=k, density=density)
+                for seed, cfg in plan_runs(rows, config.seeds, earlier=earlier, candidates=ALPHA_CANDIDATES, **group):
+                    learner = new_learner(density)
+                    learner.add_random_masks(k, seed=seed)
+                    record(alpha_row(learner, loaders(1 + seed, seed), cfg, seed, **group))
 
-    earlier = load_rows(args.choices_from) if args.choices_from else None
+    density = config.density
 
-    def plan(method, k, candidates):
-        return plan_runs(rows, earlier, args, candidates, method=method, K=k)
+    def basis_mask(kind: str, j: int) -> list[torch.Tensor]:
+        """Mask j of a trained bank: heterogeneous j = task 10 + j (score seed j); homogeneous
+        j = task 10 with score seed j (so mask 0 is the same mask in both), each trained with the
+        candidate chosen for SupSup at this density on its validation split."""
+        mask_cfg = chosen(rows, MASK_CANDIDATES, method="supsup", K=1, density=density)
+        if mask_cfg is None:
+            raise SystemExit(f"no SupSup choice at density {density:g} yet: run 'supsup' first")
+        task = BASIS_FIRST_TASK + (j if kind == "heterogeneous" else 0)
+        key = (f"permuted-task{task}-s{density:g}-{candidate_name(mask_cfg).replace(' ', '_')}-seed{j}"
+               f"-n{config.train_images}")  # fmt: skip
+        return train_mask(key, density, loaders(task, j)[0], mask_cfg.replace(seed=j))
 
-    for seed, cfg in plan("supsup", 1, MASK_CANDIDATES):
-        train, val, test = data(seed)
-        learner = ImpressLearner(create_model("lenet300", seed=0), density=DENSITY)
-        t0 = time.perf_counter()
-        learner.learn_basis_mask("task", train, cfg.replace(seed=seed))
-        seconds = time.perf_counter() - t0
-        record(dict(method="supsup", K=1, seed=seed, candidate=candidate_name(cfg), seconds=round(seconds, 1),
-                    validation={"fp32": learner.evaluate("task", val)},
-                    test={"fp32": learner.evaluate("task", test)}))  # fmt: skip
-    for k in args.ks:
-        for seed, cfg in plan("random", k, ALPHA_CANDIDATES):
-            train, val, test = data(seed)
-            learner = ImpressLearner(create_model("lenet300", seed=0), density=DENSITY)
-            learner.add_random_masks(k, seed=seed)
-            t0 = time.perf_counter()
-            history = learner.learn_alpha("task", train, cfg.replace(seed=seed))
-            seconds = time.perf_counter() - t0
-            alpha = history.task.coefficients
-            accuracy = {"validation": {}, "test": {}}
-            for dtype in COEFFICIENT_DTYPES:
-                name = "task" if dtype == "fp32" else f"task {dtype}"
-                if dtype != "fp32":
-                    learner.register_task(name, round_coefficients(alpha, dtype))
-                accuracy["validation"][dtype] = learner.evaluate(name, val)
-                accuracy["test"][dtype] = learner.evaluate(name, test)
-            record(dict(method="random", K=k, seed=seed, candidate=candidate_name(cfg), seconds=round(seconds, 1),
-                        **accuracy))  # fmt: skip
+    def trained_learner(kind: str, trained: int) -> ImpressLearner:
+        learner = new_learner(density)
+        masks = [basis_mask(kind, j) for j in range(trained)]
+        learner.add_masks([torch.stack([m[i] for m in masks]) for i in range(learner.num_layers)])
+        return learner
+
+    for kind in ("heterogeneous", "homogeneous"):
+        if config.runs(kind):
+            for k in config.trained_ks:
+                group = dict(method=kind, K=k, density=density)
+                for seed, cfg in plan_runs(rows, config.seeds, earlier=earlier, candidates=ALPHA_CANDIDATES, **group):
+                    record(alpha_row(trained_learner(kind, k), loaders(1 + seed, seed), cfg, seed, **group))
+    if config.runs("mixed"):
+        for trained, k in config.mixed:
+            group = dict(method="mixed", K=k, trained=trained, density=density)
+            for seed, cfg in plan_runs(rows, config.seeds, earlier=earlier, candidates=ALPHA_CANDIDATES, **group):
+                learner = trained_learner("heterogeneous", trained)
+                learner.add_random_masks(k - trained, seed=seed)  # the first K - T masks of seed s's random bank
+                record(alpha_row(learner, loaders(1 + seed, seed), cfg, seed, **group))
 
 
-def rotated_angles(spacing: float, k: int, seeds: list[int]) -> tuple[list[float], dict[int, float]]:
+def rotated_angles(spacing: float, k: int, seeds) -> tuple[list[float], dict[int, float]]:
     """Basis angles ``0, spacing, ..., (k-1) spacing`` and, per seed ``s``, a new task half-way
     between basis tasks ``s`` and ``s + 1`` (never one of the basis angles)."""
-    if max(seeds) + 1 >= k:
-        raise SystemExit(f"--ks {k}: a new task of seed {max(seeds)} lies between basis tasks "
-                         f"{max(seeds)} and {max(seeds) + 1}; use K > {max(seeds) + 1}")  # fmt: skip
     return [spacing * i for i in range(k)], {seed: spacing * (seed + 0.5) for seed in seeds}
 
 
-def run_rotated(args) -> None:
-    """Rotated Fashion-MNIST: per spacing, K basis masks trained with edge-popup on tasks at
-    ``0, spacing, ...`` (heterogeneous impressions), alpha over them on new tasks half-way between
-    two basis angles, against SupSup's dedicated mask on the same new tasks.
-
-    The basis masks are trained with the mask candidate chosen on SupSup's validation runs, once per
-    spacing (in memory: a resumed run retrains them only if some alpha row is still missing);
-    K smaller than the largest is the first K of the same bank.
-    """
-    settings = dict(scenario="rotated_fmnist", density=DENSITY, train_images=args.train_images,
-                    validation_images=VALIDATION_IMAGES, epochs=3, batch_size=128,
-                    threads=torch.get_num_threads())  # fmt: skip
-    rows = load_rows(args.out)
-    earlier = load_rows(args.choices_from) if args.choices_from else None
-
-    record = recorder(args.out, rows, settings)
-
-    def loaders(sc, t, seed):
-        return task_loaders(sc.task(t), args.train_images, seed)
-
-    for spacing in args.spacings:
-        basis, new = rotated_angles(spacing, max(args.ks), args.seeds)
-        angles = basis + [new[seed] for seed in args.seeds]
+def run_rotated(config: FrontierConfig, choices_from: str | None = None) -> None:
+    """Per spacing, K basis masks trained with edge-popup on tasks at ``0, spacing, ...``
+    (heterogeneous impressions), alpha over the first K of them on new tasks half-way between
+    two basis angles, against SupSup's dedicated mask on the same new tasks. The basis masks are
+    trained with the candidate SupSup chose on validation at that spacing."""
+    out = ROOT / config.out
+    density = config.density
+    settings = dict(scenario="rotated_fmnist", train_images=config.train_images, validation_images=VALIDATION_IMAGES,
+                    epochs=3, batch_size=128, threads=torch.get_num_threads())  # fmt: skip
+    rows = load_rows(out)
+    record = recorder(out, rows, settings)
+    earlier = load_rows(Path(choices_from)) if choices_from else None
+    for spacing in config.spacings:
+        basis, new = rotated_angles(spacing, max(config.trained_ks), config.seeds)
+        angles = basis + [new[seed] for seed in config.seeds]
         sc = create_scenario("rotated_fmnist", num_tasks=len(angles), angles=angles, seed=0)
-        new_task = {seed: len(basis) + i for i, seed in enumerate(args.seeds)}
-        group = dict(method="supsup", K=1, spacing=spacing)
-        for seed, cfg in plan_runs(rows, earlier, args, MASK_CANDIDATES, **group):
-            train, val, test = loaders(sc, new_task[seed], seed)
-            learner = ImpressLearner(create_model("lenet300", seed=0), density=DENSITY)
-            t0 = time.perf_counter()
-            learner.learn_basis_mask("task", train, cfg.replace(seed=seed))
-            record(dict(group, angle=new[seed], seed=seed, candidate=candidate_name(cfg),
-                        seconds=round(time.perf_counter() - t0, 1), validation={"fp32": learner.evaluate("task", val)},
-                        test={"fp32": learner.evaluate("task", test)}))  # fmt: skip
-        learner = None  # the bank of basis masks, trained on first need
-        for k in sorted(args.ks):
-            group = dict(method="heterogeneous", K=k, spacing=spacing)
-            for seed, cfg in plan_runs(rows, earlier, args, ALPHA_CANDIDATES, **group):
-                if learner is None:
-                    mask_cfg = chosen(earlier or rows, MASK_CANDIDATES, method="supsup", K=1, spacing=spacing)
-                    learner = ImpressLearner(create_model("lenet300", seed=0), density=DENSITY)
-                    for t, angle in enumerate(basis):
-                        learner.learn_basis_mask(f"basis {angle:g}", loaders(sc, t, 0)[0], mask_cfg.replace(seed=t))
-                sub = ImpressLearner(create_model("lenet300", seed=0), density=DENSITY)
-                sub.add_masks([layer.masks()[:k] for layer in learner.layers])  # the first K of the bank
-                train, val, test = loaders(sc, new_task[seed], seed)
-                t0 = time.perf_counter()
-                sub.learn_alpha("task", train, cfg.replace(seed=seed))
-                record(dict(group, angle=new[seed], seed=seed, candidate=candidate_name(cfg),
-                            seconds=round(time.perf_counter() - t0, 1),
-                            validation={"fp32": sub.evaluate("task", val)},
-                            test={"fp32": sub.evaluate("task", test)}))  # fmt: skip
+        new_task = {seed: len(basis) + i for i, seed in enumerate(config.seeds)}
+
+        def loaders(t, seed):
+            return task_loaders(sc.task(t), config.train_images, seed)
+
+        group = dict(method="supsup", K=1, spacing=spacing, density=density)
+        if config.runs("supsup"):
+            for seed, cfg in plan_runs(rows, config.seeds, earlier=earlier, candidates=MASK_CANDIDATES, **group):
+                record(supsup_row(loaders(new_task[seed], seed), cfg, seed, angle=new[seed], **group))
+        if not config.runs("heterogeneous"):
+            continue
+        for k in sorted(config.trained_ks):
+            kgroup = dict(method="heterogeneous", K=k, spacing=spacing, density=density)
+            for seed, cfg in plan_runs(rows, config.seeds, earlier=earlier, candidates=ALPHA_CANDIDATES, **kgroup):
+                mask_cfg = chosen(rows, MASK_CANDIDATES, **group)
+                if mask_cfg is None:
+                    raise SystemExit(f"no SupSup choice at spacing {spacing:g} yet: run 'supsup' first")
+                masks = []
+                for t, angle in enumerate(basis[:k]):
+                    key = (f"rotated-{angle:g}deg-s{density:g}-{candidate_name(mask_cfg).replace(' ', '_')}-seed{t}"
+                           f"-n{config.train_images}")  # fmt: skip
+                    masks.append(train_mask(key, density, loaders(t, 0)[0], mask_cfg.replace(seed=t)))
+                learner = new_learner(density)
+                learner.add_masks([torch.stack([m[i] for m in masks]) for i in range(learner.num_layers)])
+                record(alpha_row(learner, loaders(new_task[seed], seed), cfg, seed, angle=new[seed], **kgroup))
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def task_bytes(method: str, k: int, dtype: str, draws: int) -> int:
-    """Bytes one new task stores (LeNet-300-100, no BN), its bank's stored bytes counted in full
-    (the worst case: a bank shared by one task; with T tasks it is 1/T of that)."""
-    sizes, features = accounting.model_sizes(create_model("lenet300", seed=0))
+def lenet_sizes() -> tuple[list[int], list[int]]:
+    return accounting.model_sizes(create_model("lenet300", seed=0))
+
+
+def task_bytes(method: str, k: int, dtype: str, trained: int = 0) -> dict:
+    """Bytes of one new task (LeNet-300-100, no BN) by the one accounting function.
+
+    ``task``: what the new task stores, alpha[K, 3] in ``dtype`` plus its share of the bank
+    masks that no basis task owns, counted in full (a bank shared by one task: the worst case;
+    with T tasks it is 1/T of that, the paper's Phi): a random draw is its record and a hash
+    (56 B); a homogeneous bank's K - 1 extra masks of one task cost 1 bit per weight each.
+    ``basis``: the trained masks that basis tasks own (each a SupSup mask of its task), stored
+    anyway by those tasks and not charged to the new task. SupSup's task is its own mask.
+    """
+    sizes, features = lenet_sizes()
+    mask = accounting.mask_bytes(sizes)
     if method == "supsup":
-        return accounting.supsup_bytes_per_task(sizes, features)
-    bank = stored_bank_bytes(sizes, k, [dict(first=0, count=k, seed=0)] * draws)
-    return accounting.task_bytes("new", k, sizes, features, coefficient_dtype=dtype).total + bank
+        return dict(task=accounting.supsup_bytes_per_task(sizes, features), basis=0)
+    trained_masks = {"random": 0, "mixed": trained}.get(method, k)
+    owned = {"heterogeneous": k, "homogeneous": 1, "mixed": trained}.get(method, 0)
+    draws = [dict(first=trained_masks, count=k - trained_masks, seed=0)] if k > trained_masks else []
+    shared = stored_bank_bytes(sizes, k, draws) - owned * mask
+    total = accounting.task_bytes("new", k, sizes, features, coefficient_dtype=dtype, bank_share=shared).total
+    return dict(task=int(total), basis=owned * mask)
 
 
-def report(args) -> None:
-    rows = load_rows(args.out)
+def summarise(rows: list[dict], group_keys=("method", "K", "density", "trained")) -> list[dict]:
+    """One entry per group (and coefficient dtype): the candidate chosen on validation (first
+    seed) and the test accuracy of its runs, mean and sd over seeds; test is read only here."""
+    order = {m: i for i, m in enumerate(BANK_LABELS)}
+    groups = sorted({tuple(r.get(key) for key in group_keys) for r in rows},
+                    key=lambda g: tuple((order.get(v, 0) if i == 0 else (v if v is not None else -1))
+                                        for i, v in enumerate(g)))  # fmt: skip
+    table = []
+    for values in groups:
+        group = dict(zip(group_keys, values))
+        mine = [r for r in rows if all(r.get(key) == value for key, value in group.items())]
+        first = min(r["seed"] for r in mine)
+        best = max((r for r in mine if r["seed"] == first), key=lambda r: r["validation"]["fp32"])["candidate"]
+        runs = [r for r in mine if r["candidate"] == best]
+        for dtype in sorted(runs[0]["test"], key=list(COEFFICIENT_DTYPES).index):
+            acc = [100 * r["test"][dtype] for r in runs]
+            table.append(dict(group, dtype=dtype, candidate=best, mean=statistics.mean(acc), n=len(acc),
+                              sd=statistics.stdev(acc) if len(acc) > 1 else float("nan"),
+                              per_seed={r["seed"]: 100 * r["test"][dtype] for r in runs}))  # fmt: skip
+    return table
+
+
+def report_permuted(config: FrontierConfig, figure: Path | None) -> list[dict]:
+    rows = load_rows(ROOT / config.out)
     if not rows:
-        raise SystemExit(f"{args.out}: no rows yet; run without --report first")
-    table = []  # (method, K, dtype, candidate, bytes, mean, sd, n)
-    for method in ("supsup", "random"):
-        for k in sorted({r["K"] for r in rows if r["method"] == method}):
-            mine = [r for r in rows if r["method"] == method and r["K"] == k]
-            seed0 = min(r["seed"] for r in mine)
-            best = max((r for r in mine if r["seed"] == seed0), key=lambda r: r["validation"]["fp32"])["candidate"]
-            chosen = [r for r in mine if r["candidate"] == best]
-            for dtype in (("fp32",) if method == "supsup" else tuple(COEFFICIENT_DTYPES)):
-                acc = [100 * r["test"][dtype] for r in chosen]
-                sd = statistics.stdev(acc) if len(acc) > 1 else float("nan")
-                table.append((method, k, dtype, best, task_bytes(method, k, dtype, 1), statistics.mean(acc), sd,
-                              len(acc)))  # fmt: skip
-    supsup = next((t for t in table if t[0] == "supsup"), None)
-    print("| bank | K | coefficients | lr (chosen on validation) | bytes per task | x fewer than SupSup "
-          "| test accuracy % (mean +- sd) | seeds |")
-    print("|---|---|---|---|---|---|---|---|")
-    for method, k, dtype, cand, nbytes, mean, sd, n in table:
-        ratio = f"{supsup[4] / nbytes:.1f}" if supsup else "-"
-        bank = "SupSup (one mask per task)" if method == "supsup" else "random (stored as its seed)"
-        print(f"| {bank} | {k if method != 'supsup' else '-'} | {dtype} | {cand} | {nbytes:,} | {ratio} | "
-              f"{mean:.1f} +- {sd:.1f} | {n} |")
-    if args.figure:
-        draw(table, args.figure)
-        print(f"figure: {args.figure}")
+        raise SystemExit(f"{config.out}: no rows yet; run without --report first")
+    table = summarise(rows)
+    for entry in table:
+        entry.update(task_bytes(entry["method"], entry["K"], entry["dtype"], entry.get("trained") or 0))
+    supsup = {e["density"]: e for e in table if e["method"] == "supsup"}
+    print("| density | bank | K | coefficients | lr (chosen on validation) | bytes per new task | x fewer than SupSup "
+          "| trained masks owned by basis tasks (B) | test accuracy % (mean +- sd) | vs SupSup (points) | seeds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for e in table:
+        ref = supsup.get(e["density"])
+        ratio = f"{ref['task'] / e['task']:.1f}" if ref else "-"
+        gap = "-" if not ref or e["method"] == "supsup" else f"{e['mean'] - ref['mean']:+.1f}"
+        k = "-" if e["method"] == "supsup" else (f"{e['trained']} + {e['K'] - e['trained']}" if e["method"] == "mixed"
+                                                  else e["K"])  # fmt: skip
+        print(f"| {e['density']:g} | {BANK_LABELS[e['method']]} | {k} | {e['dtype']} | {e['candidate']} | "
+              f"{e['task']:,} | {ratio} | {e['basis']:,} | {e['mean']:.1f} +- {e['sd']:.1f} | {gap} | {e['n']} |")
+    if figure:
+        draw_permuted(table, config.density, figure)
+        print(f"figure: {figure}")
+    return table
 
 
-def report_rotated(args) -> None:
-    """The Rotated table: per spacing, SupSup's row and each K, the candidate chosen on validation."""
-    rows = load_rows(args.out)
+def report_rotated(config: FrontierConfig, figure: Path | None) -> list[dict]:
+    rows = load_rows(ROOT / config.out)
     if not rows:
-        raise SystemExit(f"{args.out}: no rows yet; run with --scenario rotated first")
-    sizes, features = accounting.model_sizes(create_model("lenet300", seed=0))
+        raise SystemExit(f"{config.out}: no rows yet; run without --report first")
+    table = [e for e in summarise(rows, ("spacing", "method", "K")) if e["dtype"] == "fp32"]
+    table.sort(key=lambda e: (e["spacing"], e["method"] != "supsup", e["K"]))
     print("| spacing (degrees) | method | K | lr (chosen on validation) | bytes per new task | bank (stored by the "
           "K basis tasks) | test accuracy % (mean +- sd) | seeds | vs SupSup (points) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for spacing in sorted({r["spacing"] for r in rows}):
-        supsup_mean = None
-        for method in ("supsup", "heterogeneous"):
-            for k in sorted({r["K"] for r in rows if r["method"] == method and r["spacing"] == spacing}):
-                mine = [r for r in rows if r["method"] == method and r["K"] == k and r["spacing"] == spacing]
-                seed0 = min(r["seed"] for r in mine)
-                best = max((r for r in mine if r["seed"] == seed0), key=lambda r: r["validation"]["fp32"])["candidate"]
-                acc = [100 * r["test"]["fp32"] for r in mine if r["candidate"] == best]
-                mean, sd = statistics.mean(acc), (statistics.stdev(acc) if len(acc) > 1 else float("nan"))
-                if method == "supsup":
-                    supsup_mean = mean
-                    nbytes, bank, label, gap = accounting.supsup_bytes_per_task(sizes, features), "-", "SupSup", "-"
-                else:
-                    nbytes = accounting.task_bytes("new", k, sizes, features).total
-                    bank = f"{k * accounting.mask_bytes(sizes):,}"
-                    label = "heterogeneous impressions"
-                    gap = "-" if supsup_mean is None else f"{mean - supsup_mean:+.1f}"
-                print(f"| {spacing:g} | {label} | {k if method != 'supsup' else '-'} | {best} | {nbytes:,} | {bank} "
-                      f"| {mean:.1f} +- {sd:.1f} | {len(acc)} | {gap} |")
+    for e in table:
+        e.update(task_bytes(e["method"], e["K"], "fp32"))
+        ref = next((s for s in table if s["method"] == "supsup" and s["spacing"] == e["spacing"]), None)
+        gap = "-" if ref is None or e["method"] == "supsup" else f"{e['mean'] - ref['mean']:+.1f}"
+        label = "SupSup" if e["method"] == "supsup" else "heterogeneous impressions"
+        bank = f"{e['basis']:,}" if e["basis"] else "-"
+        print(f"| {e['spacing']:g} | {label} | {'-' if e['method'] == 'supsup' else e['K']} | {e['candidate']} | "
+              f"{e['task']:,} | {bank} | {e['mean']:.1f} +- {e['sd']:.1f} | {e['n']} | {gap} |")
+    if figure:
+        draw_rotated(table, figure)
+        print(f"figure: {figure}")
+    return table
 
 
-def draw(table, path: Path) -> None:
+def _errorbar(ax, points, **style):
+    ax.errorbar([p["task"] if "x" not in p else p["x"] for p in points], [p["mean"] for p in points],
+                yerr=[0 if math.isnan(p["sd"]) else p["sd"] for p in points], capsize=3, **style)  # fmt: skip
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    markers = {"fp32": "o", "fp16": "s", "bf16": "^"}
-    for dtype, marker in markers.items():
-        pts = [t for t in table if t[0] == "random" and t[2] == dtype]
-        if pts:
-            ax.errorbar([t[4] for t in pts], [t[5] for t in pts], yerr=[0 if math.isnan(t[6]) else t[6] for t in pts],
-                        marker=marker, capsize=3, label=f"random bank, alpha in {dtype}")  # fmt: skip
-            for t in pts if dtype == "fp32" else []:
-                ax.annotate(f"K={t[1]}", (t[4], t[5]), textcoords="offset points", xytext=(4, -12), fontsize=8)
-    for t in table:
-        if t[0] == "supsup":
-            ax.errorbar([t[4]], [t[5]], yerr=[0 if math.isnan(t[6]) else t[6]], marker="*", markersize=12, color="k",
-                        linestyle="none", capsize=3, label="SupSup (dedicated mask)")  # fmt: skip
-            ax.axvline(t[4] / 10, color="grey", linestyle=":", label="10x fewer bytes than SupSup")
-            ax.axhline(t[5] - 2, color="grey", linestyle="--", label="SupSup - 2 points")
+    return plt
+
+
+def draw_permuted(table: list[dict], density: float, path: Path) -> None:
+    """Accuracy against bytes per new task at ``density``: every bank kind, fp16 coefficients
+    (fp32 for random too), SupSup's point; a second panel: random banks at every density."""
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    at = [e for e in table if e["density"] == density]
+    styles = [("random", "fp32", "o", "C0"), ("random", "fp16", "s", "C1"), ("heterogeneous", "fp16", "^", "C2"),
+              ("homogeneous", "fp16", "v", "C3"), ("mixed", "fp16", "D", "C4")]  # fmt: skip
+    for method, dtype, marker, colour in styles:
+        points = sorted((e for e in at if e["method"] == method and e["dtype"] == dtype), key=lambda e: e["task"])
+        if points:
+            _errorbar(ax, points, marker=marker, color=colour, label=f"{BANK_LABELS[method]}, alpha in {dtype}")
+            for p in points:
+                ax.annotate(f"K={p['K']}", (p["task"], p["mean"]), textcoords="offset points", xytext=(4, -11),
+                            fontsize=7, color=colour)  # fmt: skip
+    for ref in (e for e in at if e["method"] == "supsup"):
+        _errorbar(ax, [ref], marker="*", markersize=13, color="k", linestyle="none", label="SupSup (dedicated mask)")
+        ax.axvline(ref["task"] / 10, color="grey", linestyle=":", label="10x fewer bytes than SupSup")
+        ax.axhline(ref["mean"] - 2, color="grey", linestyle="--", label="SupSup - 2 points")
     ax.set_xscale("log")
-    ax.set_xlabel("bytes per new task (log scale)")
+    ax.set_xlabel("bytes per new task (log scale; bank share counted for T = 1)")
     ax.set_ylabel("test accuracy on the new task (%)")
-    ax.set_title("Permuted Fashion-MNIST, LeNet-300-100, density 0.1")
+    ax.set_title(f"Permuted Fashion-MNIST, LeNet-300-100, density {density:g}: bank kinds", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, which="both")
+    densities = sorted({e["density"] for e in table})
+    for i, d in enumerate(densities):
+        points = sorted((e for e in table if e["density"] == d and e["method"] == "random" and e["dtype"] == "fp16"),
+                        key=lambda e: e["task"])  # fmt: skip
+        colour = f"C{i}"
+        if points:
+            _errorbar(bx, points, marker="s", color=colour, label=f"random bank, fp16, s = {d:g}")
+        for ref in (e for e in table if e["density"] == d and e["method"] == "supsup"):
+            _errorbar(bx, [ref], marker="*", markersize=12, color=colour, linestyle="none",
+                      label=f"SupSup, s = {d:g}")  # fmt: skip
+    bx.set_xscale("log")
+    bx.set_xlabel("bytes per new task (log scale)")
+    bx.set_ylabel("test accuracy on the new task (%)")
+    bx.set_title("random banks and SupSup across densities", fontsize=10)
+    bx.legend(fontsize=7, loc="lower right", ncol=2)
+    bx.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def draw_rotated(table: list[dict], path: Path) -> None:
+    """Accuracy against the spacing of the basis tasks (log x): SupSup and each K."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (method, k) in enumerate(sorted({(e["method"], e["K"]) for e in table}, key=lambda m: (m[0] != "supsup", m[1]))):
+        points = sorted((dict(e, x=e["spacing"]) for e in table if e["method"] == method and e["K"] == k),
+                        key=lambda e: e["x"])  # fmt: skip
+        label = "SupSup (dedicated mask, 33,275 B)" if method == "supsup" else (
+            f"K = {k} heterogeneous impressions ({points[0]['task']:,} B)")
+        _errorbar(ax, points, marker="*" if method == "supsup" else "o", color="k" if method == "supsup" else f"C{i}",
+                  label=label)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("spacing between basis tasks (degrees, log scale); new task half-way between two")
+    ax.set_ylabel("test accuracy on the new task (%)")
+    ax.set_title("Rotated Fashion-MNIST, LeNet-300-100, density 0.1", fontsize=10)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv=None) -> None:
+    def numbers(kind):
+        return lambda s: [kind(v) for v in s.split(",")]
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scenario", choices=("permuted", "rotated"), default="permuted",
-                   help="permuted: random banks vs SupSup; rotated: K trained (heterogeneous) impressions vs SupSup")
-    p.add_argument("--out", type=Path, default=None,
-                   help="results JSON (appended to; resumes); default docs/results/frontier/<frontier|rotated>.json")
-    p.add_argument("--train-images", type=int, default=12_000, help="training images per task (the rest is unused)")
-    p.add_argument("--ks", type=lambda s: [int(v) for v in s.split(",")], default=None,
-                   help="bank sizes; default 10,50,250,500,1000 (permuted), 10 (rotated)")
-    p.add_argument("--spacings", type=lambda s: [float(v) for v in s.split(",")], default=[3.0, 12.0],
-                   help="rotated: degrees between neighbouring basis tasks")
-    p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
-    p.add_argument("--choices-from", type=Path, default=None,
+    p.add_argument("config", type=Path, nargs="?", default=ROOT / "configs" / "frontier_permuted.yaml",
+                   help="YAML config (default configs/frontier_permuted.yaml)")
+    p.add_argument("--out", default=None, help="results JSON (appended to; resumes); overrides the config's out")
+    p.add_argument("--train-images", type=int, default=None, help="training images per task")
+    p.add_argument("--seeds", type=numbers(int), default=None)
+    p.add_argument("--densities", type=numbers(float), default=None, help="SupSup and random banks at each")
+    p.add_argument("--spacings", type=numbers(float), default=None, help="rotated: degrees between basis tasks")
+    p.add_argument("--only", type=lambda s: s.split(","), default=None,
+                   help="methods to run: supsup, random, heterogeneous, homogeneous, mixed")
+    p.add_argument("--choices-from", default=None,
                    help="reuse the candidates another results file chose on its validation split (no new choice)")
-    p.add_argument("--report", action="store_true", help="print the table (and draw --figure) from --out")
-    p.add_argument("--figure", type=Path, default=None)
-    args = p.parse_args()
-    rotated = args.scenario == "rotated"
-    args.out = args.out or (DEFAULT_OUT.with_name("rotated.json") if rotated else DEFAULT_OUT)
-    args.ks = args.ks or ([10] if rotated else [10, 50, 250, 500, 1000])
-    if args.train_images < 1 or any(k < 1 for k in args.ks) or any(s < 0 for s in args.seeds):
-        p.error("--train-images and --ks must be positive, --seeds non-negative")
-    if any(not 0 < d < 360 for d in args.spacings):
-        p.error("--spacings must lie in (0, 360) degrees")
-    if rotated:
-        report_rotated(args) if args.report else run_rotated(args)
+    p.add_argument("--report", action="store_true", help="print the table (and draw the figure) from the results")
+    p.add_argument("--figure", default=None, help="figure path (overrides the config's figure)")
+    args = p.parse_args(argv)
+    try:
+        config = FrontierConfig.from_yaml(args.config, out=args.out, train_images=args.train_images, seeds=args.seeds,
+                                          densities=args.densities, spacings=args.spacings, only=args.only,
+                                          figure=args.figure)  # fmt: skip
+    except ConfigError as exc:
+        p.error(str(exc))
+    rotated = config.scenario == "rotated"
+    if args.report:
+        figure = ROOT / config.figure if config.figure else None
+        (report_rotated if rotated else report_permuted)(config, figure)
     else:
-        report(args) if args.report else run(args)
+        (run_rotated if rotated else run_permuted)(config, args.choices_from)
 
 
 if __name__ == "__main__":
