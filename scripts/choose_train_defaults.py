@@ -25,9 +25,8 @@ import torch
 
 from impresslearn import ImpressLearner, TrainConfig
 from impresslearn.models import create_model
-from impresslearn.scenarios import BatchLoader, InMemoryDataset, create_scenario
-
-VALIDATION_IMAGES = 10_000
+from impresslearn.scenarios import BatchLoader, create_scenario
+from impresslearn.validation import VALIDATION_IMAGES, validation_split
 
 CANDIDATES = [
     TrainConfig(optimizer="sgd", lr=0.1, epochs=1),  # the old defaults
@@ -41,14 +40,6 @@ CANDIDATES = [
 ]
 
 
-def split(dataset, train_limit: int | None):
-    """(train, validation) carved from a task's training set: the last 10,000 images validate."""
-    x, y = dataset.tensors
-    cut = len(y) - VALIDATION_IMAGES
-    stop = cut if train_limit is None else min(cut, train_limit)
-    return InMemoryDataset(x[:stop], y[:stop]), InMemoryDataset(x[cut:], y[cut:])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="5,000 training images per task (a smoke run)")
@@ -56,7 +47,7 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     sc = create_scenario("permuted_fmnist", num_tasks=4, seed=0)
-    data = [split(sc.task(t).train, 5000 if args.quick else None) for t in range(4)]
+    data = [validation_split(sc.task(t).train, VALIDATION_IMAGES, 5000 if args.quick else None) for t in range(4)]
 
     def loaders(t):
         return (BatchLoader(data[t][0], batch_size=args.batch_size, shuffle=True, seed=t),
