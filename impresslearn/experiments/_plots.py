@@ -15,6 +15,7 @@ from pathlib import Path
 
 KIND_MARK = {"heterogeneous": "{n}", "homogeneous": "{n}^", "random": "r{n}", "mixture": "m{n}"}
 KIND_ORDER = ("heterogeneous", "homogeneous", "random", "mixture")
+DTYPE_ORDER = ("fp32", "fp16", "bf16")  # impresslearn.banks.COEFFICIENT_DTYPES, widest first
 
 
 def category(spec: dict) -> str | None:
@@ -55,6 +56,80 @@ def basis_gn_groups(records: list[dict]):
         fit.setdefault(label, []).append(100.0 * rec["result"]["mean_accuracy"])
         ref.setdefault(label, []).append(100.0 * rec["result"]["mean_reference_accuracy"])
     return fit, ref
+
+
+def frontier_points(records: list[dict]) -> list[dict]:
+    """The accuracy-per-byte frontier of a sweep: one point per (impression set, coefficient dtype)
+    and SupSup's, each with the bytes per new task, test accuracies (%) of its runs (one per seed
+    and density: the run's mean over its new tasks) and the candidates chosen on validation.
+    Empty unless the sweep ran with ``evaluate.frontier``."""
+    if not any("frontier" in r["result"] for r in records):
+        return []
+    points: OrderedDict[tuple, dict] = OrderedDict()
+    for rec in sorted(records, key=lambda r: _sort_key(r["spec"])):
+        spec, res = rec["spec"], rec["result"]
+        cat = category(spec)
+        chosen = (res.get("validation") or {}).get("chosen_override")
+        if spec["run_kind"] == "supsup" and res.get("mean_accuracy") is not None:
+            entries = [("fp32", res["mean_accuracy"], res["bytes_per_task"])]
+        elif "frontier" in res:
+            dtypes = res["frontier"]["dtypes"]  # stored with sorted keys: list them in DTYPE_ORDER
+            entries = [(dtype, dtypes[dtype]["mean_accuracy"], dtypes[dtype]["bytes_per_task"]["total"])
+                       for dtype in sorted(dtypes, key=DTYPE_ORDER.index)]  # fmt: skip
+        else:
+            continue
+        for dtype, accuracy, nbytes in entries:
+            point = points.setdefault((cat, dtype), {
+                "label": cat, "basis_kind": spec.get("basis_kind") or "supsup", "count": spec.get("count"),
+                "hybrid": bool(spec.get("hybrid")), "dtype": dtype, "bytes": [], "accuracies": [], "chosen": [],
+                "basis_owned_bank_bytes": (res.get("frontier") or {}).get("basis_owned_bank_bytes")})
+            point["bytes"].append(nbytes)
+            point["accuracies"].append(100.0 * accuracy)
+            point["chosen"].append(chosen)
+    return list(points.values())
+
+
+def plot_frontier(points: list[dict], path: Path, title: str) -> Path:
+    """Accuracy on new tasks against bytes per new task (log x), mean and sd over runs; one line per
+    kind of impression set and dtype through its sizes, SupSup's point as a star."""
+    import statistics
+
+    import matplotlib.pyplot as plt
+
+    def stats(p):
+        acc = p["accuracies"]
+        return statistics.fmean(p["bytes"]), statistics.fmean(acc), statistics.stdev(acc) if len(acc) > 1 else 0.0
+
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    series: OrderedDict[tuple, list] = OrderedDict()
+    for p in points:
+        if p["basis_kind"] != "supsup":
+            series.setdefault((p["basis_kind"], p["hybrid"], p["dtype"]), []).append(p)
+    markers = {"fp32": "o", "fp16": "s", "bf16": "^"}
+    for (kind, hybrid, dtype), pts in series.items():
+        pts = sorted(pts, key=lambda p: stats(p)[0])
+        xs, ys, sds = zip(*(stats(p) for p in pts))
+        ax.errorbar(xs, ys, yerr=sds, marker=markers[dtype], capsize=3, linestyle="-" if dtype == "fp32" else ":",
+                    label=f"{kind}{' hybrid' if hybrid else ''}, alpha in {dtype}")
+        if dtype == "fp32":
+            for p, x, y in zip(pts, xs, ys):
+                ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for p in points:
+        if p["basis_kind"] == "supsup":
+            x, y, sd = stats(p)
+            ax.errorbar([x], [y], yerr=[sd], marker="*", markersize=13, color="k", linestyle="none", capsize=3,
+                        label="SupSup (dedicated mask)")
+            ax.axhline(y - 2, color="grey", linestyle="--", linewidth=0.8, label="SupSup - 2 points")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per new task (log scale; impresslearn.accounting)")
+    ax.set_ylabel("test accuracy on new tasks (%)")
+    ax.set_title(f"{title}: accuracy per byte (mean +- sd over runs)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_experiment(out_dir: str | Path) -> list[Path]:
@@ -105,4 +180,7 @@ def plot_experiment(out_dir: str | Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    points = frontier_points(records)
+    if points:
+        written.append(plot_frontier(points, out_dir / "frontier.png", name))
     return written

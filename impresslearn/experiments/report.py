@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from ._plots import KIND_MARK, basis_gn_groups, category, grouped_accuracies, plot_experiment
+from ._plots import KIND_MARK, basis_gn_groups, category, frontier_points, grouped_accuracies, plot_experiment
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +128,39 @@ def gn_table(records: list[dict]) -> str:
                    "acc. task given (%)", "acc. task inferred (%)", "GN seconds"], rows)
 
 
+def _override_label(override) -> str:
+    if override is None:
+        return "-"
+    return ", ".join(f"{k} {v}" for k, v in sorted(override.items())) or "as configured"
+
+
+def frontier_table(points: list[dict]) -> str:
+    """One row per frontier point: bytes per new task, the saving over SupSup, test accuracy mean
+    and sd over runs, the candidates chosen on validation (how many runs chose each)."""
+    supsup = next((p for p in points if p["basis_kind"] == "supsup"), None)
+    supsup_bytes = statistics.fmean(supsup["bytes"]) if supsup else None
+    supsup_acc = statistics.fmean(supsup["accuracies"]) if supsup else None
+    rows = []
+    for p in points:
+        nbytes = statistics.fmean(p["bytes"])
+        acc = statistics.fmean(p["accuracies"])
+        sd = f" ± {statistics.stdev(p['accuracies']):.1f}" if len(p["accuracies"]) > 1 else ""
+        chosen: dict[str, int] = {}
+        for c in p["chosen"]:
+            chosen[_override_label(c)] = chosen.get(_override_label(c), 0) + 1
+        owned = p.get("basis_owned_bank_bytes")
+        rows.append([
+            "SupSup" if p["basis_kind"] == "supsup" else p["label"], p["count"] if p["count"] else "-", p["dtype"],
+            f"{nbytes:,.0f}", f"{supsup_bytes / nbytes:.1f}" if supsup_bytes else "",
+            f"{owned:,}" if owned else "-", f"{acc:.1f}{sd}", len(p["accuracies"]),
+            f"{acc - supsup_acc:+.1f}" if supsup_acc is not None and p is not supsup else "-",
+            "; ".join(f"{k} ({n})" for k, n in chosen.items()),
+        ])
+    return _table(["impressions", "K", "coefficients", "bytes / new task", "x fewer than SupSup",
+                   "basis tasks' own masks (B, not charged)", "test acc. (%, mean ± sd)", "runs",
+                   "vs SupSup (points)", "chosen on validation (runs)"], rows)
+
+
 def accounting_table(rows: list[dict]) -> str:
     out = []
     for r in rows:
@@ -179,6 +212,11 @@ def render_dir(directory: Path, assets: Path, out_file: Path) -> str:
         text += ["New tasks (each run's mean over the new tasks; mean ± sd over runs):", "", new_task_table(records), ""]
         if len({r["spec"]["density"] for r in records}) > 1:
             text += ["By density (accuracy with task label, %):", "", by_density_table(records), ""]
+    points = frontier_points(records)
+    if points:
+        text += ["Accuracy per byte (frontier; bytes per new task from `impresslearn.accounting`: its coefficients "
+                 "in the dtype shown, BN statistics, fingerprint and its share of bank masks no basis task owns):",
+                 "", frontier_table(points), ""]
     if any(r["spec"]["run_kind"] == "basis_gn" for r in records):
         text += ["basis-GN (alpha fitted on an unnamed basis task):", "", basis_gn_table(records), ""]
     if any(r["spec"]["run_kind"] == "gn" for r in records):
