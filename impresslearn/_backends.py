@@ -209,13 +209,51 @@ def _dtype_reason(spec: OpSpec, kernel: str, dtype: torch.dtype | None) -> str |
     return f"{kernel} kernels of {spec.name} take {', '.join(map(str, spec.dtypes[kernel]))}, got {dtype}"
 
 
+# (op, device, requested backend, dtype) -> (the op's spec, the kernel chosen). Every op call
+# selects, and deciding anew cost ~10 us a call (device parsing, extension and Triton
+# probes); what the decision depends on beyond the key is fixed once loaded: the spec
+# (checked by identity, so re-registering an op invalidates), the extension, the Triton
+# mode and the GPU's architecture. The requested backend is in the key, read from the
+# argument or IMPRESSLEARN_BACKEND on every call, so setting either takes effect at once.
+# Refusals are not cached: they raise the same way each time.
+_selected: dict[tuple, tuple[OpSpec, str]] = {}
+
+
+def clear_selection_cache() -> None:
+    """Forget every cached choice of :func:`select`.
+
+    Needed only after changing what the choice depends on besides its arguments and
+    ``IMPRESSLEARN_BACKEND`` (e.g. a test that swaps the extension's answers).
+    """
+    _selected.clear()
+
+
 def select(
     op: str, device: torch.device | str, backend: str | None = None, dtype: torch.dtype | None = None
 ) -> str:
     """The kernel that runs ``op`` on ``device`` (for tensors of ``dtype``) under the rule above."""
-    spec = REGISTRY[op]
-    device = torch.device(device)
     requested = requested_backend(backend)
+    if torch.compiler.is_compiling():  # a compiled graph holds its choice; Dynamo would guard on the
+        return _decide(op, torch.device(device), requested, dtype)  # cache and recompile as it fills
+    key = (op, device, requested, dtype)
+    try:
+        spec, kernel = _selected[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable argument, refused by the rule below
+        pass
+    else:
+        if REGISTRY.get(op) is spec:
+            return kernel
+    device = torch.device(device)
+    kernel = _decide(op, device, requested, dtype)
+    # "cuda" without an index means the current device, which can change: decide it each time
+    if device.type != "cuda" or device.index is not None:
+        _selected[key] = (REGISTRY[op], kernel)
+    return kernel
+
+
+def _decide(op: str, device: torch.device, requested: str | None, dtype: torch.dtype | None) -> str:
+    """:func:`select` without its cache."""
+    spec = REGISTRY[op]
     if requested is not None:
         family = canonical(requested)
         named = requested if requested == family else f"{requested} (= {family})"

@@ -55,6 +55,60 @@ def test_automatic_fallback_logs_once(monkeypatch, caplog):
         _backends.select("probe_op", "cpu", "cpp")  # explicit: raises instead
 
 
+def test_a_choice_is_decided_once_per_key_and_follows_the_environment_and_the_registry(monkeypatch):
+    """select() runs on every op call; deciding anew cost ~10 us (scripts/dispatch_overhead.py)."""
+    decided = []
+    decide = _backends._decide
+    monkeypatch.setattr(_backends, "_decide", lambda *args: decided.append(args[1:]) or decide(*args))
+    monkeypatch.setattr(_backends, "_selected", {})
+    monkeypatch.delenv("IMPRESSLEARN_BACKEND", raising=False)
+    cpu = torch.device("cpu")
+    spec = _backends.OpSpec("probe_cached", {"reference": lambda: None, "cpp": lambda: None})
+    monkeypatch.setitem(_backends.REGISTRY, "probe_cached", spec)
+    for _ in range(3):
+        assert _backends.select("probe_cached", cpu, dtype=torch.float32) == "cpp"
+    assert decided == [(cpu, None, torch.float32)]
+    monkeypatch.setenv("IMPRESSLEARN_BACKEND", "reference")  # the environment is read on every call
+    assert _backends.select("probe_cached", cpu, dtype=torch.float32) == "reference"
+    assert _backends.select("probe_cached", cpu, "cpp", dtype=torch.float32) == "cpp"  # the argument still wins
+    monkeypatch.delenv("IMPRESSLEARN_BACKEND")
+    assert _backends.select("probe_cached", cpu, dtype=torch.float32) == "cpp"
+    assert _backends.select("probe_cached", cpu, dtype=torch.float64) == "cpp"  # another dtype: its own decision
+    assert len(decided) == 4
+    # an op registered anew (another spec under the same name) is decided anew
+    _backends.register(_backends.OpSpec("probe_cached", {"reference": lambda: None}))
+    assert _backends.select("probe_cached", cpu, dtype=torch.float32) == "reference"
+    # refusals are not cached: the second call raises the same way
+    for _ in range(2):
+        with pytest.raises(BackendUnavailable, match="cpp kernels run on CPU tensors, got cuda"):
+            _backends.select("probe_cached", "cuda:0", "cpp")
+    assert len(decided) == 7
+    _backends.clear_selection_cache()
+    assert _backends.select("probe_cached", cpu, dtype=torch.float32) == "reference" and len(decided) == 8
+
+
+def test_a_compiled_op_keeps_one_graph_while_the_choice_cache_fills():
+    """Dynamo guards on the globals a trace reads: a cache filled during or after the trace recompiled."""
+    from torch._dynamo.utils import counters
+
+    _, bank, weight, alpha = _combine_problem()
+    step = lambda weight, alpha: ops.combine_masks(weight, bank, alpha) * 2  # noqa: E731
+    torch._dynamo.reset()
+    counters.clear()
+    _backends.clear_selection_cache()
+    compiled = torch.compile(step, backend="eager")
+    for i in range(3):
+        compiled(weight, alpha + i)
+        step(weight, alpha + i)  # the eager call fills the cache between compiled calls
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+def _combine_problem(k=9, n=37):
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(k, n, generator=g) < 0.3
+    return masks, ops.pack_masks(masks, backend="reference"), torch.randn(n, generator=g), torch.rand(k, generator=g)
+
+
 def test_every_op_has_a_reference_and_only_known_kernels():
     with pytest.raises(ValueError, match="reference"):
         _backends.OpSpec("broken", {"cpp": lambda: None})
