@@ -22,7 +22,7 @@ def run_demo(tmp_path, capsys, *flags: str) -> str:
 
 
 def test_demo_runs_and_reloads_identically(tmp_path, capsys):
-    out = run_demo(tmp_path, capsys, "--basis-tasks", "2", "--new-tasks", "1", "--random-masks", "2",
+    out = run_demo(tmp_path, capsys, "--preset", "none", "--basis-tasks", "2", "--new-tasks", "1", "--random-masks", "2",
                    "--train-subset", "600", "--test-subset", "256", "--alpha-epochs", "1")  # fmt: skip
     assert "| permuted_fmnist/2    | new   |" in out
     assert "task inference without labels (input fingerprints, over all 3 tasks" in out
@@ -31,3 +31,14 @@ def test_demo_runs_and_reloads_identically(tmp_path, capsys):
     # one bit per LeNet weight (266,200 / 8)
     assert "a new task adds 308 B vs SupSup's 32.50 KiB" in out
     assert (tmp_path / "demo" / "learner.safetensors").exists()
+
+
+@pytest.mark.parametrize("flags, named", [(["--random-masks", "10"], "--random-masks"), (["--alpha-lr", "0.1"], "--alpha-lr"),
+                                          (["--density", "0.2"], "--density")])  # fmt: skip
+def test_flags_that_would_change_the_default_preset_are_refused_by_name(flags, named):
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    with pytest.raises(SystemExit, match=f"demo: {named} would change the preset random500-fp16; add --preset none"):
+        demo.main(parser.parse_args(flags))
+    with pytest.raises(SystemExit, match="no preset named 'fast'"):
+        demo.main(parser.parse_args(["--preset", "fast"]))

@@ -53,10 +53,11 @@ def test_unknown_presets_and_bad_fields_are_refused_by_name():
     assert set(PRESETS) == {"random500-fp16"}
 
 
-def test_the_demo_runs_with_the_preset(tmp_path, capsys):
-    out = run_demo(tmp_path, capsys, "--preset", "random500-fp16", "--basis-tasks", "1", "--new-tasks", "1",
+def test_the_demo_runs_with_the_preset_by_default(tmp_path, capsys):
+    out = run_demo(tmp_path, capsys, "--basis-tasks", "1", "--new-tasks", "1",
                    "--train-subset", "300", "--test-subset", "128", "--mask-epochs", "1", "--alpha-epochs", "1")  # fmt: skip
     assert "1 basis tasks, 500 random masks, 1 new tasks" in out
+    assert "new tasks: preset random500-fp16 (rmsprop lr 0.0005, 1 epochs, fp16 coefficients)" in out
     # alpha[501, 3] in fp16 = 3,006 B (+ its task-inference fingerprint): a tenth of SupSup's mask at most
     new_task = re.search(r"a new task adds ([0-9.]+) KiB vs SupSup's 32.50 KiB", out)
     assert new_task and 10 * float(new_task.group(1)) <= 32.50
