@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..config import ConfigError, TrainConfig, check_integer, check_real
+from ..validation import candidate_name
 
 BASIS_KINDS = ("heterogeneous", "homogeneous", "random", "mixture")
 INITS = ("signed_constant", "kaiming_normal")
@@ -239,7 +240,10 @@ def _candidates(value: Any, key: str, base: TrainConfig) -> tuple:
         except ConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from None
         plain.append(dict(sorted(candidate.items())))
-    _require(len({json.dumps(c, sort_keys=True) for c in plain}) == len(plain), key, "has duplicates")
+    # results name a candidate by optimizer and lr (impresslearn.validation.candidate_name)
+    names = [candidate_name(base.replace(**c)) for c in plain]
+    _require(len(set(names)) == len(names), key,
+             f"candidates must differ in optimizer or lr (how results name them), got {names}")
     return tuple(plain)
 
 
@@ -247,24 +251,23 @@ def _candidates(value: Any, key: str, base: TrainConfig) -> tuple:
 class ValidationSpec:
     """Hyperparameters chosen on a validation split carved from each new task's training set.
 
-    ``images`` examples of each new task's training set (after ``scenario.train_subset``) are set
-    aside, drawn with ``seed`` (``impresslearn.scenarios.train_validation_split``); every training
-    on a new task (SupSup's mask, alpha) then uses the rest. Each candidate is a partial override
-    of the phase (``alpha_train`` for alpha, ``mask_train`` for SupSup's dedicated mask); a run
-    trains every candidate, keeps the one with the best mean validation accuracy over its new
-    tasks (ties: the first listed) and reads the test set only for that one. No candidates: the
-    phase as configured is the only one. Basis masks are trained on their own tasks' full
-    training sets (they are other tasks' data, never a new task's test data).
+    The last ``images`` examples of each new task's training set (after ``scenario.train_subset``)
+    validate (``impresslearn.validation.validation_split``); every training on a new task
+    (SupSup's mask, alpha) uses the rest. Each candidate is a partial override of its phase
+    (``alpha_train`` for alpha, ``mask_train`` for SupSup's dedicated mask). The rule is
+    ``impresslearn.validation.choose``'s: a run of the first seed trains every candidate and keeps
+    the one with the best mean validation accuracy over its new tasks (ties: the first listed);
+    the same run of every other seed reuses that choice. The test set is read only for the chosen
+    candidate. No candidates: the phase as configured is the only one. Basis masks are trained on
+    their own tasks' full training sets (other tasks' data, never a new task's test data).
     """
 
     images: int
     alpha_candidates: tuple = ()
     mask_candidates: tuple = ()
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        _set_ints(self, images=_positive_int(self.images, "validation.images"),
-                  seed=check_integer(self.seed, "validation.seed", minimum=0))
+        _set_ints(self, images=_positive_int(self.images, "validation.images"))
         object.__setattr__(self, "alpha_candidates", _tuple(self.alpha_candidates, "validation.alpha_candidates"))
         object.__setattr__(self, "mask_candidates", _tuple(self.mask_candidates, "validation.mask_candidates"))
 

@@ -114,13 +114,14 @@ class RunContext:
         """(train, validation, test) loaders of a new task. With ``params["validation"]`` the
         training set is split (``train_validation_split``): train on the rest, choose on the
         carved part; without it, validation is None and train is the whole training set."""
-        from ..scenarios import BatchLoader, train_validation_split
+        from ..scenarios import BatchLoader
+        from ..validation import validation_split
 
         spec = params.get("validation")
         task, train, test = self.loaders(params, task_index, batch_size, seed)
         if not spec:
             return train, None, test
-        train_part, val_part = train_validation_split(task.train, spec["images"], seed=spec["seed"])
+        train_part, val_part = validation_split(task.train, spec["images"])
         return (BatchLoader(train_part, batch_size=batch_size, shuffle=True, seed=seed),
                 BatchLoader(val_part, batch_size=params["scenario"]["test_batch_size"], shuffle=False), test)
 
@@ -302,22 +303,45 @@ def evaluate_rounded(learner, name: str, coefficient_dtype: str, loader) -> floa
 # ----------------------------------------------------------------------------- validation choice
 
 
-def phase_candidates(params: dict, phase: str) -> list[dict]:
-    """The overrides of ``phase`` ('alpha_train' or 'mask_train') a run chooses among: the
-    config's candidates, or the phase as configured (one empty override) when it lists none."""
-    key = {"alpha_train": "alpha_candidates", "mask_train": "mask_candidates"}[phase]
-    return list(params["validation"].get(key) or [{}])
+def phase_candidates(run, ctx: RunContext, phase: str) -> tuple[list[dict], dict]:
+    """(overrides of ``phase`` this run trains, how they were chosen).
+
+    On the config's first seed (``choice_seed``): every candidate of the config (or the phase as
+    configured, one empty override, when it lists none). On any other seed: the one the same run
+    of the first seed chose (``impresslearn.validation``'s rule), read from its finished record.
+    """
+    from ._sweep import load_finished
+
+    spec = run.params["validation"]
+    if run.seed == spec["choice_seed"]:
+        key = {"alpha_train": "alpha_candidates", "mask_train": "mask_candidates"}[phase]
+        return list(spec.get(key) or [{}]), {"chosen_on_seed": run.seed}
+    first = dataclasses.replace(run, seed=spec["choice_seed"])
+    record = load_finished(ctx.out_dir, first)
+    if record is None:
+        raise RuntimeError(f"run {run.label()!r} reuses the choice of {first.label()!r} ({first.run_id}), "
+                           "which has not finished: run the sweep in its order (the first seed first)")
+    return [record["result"]["validation"]["chosen_override"]], {"chosen_on_seed": first.seed,
+                                                                 "chosen_by_run": first.run_id}
 
 
-def choose_on_validation(candidates: list[dict], validation_accuracies: list[list[float]]) -> dict:
-    """The choice record of a run: every candidate with its validation accuracy per new task and
-    their mean; ``chosen`` is the index of the best mean (ties: the first listed). Only
-    validation accuracies enter: the test set is read afterwards, for the chosen one alone."""
+def choose_on_validation(phase: dict, candidates: list[dict], validation_accuracies: list[list[float]],
+                         provenance: dict | None = None) -> dict:
+    """The choice record of a run: every candidate it trained with its validation accuracy per new
+    task and their mean, and the one ``impresslearn.validation.choose`` keeps (best mean; ties: the
+    first listed). Only validation accuracies enter: the test set is read afterwards, for the
+    chosen candidate alone."""
+    from ..config import TrainConfig
+    from ..validation import candidate_name, choose
+
+    configs = [TrainConfig.from_dict({**phase, **c}) for c in candidates]
     means = [_mean(accs) for accs in validation_accuracies]
-    best = max(range(len(candidates)), key=lambda i: (means[i], -i))
-    return {"candidates": [{"override": c, "validation_accuracies": v, "mean_validation_accuracy": m}
-                           for c, v, m in zip(candidates, validation_accuracies, means)],
-            "chosen": best, "chosen_override": candidates[best]}  # fmt: skip
+    results = [{"seed": 0, "candidate": candidate_name(cfg), "validation": m} for cfg, m in zip(configs, means)]
+    best = configs.index(choose(results, configs))
+    return {"candidates": [{"override": c, "name": candidate_name(cfg), "validation_accuracies": v,
+                            "mean_validation_accuracy": m}
+                           for c, cfg, v, m in zip(candidates, configs, validation_accuracies, means)],
+            "chosen": best, "chosen_override": candidates[best], **(provenance or {})}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- evaluation helpers
@@ -339,7 +363,7 @@ def _supsup_on_validation(run, ctx: RunContext) -> dict:
     """SupSup's dedicated masks with the mask recipe chosen on validation: every candidate trains
     one mask per new task on the task's training part; the test set is read for the chosen one."""
     p = run.params
-    candidates = phase_candidates(p, "mask_train")
+    candidates, provenance = phase_candidates(run, ctx, "mask_train")
     learners, val_accs = [], []
     for override in candidates:
         cfg = train_config({**p["mask_train"], **override}, _popup_seed(run.seed, 0))
@@ -352,7 +376,7 @@ def _supsup_on_validation(run, ctx: RunContext) -> dict:
             accs.append(_accuracy(learner.evaluate(f"mask/{t}", val)))
         learners.append(per_task)
         val_accs.append(accs)
-    choice = choose_on_validation(candidates, val_accs)
+    choice = choose_on_validation(p["mask_train"], candidates, val_accs, provenance)
     chosen = learners[choice["chosen"]]
     accs = [_accuracy(lr.evaluate(f"mask/{t}", ctx.new_task_loaders(p, t, 128, seed=run.seed)[2]))
             for lr, t in zip(chosen, p["new_tasks"])]  # fmt: skip
@@ -446,8 +470,8 @@ def _alpha_on_validation(run, ctx: RunContext, names: list[str]):
     parts over a fresh copy of the impression set; the learner of the best mean validation
     accuracy is kept (the others are dropped as soon as they lose)."""
     p = run.params
-    candidates = phase_candidates(p, "alpha_train")
-    best, best_mean, val_accs, seconds = None, None, [], 0.0
+    candidates, provenance = phase_candidates(run, ctx, "alpha_train")
+    best, best_mean, kept, val_accs, seconds = None, None, None, [], 0.0
     for override in candidates:
         cfg = train_config({**p["alpha_train"], **override}, run.seed)
         learner = _impression_learner(run, ctx)
@@ -459,9 +483,12 @@ def _alpha_on_validation(run, ctx: RunContext, names: list[str]):
             accs.append(_accuracy(learner.evaluate(name, val)))
         seconds += time.perf_counter() - t0
         val_accs.append(accs)
-        if best is None or _mean(accs) > best_mean:
-            best, best_mean = learner, _mean(accs)
-    return best, choose_on_validation(candidates, val_accs), seconds
+        if best is None or _mean(accs) > best_mean:  # only the leader is kept in memory (ties: the earlier)
+            best, best_mean, kept = learner, _mean(accs), len(val_accs) - 1
+    choice = choose_on_validation(p["alpha_train"], candidates, val_accs, provenance)
+    if choice["chosen"] != kept:  # the rule is impresslearn.validation's; the kept learner must follow it
+        raise AssertionError(f"kept candidate {kept}, but the validation rule chose {choice['chosen']}")
+    return best, choice, seconds
 
 
 def run_impress(run, ctx: RunContext) -> dict:

@@ -93,7 +93,8 @@ def expand(config: ExperimentConfig) -> list[RunSpec]:
     mixture = {"mixture_homogeneous": config.basis.mixture_homogeneous}
     # Opt-in settings join a run's parameters (and so its id) only when they are on: runs of
     # configs without them keep their ids, and their finished results are reused.
-    validation = {} if config.validation is None else {"validation": dataclasses.asdict(config.validation)}
+    validation = {} if config.validation is None else {
+        "validation": {**dataclasses.asdict(config.validation), "choice_seed": config.seeds[0]}}
     frontier = {"coefficient_dtypes": list(ev.coefficient_dtypes)} if ev.frontier else {}
 
     def shared(*parts: dict) -> tuple:

@@ -11,7 +11,7 @@ task (see ``custom``); a YAML config names it by a dotted import path.
 Scenarios stand beside the model code: nothing here imports layers, models or the learner.
 """
 
-from ._base import DataNotFoundError, InMemoryDataset, Scenario, Task, train_validation_split
+from ._base import DataNotFoundError, InMemoryDataset, Scenario, Task
 from ._readers import DATA_ROOT_ENV, default_root
 from ._registry import create_scenario, list_scenarios, register_scenario, resolve_scenario
 from .custom import CustomScenario
@@ -34,5 +34,4 @@ __all__ = [
     "list_scenarios",
     "register_scenario",
     "resolve_scenario",
-    "train_validation_split",
 ]

@@ -109,32 +109,6 @@ def subset_indices(n: int, count: int | None, mode: str, seed: int) -> np.ndarra
     raise ValueError(f"subset_mode must be 'first' or 'random', got {mode!r}")
 
 
-def train_validation_split(dataset: Dataset, validation_size: int, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """(train, validation) of a task's training set: a seeded random ``validation_size`` examples
-    validate, the rest train; the two never share an example.
-
-    Hyperparameters are chosen on the validation part, never on the test set. The draw depends
-    only on ``seed`` and the set's size, so every run and candidate of a sweep sees the same split.
-    An ``InMemoryDataset`` stays one (the validation part without training augmentation); any
-    other ``Dataset`` is split with ``torch.utils.data.Subset``.
-    """
-    n = len(dataset)
-    if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)):
-        raise ValueError(f"validation_size must be an integer, got {validation_size!r}")
-    if not 0 < validation_size < n:
-        raise ValueError(f"validation_size must lie in 1..{n - 1} for a training set of {n} examples "
-                         f"(some must be left to train on), got {validation_size}")
-    order = torch.from_numpy(np.random.default_rng(derive_seed("validation", seed)).permutation(n))
-    val_idx, train_idx = order[:validation_size].sort().values, order[validation_size:].sort().values
-    if isinstance(dataset, InMemoryDataset):
-        x, y = dataset.tensors
-        return (InMemoryDataset(x[train_idx], y[train_idx], dataset.batch_transform),
-                InMemoryDataset(x[val_idx], y[val_idx]))
-    from torch.utils.data import Subset
-
-    return Subset(dataset, train_idx.tolist()), Subset(dataset, val_idx.tolist())
-
-
 class Scenario:
     """A fixed sequence of ``num_tasks`` tasks with ``num_classes`` classes each.
 

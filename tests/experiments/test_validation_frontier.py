@@ -19,7 +19,7 @@ from impresslearn.experiments import ConfigError, config_from_dict, expand, run_
 from impresslearn.experiments._runner import choose_on_validation
 from impresslearn.experiments.report import render
 from impresslearn.models import create_model
-from impresslearn.scenarios import InMemoryDataset, train_validation_split
+from impresslearn.scenarios import InMemoryDataset
 from impresslearn.scenarios.synthetic import Synthetic
 
 
@@ -94,24 +94,26 @@ def test_validation_choice_never_reads_test_labels(frontier_runs):
     assert test_changed
 
 
-def test_validation_split_is_carved_from_training_data_only():
-    x = torch.arange(50, dtype=torch.float32).reshape(50, 1)
-    train, val = train_validation_split(InMemoryDataset(x, torch.zeros(50, dtype=torch.int64)), 12, seed=3)
-    seen_train, seen_val = set(train.tensors[0].flatten().tolist()), set(val.tensors[0].flatten().tolist())
-    assert len(seen_val) == 12 and len(seen_train) == 38 and not seen_train & seen_val
-    assert seen_train | seen_val == set(range(50))
-    again = train_validation_split(InMemoryDataset(x, torch.zeros(50, dtype=torch.int64)), 12, seed=3)[1]
-    assert torch.equal(again.tensors[0], val.tensors[0])  # the same split for every candidate and run
-    with pytest.raises(ValueError, match="validation_size must lie in 1..49"):
-        train_validation_split(InMemoryDataset(x, torch.zeros(50, dtype=torch.int64)), 50)
-
-
 def test_choice_takes_the_best_mean_and_the_first_on_ties():
-    candidates = [{"lr": 0.1}, {"lr": 0.01}, {"lr": 0.001}]
-    choice = choose_on_validation(candidates, [[0.5, 0.7], [0.7, 0.6], [0.6, 0.7]])
+    phase = {"optimizer": "adam", "lr": 0.03}
+    candidates = [{"lr": 0.1}, {"lr": 0.01}, {"optimizer": "rmsprop", "lr": 0.001}]
+    choice = choose_on_validation(phase, candidates, [[0.5, 0.7], [0.7, 0.6], [0.6, 0.7]])
     assert choice["chosen"] == 1 and choice["chosen_override"] == {"lr": 0.01}
     assert choice["candidates"][0]["mean_validation_accuracy"] == pytest.approx(0.6)
-    assert choose_on_validation(candidates, [[0.5], [0.5], [0.4]])["chosen"] == 0
+    assert [c["name"] for c in choice["candidates"]] == ["adam lr 0.1", "adam lr 0.01", "rmsprop lr 0.001"]
+    assert choose_on_validation(phase, candidates, [[0.5], [0.5], [0.4]])["chosen"] == 0
+
+
+def test_later_seeds_reuse_the_first_seeds_choice(tmp_path):
+    config = frontier_config(seeds=[0, 1], basis={"kinds": ["random"], "counts": [3]})
+    run_sweep(config, tmp_path, progress=False)
+    runs = {(r["spec"]["run_kind"], r["spec"]["seed"]): r for r in json.loads((tmp_path / "results.json").read_text())["runs"]}
+    for kind in ("supsup", "impress"):
+        first, second = runs[(kind, 0)]["result"]["validation"], runs[(kind, 1)]["result"]["validation"]
+        assert len(first["candidates"]) == 2 and first["chosen_on_seed"] == 0
+        assert len(second["candidates"]) == 1 and second["chosen_on_seed"] == 0
+        assert second["chosen_by_run"] == runs[(kind, 0)]["run_id"]
+        assert second["chosen_override"] == first["chosen_override"]
 
 
 def test_frontier_bytes_per_dtype_are_the_accounting_ones(frontier_runs):
@@ -179,10 +181,10 @@ def test_rounded_coefficients_are_what_is_scored():
      r"validation.alpha_candidates\[0\]: unknown key\(s\) \['optimiser'\]"),
     ("validation", {"images": 10, "mask_candidates": [{"lr": 0.1}, {"lr": -1}]},
      r"validation.mask_candidates\[1\].lr: must be > 0"),
-    ("validation", {"images": 10, "alpha_candidates": [{"lr": 0.1}, {"lr": 0.1}]},
-     "validation.alpha_candidates: has duplicates"),
     ("validation", {"images": 10, "alpha_candidates": {"lr": 0.1}}, "validation.alpha_candidates: must be a list"),
     ("validation", {"images": 10, "holdout": 3}, r"validation: unknown key\(s\) \['holdout'\]"),
+    ("validation", {"images": 10, "alpha_candidates": [{"lr": 0.1}, {"lr": 0.1, "weight_decay": 0.1}]},
+     "validation.alpha_candidates: candidates must differ in optimizer or lr"),
     ("validation", {"images": 96}, "validation.images: 96 validation images leave none of scenario.train_subset=96"),
     ("evaluate", {**EVALUATE, "coefficient_dtypes": ["fp8"]}, "evaluate.coefficient_dtypes: unknown dtype 'fp8'"),
     ("evaluate", {**EVALUATE, "frontier": "yes"}, "evaluate.frontier: must be true or false"),
