@@ -278,17 +278,18 @@ def train_mask(key: str, density: float, loader, cfg: TrainConfig) -> list[torch
 
 
 def alpha_row(learner: ImpressLearner, loaders, cfg: TrainConfig, seed: int, **fields) -> dict:
-    """Train alpha over ``learner``'s bank on a new task; accuracy with fp32/fp16/bf16 coefficients."""
+    """Train alpha over ``learner``'s bank on a new task; accuracy with fp32/fp16/bf16 coefficients.
+    A ``granularity`` field (benchmarks/frontier_granularity.py) trains alpha at that granularity."""
     train, val, test = loaders
     t0 = time.perf_counter()
-    history = learner.learn_alpha("task", train, cfg.replace(seed=seed))
+    history = learner.learn_alpha("task", train, cfg.replace(seed=seed), granularity=fields.get("granularity", "layer"))
     seconds = time.perf_counter() - t0
     alpha = history.task.coefficients
     accuracy = {"validation": {}, "test": {}}
     for dtype in COEFFICIENT_DTYPES:
         name = "task" if dtype == "fp32" else f"task {dtype}"
         if dtype != "fp32":
-            learner.register_task(name, round_coefficients(alpha, dtype))
+            learner.register_task(name, round_coefficients(alpha, dtype), granularity=history.task.granularity)
         accuracy["validation"][dtype] = learner.evaluate(name, val)
         accuracy["test"][dtype] = learner.evaluate(name, test)
     return dict(fields, seed=seed, candidate=candidate_name(cfg), seconds=round(seconds, 1), **accuracy)
@@ -467,6 +468,8 @@ def summarise(rows: list[dict], group_keys=("method", "K", "density", "trained")
 
 
 def report_permuted(config: FrontierConfig, figure: Path | None) -> list[dict]:
+    """Two tables: every bank kind at ``config.density`` (one row per bank, accuracy with fp32,
+    fp16 and bf16 coefficients), then SupSup and random banks at every density (fp16)."""
     rows = load_rows(ROOT / config.out)
     if not rows:
         raise SystemExit(f"{config.out}: no rows yet; run without --report first")
@@ -474,17 +477,51 @@ def report_permuted(config: FrontierConfig, figure: Path | None) -> list[dict]:
     for entry in table:
         entry.update(task_bytes(entry["method"], entry["K"], entry["dtype"], entry.get("trained") or 0))
     supsup = {e["density"]: e for e in table if e["method"] == "supsup"}
-    print("| density | bank | K | coefficients | lr (chosen on validation) | bytes per new task | x fewer than SupSup "
-          "| trained masks owned by basis tasks (B) | test accuracy % (mean +- sd) | vs SupSup (points) | seeds |")
+    by_dtype = {(e["method"], e["K"], e["density"], e.get("trained"), e["dtype"]): e for e in table}
+
+    def cell(e):
+        return f"{e['mean']:.1f} +- {e['sd']:.1f}" if e else "-"
+
+    def bank_k(e):
+        if e["method"] == "supsup":
+            return "-"
+        return f"{e['trained']} + {e['K'] - e['trained']}" if e["method"] == "mixed" else str(e["K"])
+
+    def gap(e):
+        ref = supsup.get(e["density"])
+        return "-" if not ref or e["method"] == "supsup" else f"{e['mean'] - ref['mean']:+.1f}"
+
+    def ratio(e):
+        ref = supsup.get(e["density"])
+        return f"{ref['task'] / e['task']:.1f}" if ref else "-"
+
+    print(f"Density {config.density:g}, every bank kind (bytes: fp32 / fp16 coefficients; 'vs SupSup' and "
+          "'x fewer' with fp16):\n")
+    print("| bank | K | lr (chosen on validation) | bytes per new task | x fewer than SupSup | trained masks owned by "
+          "basis tasks (B) | test accuracy %, fp32 | fp16 | bf16 | vs SupSup (points) | seeds |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for e in table:
-        ref = supsup.get(e["density"])
-        ratio = f"{ref['task'] / e['task']:.1f}" if ref else "-"
-        gap = "-" if not ref or e["method"] == "supsup" else f"{e['mean'] - ref['mean']:+.1f}"
-        k = "-" if e["method"] == "supsup" else (f"{e['trained']} + {e['K'] - e['trained']}" if e["method"] == "mixed"
-                                                  else e["K"])  # fmt: skip
-        print(f"| {e['density']:g} | {BANK_LABELS[e['method']]} | {k} | {e['dtype']} | {e['candidate']} | "
-              f"{e['task']:,} | {ratio} | {e['basis']:,} | {e['mean']:.1f} +- {e['sd']:.1f} | {gap} | {e['n']} |")
+        if e["density"] != config.density or e["dtype"] not in ("fp32",):
+            continue
+        key = (e["method"], e["K"], e["density"], e.get("trained"))
+        half, bf16 = by_dtype.get(key + ("fp16",)), by_dtype.get(key + ("bf16",))
+        shown = half or e
+        nbytes = f"{e['task']:,}" + (f" / {half['task']:,}" if half else "")
+        print(f"| {BANK_LABELS[e['method']]} | {bank_k(e)} | {e['candidate']} | {nbytes} | {ratio(shown)} | "
+              f"{e['basis']:,} | {cell(e)} | {cell(half)} | {cell(bf16)} | {gap(shown)} | {e['n']} |")
+    others = sorted({e["density"] for e in table} - {config.density})
+    if others:
+        print("\nSupSup and random banks at every density (fp16 coefficients):\n")
+        print("| density | bank | K | lr (chosen on validation) | bytes per new task | x fewer than SupSup "
+              "| test accuracy % (mean +- sd) | vs SupSup (points) | seeds |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for e in sorted(table, key=lambda e: e["density"]):
+            if e["method"] not in ("supsup", "random") or e["dtype"] != ("fp32" if e["method"] == "supsup" else "fp16"):
+                continue
+            if e["method"] == "random" and e["K"] not in dict.fromkeys(k for d in others for k in config.ks_at(d)):
+                continue
+            print(f"| {e['density']:g} | {BANK_LABELS[e['method']]} | {bank_k(e)} | {e['candidate']} | {e['task']:,} "
+                  f"| {ratio(e)} | {cell(e)} | {gap(e)} | {e['n']} |")
     if figure:
         draw_permuted(table, config.density, figure)
         print(f"figure: {figure}")
@@ -530,11 +567,12 @@ def _pyplot():
 
 def draw_permuted(table: list[dict], density: float, path: Path) -> None:
     """Accuracy against bytes per new task at ``density``: every bank kind, fp16 coefficients
-    (fp32 for random too), SupSup's point; a second panel: random banks at every density."""
+    (fp32 and bf16 score the same, the table shows them), SupSup's point; a second panel: SupSup
+    and random banks at every density."""
     plt = _pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.8))
     at = [e for e in table if e["density"] == density]
-    styles = [("random", "fp32", "o", "C0"), ("random", "fp16", "s", "C1"), ("heterogeneous", "fp16", "^", "C2"),
+    styles = [("random", "fp16", "s", "C1"), ("heterogeneous", "fp16", "^", "C2"),
               ("homogeneous", "fp16", "v", "C3"), ("mixed", "fp16", "D", "C4")]  # fmt: skip
     for method, dtype, marker, colour in styles:
         points = sorted((e for e in at if e["method"] == method and e["dtype"] == dtype), key=lambda e: e["task"])
