@@ -8,6 +8,7 @@ private module.
 
 from __future__ import annotations
 
+from . import _extension
 from ._backends import BACKENDS, ENV_VAR, BackendUnavailable, backend_reason, select
 from ._extension import cuda_archs, has_cpu_kernels, has_cuda_kernels
 
@@ -15,14 +16,16 @@ from ._extension import cuda_archs, has_cpu_kernels, has_cuda_kernels
 def cpu_isa() -> tuple[str, list[str]]:
     """The ISA the C++ kernels run (``IMPRESSLEARN_CPU_ISA`` or the best this CPU offers) and all it offers.
 
-    ``("no C++ kernels", [])`` when ``impresslearn._C`` was built without them.
+    ``("no C++ kernels", [])`` when ``impresslearn._C`` was built without them, and
+    ``("unknown ...", [])`` for a build from before the ISA dispatch. Raises ``ValueError``
+    naming the variable when ``IMPRESSLEARN_CPU_ISA`` names no ISA or one this CPU cannot run.
     """
-    from ._extension import extension
-
-    ext = extension()
-    if not has_cpu_kernels():
+    ext = _extension.extension()
+    if not _extension.has_cpu_kernels():
         return "no C++ kernels", []
-    return ext.cpu_isa(), list(ext.cpu_isas())
+    if not hasattr(ext, "cpu_isa"):
+        return "unknown (impresslearn._C predates the ISA dispatch: rebuild it)", []
+    return ext.cpu_isa(), list(ext.cpu_isas())  # the ValueError names the variable, its value and the choices
 
 
 __all__ = [

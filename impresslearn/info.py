@@ -10,7 +10,7 @@ import platform
 
 import torch
 
-from . import _backends, _extension, ops  # noqa: F401  (importing ops registers every op)
+from . import _backends, _extension, backends, ops  # noqa: F401  (importing ops registers every op)
 from .ops import _registry
 
 _KERNEL_WHERE = {
@@ -82,17 +82,14 @@ def _cuda_build() -> str:
 
 
 def _cpu_isa() -> str:
-    """The ISA the C++ kernels run (IMPRESSLEARN_CPU_ISA, else the widest this CPU has) and the others it could."""
-    if not _extension.has_cpu_kernels():
-        return "- (no C++ kernels)"
-    ext = _extension.extension()
-    if not hasattr(ext, "cpu_isa"):
-        return "unknown (impresslearn._C predates the ISA dispatch: rebuild it)"
+    """The ISA the C++ kernels run and the others this CPU could, or why none (:func:`backends.cpu_isa`)."""
     try:
-        isa = ext.cpu_isa()
+        isa, supported = backends.cpu_isa()
     except ValueError as exc:  # the variable names no ISA, or one this CPU lacks
         return f"none: {exc}"
-    return f"{isa} (this CPU runs {', '.join(ext.cpu_isas())}; IMPRESSLEARN_CPU_ISA=portable|avx2|avx512 forces one)"
+    if not supported:
+        return f"- ({isa})"
+    return f"{isa} (this CPU runs {', '.join(supported)}; IMPRESSLEARN_CPU_ISA=portable|avx2|avx512 forces one)"
 
 
 def _automatic(spec: _backends.OpSpec, device: str) -> str:
