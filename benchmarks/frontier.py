@@ -624,6 +624,9 @@ def draw_rotated(table: list[dict], path: Path) -> None:
         _errorbar(ax, points, marker="*" if method == "supsup" else "o", color="k" if method == "supsup" else f"C{i}",
                   label=label)  # fmt: skip
     ax.set_xscale("log")
+    spacings = sorted({e["spacing"] for e in table})
+    ax.set_xticks(spacings, [f"{d:g}" for d in spacings])
+    ax.minorticks_off()
     ax.set_xlabel("spacing between basis tasks (degrees, log scale); new task half-way between two")
     ax.set_ylabel("test accuracy on the new task (%)")
     ax.set_title("Rotated Fashion-MNIST, LeNet-300-100, density 0.1", fontsize=10)
