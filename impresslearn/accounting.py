@@ -7,7 +7,9 @@ What a task stores, in bytes (stored formats: docs/design.md, Formats):
 
 - a binary mask: 1 bit per weight, a byte plane per layer: ``sum_i ceil(n_i / 8)``;
 - coefficients ``A_t[K_t, d]``: ``4 * K_t * d`` in fp32, ``2 * K_t * d`` in fp16 or bf16 (the
-  learner's ``coefficient_dtype``, :mod:`impresslearn.banks`);
+  learner's ``coefficient_dtype``, :mod:`impresslearn.banks`); at a finer granularity (one
+  column per block of ``b`` output channels, :mod:`impresslearn.tasks`) ``d`` becomes the number
+  of columns, ``sum_i ceil(C_i / b)``: K_t x blocks x dtype bytes per layer;
 - per-task BatchNorm statistics (conv nets): fp32 running mean and variance per channel,
   ``8 * C`` per BN layer. SupSup needs them too (a shared BN fails every task but the last);
 - a fingerprint (task inference, :class:`impresslearn.inference.TaskFingerprint`), when the
@@ -38,6 +40,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from .banks import coefficient_dtype_bytes, random_mask_indices, stored_bank_bytes
+from .tasks import columns_per_layer
 
 FP32_BYTES = 4
 PAPER_TABLE2_MASK_BITS_PER_WEIGHT = 2
@@ -48,9 +51,16 @@ def mask_bytes(layer_sizes: Sequence[int]) -> int:
     return sum(math.ceil(n / 8) for n in layer_sizes)
 
 
-def coefficient_bytes(num_masks: int, num_layers: int, coefficient_dtype: str = "fp32") -> int:
-    """``A_t[K_t, d]`` stored in ``coefficient_dtype`` (fp32, fp16 or bf16)."""
-    return coefficient_dtype_bytes(coefficient_dtype) * num_masks * num_layers
+def coefficient_bytes(num_masks: int, num_columns: int, coefficient_dtype: str = "fp32") -> int:
+    """``A_t[K_t, columns]`` stored in ``coefficient_dtype`` (fp32, fp16 or bf16); ``columns`` is ``d``
+    per layer, or :func:`coefficient_width` at a finer granularity."""
+    return coefficient_dtype_bytes(coefficient_dtype) * num_masks * num_columns
+
+
+def coefficient_width(out_channels: Sequence[int], granularity="layer") -> int:
+    """Columns of ``A_t`` for layers of ``out_channels`` output channels: ``d`` for ``"layer"``,
+    ``sum_i ceil(C_i / b)`` per block of ``b`` channels (``"channel"``: b = 1)."""
+    return sum(columns_per_layer(out_channels, granularity))
 
 
 def bn_bytes_per_task(bn_features: Sequence[int]) -> int:
@@ -96,10 +106,12 @@ class TaskBytes:
 
 
 def task_bytes(kind: str, num_masks: int, layer_sizes: Sequence[int], bn_features: Sequence[int], *,
-               coefficient_dtype: str = "fp32", bank_share: float = 0, fingerprint: int = 0) -> TaskBytes:  # fmt: skip
+               coefficient_dtype: str = "fp32", bank_share: float = 0, fingerprint: int = 0,
+               num_columns: int | None = None) -> TaskBytes:  # fmt: skip
     """Bytes of one stored task of ``kind`` whose ``A_t`` spans ``num_masks`` masks, its
     coefficients in ``coefficient_dtype``, plus ``bank_share`` bytes of the shared bank and
-    ``fingerprint`` bytes of its fingerprint (``TaskFingerprint.nbytes``; 0 without one)."""
+    ``fingerprint`` bytes of its fingerprint (``TaskFingerprint.nbytes``; 0 without one).
+    ``num_columns``: the columns of ``A_t`` (default one per layer; :func:`coefficient_width`)."""
     if kind == "basis":
         own = mask_bytes(layer_sizes)
     elif kind == "hybrid":
@@ -108,7 +120,8 @@ def task_bytes(kind: str, num_masks: int, layer_sizes: Sequence[int], bn_feature
         own = 0
     else:
         raise ValueError(f"kind must be 'basis', 'new' or 'hybrid', got {kind!r}")
-    coefficients = coefficient_bytes(num_masks, len(layer_sizes), coefficient_dtype)
+    columns = len(layer_sizes) if num_columns is None else num_columns
+    coefficients = coefficient_bytes(num_masks, columns, coefficient_dtype)
     bn = bn_bytes_per_task(bn_features)
     return TaskBytes(own, coefficients, bn, own + coefficients + bn + bank_share + fingerprint,
                      supsup_bytes_per_task(layer_sizes, bn_features), bank_share, fingerprint)  # fmt: skip
@@ -146,7 +159,7 @@ def learner_task_bytes(learner, name: str) -> TaskBytes:
     sizes, features = model_sizes(learner.model)
     return task_bytes(rec.kind, rec.num_masks, sizes, features, coefficient_dtype=learner.coefficient_dtype,
                       bank_share=shared_bank_bytes(learner) / len(learner.tasks),
-                      fingerprint=fingerprint_bytes(learner, name))  # fmt: skip
+                      fingerprint=fingerprint_bytes(learner, name), num_columns=rec.coefficients.shape[1])  # fmt: skip
 
 
 def storage_report(learner) -> dict:
@@ -161,7 +174,7 @@ def storage_report(learner) -> dict:
     banks = sum(layer.bank.numel() + layer.extra_bank.numel() for layer in learner.layers)
     stored_banks = (stored_bank_bytes(sizes, learner.num_masks, learner.random_mask_draws)
                     + learner.layers[-1].num_extra * mask_bytes(sizes[-1:]))  # fmt: skip
-    coefficients = sum(coefficient_bytes(rec.num_masks, len(sizes), learner.coefficient_dtype)
+    coefficients = sum(coefficient_bytes(rec.num_masks, rec.coefficients.shape[1], learner.coefficient_dtype)
                        for rec in learner.tasks.values())  # fmt: skip
     t = len(learner.tasks)
     bn = bn_bytes_per_task(features) * t
@@ -193,7 +206,7 @@ def storage_report(learner) -> dict:
 
 __all__ = [
     "FP32_BYTES", "PAPER_TABLE2_MASK_BITS_PER_WEIGHT", "TaskBytes", "bank_bytes", "bn_bytes_per_task",
-    "coefficient_bytes", "dense_float_masks_bytes", "fingerprint_bytes", "learner_task_bytes", "mask_bytes",
+    "coefficient_bytes", "coefficient_width", "dense_float_masks_bytes", "fingerprint_bytes", "learner_task_bytes", "mask_bytes",
     "model_sizes",
     "shared_bank_bytes", "storage_report", "supsup_bytes_per_task", "task_bytes",
 ]  # fmt: skip

@@ -10,6 +10,8 @@ whose frozen weight ``W_i`` is generated from a seed on the CPU. Each holds its 
                        superposition the column of ``alpha' = A^T beta`` (one combine, whatever
                        the number of stored tasks). Optional coefficients over a second bank of
                        *extra* masks that are not basis masks: the hybrid last-layer masks.
+                       With ``block`` set, ``alpha`` is ``[K', R]``: one column per block of
+                       output channels (``ops.combine_masks_rows``; tasks.columns_per_layer).
 
 Layers are thin: ``forward`` calls the functional ops of :mod:`impresslearn.ops` and nothing
 else, so every backend drops in unchanged. The layer never decides *which* coefficients to
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .ops import num_planes
+from .tasks import channels_per_column, check_granularity, columns_per_layer
 
 INITS = ("signed_constant", "kaiming_normal")
 
@@ -85,15 +88,19 @@ class CoefficientSource:
     ``alpha`` has ``K'`` entries over the first ``K'`` bank masks (a task learned when the bank
     held ``K'`` masks keeps using exactly those planes, so adding masks later cannot change its
     outputs by a single bit). ``extra_alpha`` likewise covers the first ``H'`` extra masks.
-    Either may be None, not both.
+    Either may be None, not both. ``block``: None for one coefficient per mask (``alpha[K']``), or
+    the output channels per column of ``alpha[K', ceil(C / block)]`` (no ``extra_alpha`` then).
     """
 
     alpha: torch.Tensor | None
     extra_alpha: torch.Tensor | None = None
+    block: int | None = None
 
     def __post_init__(self):
         if self.alpha is None and self.extra_alpha is None:
             raise ValueError("a CoefficientSource needs alpha, extra_alpha, or both")
+        if self.block is not None and (self.alpha is None or self.extra_alpha is not None):
+            raise ValueError("coefficients per block of channels take alpha only (no extra_alpha: hybrid is per layer)")
 
 
 class _ImpressMixin:
@@ -161,23 +168,34 @@ class _ImpressMixin:
             raise ValueError(f"scores have shape {tuple(scores.shape)} but the weight has {tuple(self.weight.shape)}")
         self.source = ScoresSource(scores, density)
 
-    def use_coefficients(self, alpha: torch.Tensor | None, extra_alpha: torch.Tensor | None = None) -> None:
-        """Bind ``W * (sum_k alpha[k] B[k] + sum_h extra_alpha[h] E[h])`` (see :class:`CoefficientSource`)."""
-        self.source = self._coefficient_source(alpha, extra_alpha)
+    def use_coefficients(
+        self, alpha: torch.Tensor | None, extra_alpha: torch.Tensor | None = None, *, block: int | None = None
+    ) -> None:
+        """Bind ``W * (sum_k alpha[k] B[k] + sum_h extra_alpha[h] E[h])`` (see :class:`CoefficientSource`);
+        with ``block``, ``alpha[K', ceil(C / block)]`` gives each block of output channels its own column."""
+        self.source = self._coefficient_source(alpha, extra_alpha, block=block)
 
     def _coefficient_source(
-        self, alpha: torch.Tensor | None, extra_alpha: torch.Tensor | None = None
+        self, alpha: torch.Tensor | None, extra_alpha: torch.Tensor | None = None, *, block: int | None = None
     ) -> CoefficientSource:
+        if block is not None:
+            columns = columns_per_layer([self.weight.shape[0]], block)[0]
+            if alpha is None or alpha.dim() != 2 or alpha.shape[1] != columns:
+                got = "None" if alpha is None else f"shape {tuple(alpha.shape)}"
+                raise ValueError(
+                    f"alpha of a layer with {self.weight.shape[0]} output channels in blocks of {block} must be "
+                    f"[K', {columns}], got {got}"
+                )
         for name, coeff, count, what in (("alpha", alpha, self.num_masks, "the bank holds"),
                                          ("extra_alpha", extra_alpha, self.num_extra, "the layer holds")):  # fmt: skip
             if coeff is None:
                 continue
-            if coeff.dim() != 1:
+            if coeff.dim() != 1 and block is None:
                 raise ValueError(f"{name} of one layer must be a vector [K'], got shape {tuple(coeff.shape)}")
             if not 1 <= coeff.shape[0] <= count:
                 extra = " extra" if name == "extra_alpha" else ""
                 raise ValueError(f"{name} has {coeff.shape[0]} coefficients but {what} {count}{extra} masks")
-        return CoefficientSource(alpha, extra_alpha)
+        return CoefficientSource(alpha, extra_alpha, block)
 
     def clear_source(self) -> None:
         self.source = None
@@ -198,6 +216,9 @@ class _ImpressMixin:
         if isinstance(src, ScoresSource):
             return ops.edge_popup_weight(self._backbone(), src.scores, src.density, backend=self.backend)
         weight = self._backbone()
+        if src.block is not None:
+            bank, alpha = self._terms()[0]
+            return ops.combine_masks_rows(weight, bank, alpha, src.block, backend=self.backend)
         parts = [ops.combine_masks(weight, bank, a, backend=self.backend) for bank, a in self._terms()]
         return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
@@ -363,7 +384,7 @@ class ImpressLinear(_ImpressMixin, nn.Linear):
             w = ops.edge_popup_weight(self._backbone(), src.scores, src.density, backend=self.backend)
             return F.linear(x, w, self.bias)
         terms = self._terms()
-        if len(terms) == 1:
+        if len(terms) == 1 and src.block is None:
             bank, alpha = terms[0]
             out = ops.impress_linear(x, self._backbone(), bank, alpha, backend=self.backend)
             return out if self.bias is None else out + self.bias
@@ -415,7 +436,7 @@ class ImpressConv2d(_ImpressMixin, nn.Conv2d):
             w = ops.edge_popup_weight(self._backbone(), src.scores, src.density, backend=self.backend)
             return F.conv2d(x, w, self.bias, **conv)
         terms = self._terms()
-        if len(terms) == 1:
+        if len(terms) == 1 and src.block is None:
             bank, alpha = terms[0]
             out = ops.impress_conv2d(x, self._backbone(), bank, alpha, backend=self.backend, **conv)
             return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
@@ -617,12 +638,22 @@ def _check_coefficients(name: str, t: torch.Tensor, ndim: int) -> None:
         raise ValueError(f"{name} must be {want}, got {t.dtype} of shape {tuple(t.shape)}")
 
 
+def coefficient_columns(model: nn.Module, granularity="layer") -> list[int]:
+    """Columns of a task's coefficient matrix per masked layer at ``granularity`` (their sum: its width).
+
+    ``"layer"``: 1 per layer (``A_t[K, d]``); ``"channel"`` or a block size ``b``: ceil(C_i / b) for
+    layer ``i``'s ``C_i`` output channels (``weight.shape[0]``), its columns consecutive in layer order.
+    """
+    return columns_per_layer([layer.weight.shape[0] for layer in _require_layers(model)], granularity)
+
+
 def bind_coefficients(
     model: nn.Module,
     alpha: torch.Tensor,
     *,
     last_layer_extra: torch.Tensor | None = None,
     skip_last: bool = False,
+    granularity="layer",
 ) -> None:
     """Bind a task's coefficient matrix ``alpha[K', d]``: masked layer ``i`` uses column ``i``.
 
@@ -630,10 +661,17 @@ def bind_coefficients(
     ``K'`` masks). The last layer takes ``last_layer_extra[H']`` over its extra bank instead
     (a hybrid task's own mask), or keeps its current source with ``skip_last`` (hybrid training
     binds edge-popup scores there); in either case ``alpha`` may have ``d - 1`` columns.
+    ``granularity`` ``"channel"`` or a block size ``b``: ``alpha`` is ``[K', sum_i R_i]`` and layer
+    ``i`` uses its ``R_i`` consecutive columns, one per block of output channels
+    (:func:`coefficient_columns`); hybrid (``last_layer_extra``, ``skip_last``) is per layer only.
     Everything is checked before any layer changes; the BN slot is bound by :func:`set_bn_slot`.
     """
     layers = _require_layers(model)
     _check_coefficients("alpha", alpha, 2)
+    block = channels_per_column(granularity)
+    if block is not None:
+        _bind_coefficient_blocks(layers, alpha, block, granularity, last_layer_extra is not None or skip_last)
+        return
     d = len(layers)
     last_elsewhere = skip_last or last_layer_extra is not None
     if skip_last and last_layer_extra is not None:
@@ -653,6 +691,24 @@ def bind_coefficients(
                 sources.append((layer, layer._coefficient_source(None, last_layer_extra)))
         else:
             sources.append((layer, layer._coefficient_source(alpha[:, i])))
+    for layer, source in sources:
+        layer.source = source
+
+
+def _bind_coefficient_blocks(layers, alpha: torch.Tensor, block: int, granularity, hybrid: bool) -> None:
+    if hybrid:
+        raise ValueError(f"granularity {granularity!r}: a hybrid task (last_layer_extra, skip_last) has per-layer "
+                         "coefficients only; use granularity='layer'")  # fmt: skip
+    columns = columns_per_layer([layer.weight.shape[0] for layer in layers], block)
+    if alpha.shape[1] != sum(columns):
+        raise ValueError(
+            f"alpha has {alpha.shape[1]} columns but granularity {check_granularity(granularity)!r} needs "
+            f"{sum(columns)} for this model ({' + '.join(map(str, columns))}, per masked layer)"
+        )
+    sources, start = [], 0
+    for layer, count in zip(layers, columns):
+        sources.append((layer, layer._coefficient_source(alpha[:, start : start + count], block=block)))
+        start += count
     for layer, source in sources:
         layer.source = source
 
@@ -735,12 +791,14 @@ def task_bound(
     *,
     bn_slot: int | None = None,
     last_layer_extra: torch.Tensor | None = None,
+    granularity="layer",
 ) -> Iterator[nn.Module]:
     """Run ``model`` as one task inside the block, then restore whatever was bound before.
 
     ``coefficients``: the task's ``alpha[K', d]`` (see :func:`bind_coefficients`), or a bank mask
     index (a basis task: that mask in every layer). ``bn_slot``: the task's BN statistics slot
-    (None: batch statistics). Usage::
+    (None: batch statistics). ``granularity``: how ``coefficients``' columns map to layers
+    (:func:`bind_coefficients`). Usage::
 
         with task_bound(model, alpha, bn_slot=3):
             logits = model(x)
@@ -752,7 +810,7 @@ def task_bound(
     if isinstance(coefficients, int) and not isinstance(coefficients, bool):
         coefficients = one_hot_coefficients(model, coefficients)
     try:
-        bind_coefficients(model, coefficients, last_layer_extra=last_layer_extra)
+        bind_coefficients(model, coefficients, last_layer_extra=last_layer_extra, granularity=granularity)
         set_bn_slot(model, bn_slot)
         yield model
     finally:

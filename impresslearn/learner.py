@@ -29,11 +29,11 @@ import torch.nn as nn
 
 from . import accounting, banks, inference, learner_io
 from .config import TrainConfig, check_integer
-from .layers import (add_bn_slot, bind_coefficients, drop_bn_slots_from, impress_layers, multitask_bns,
-                     one_hot_coefficients, set_bn_slot)
+from .layers import (add_bn_slot, bind_coefficients, coefficient_columns, drop_bn_slots_from, impress_layers,
+                     multitask_bns, one_hot_coefficients, set_bn_slot)
 from .objectives import AlphaObjective, EdgePopupObjective, TrainingHistory, accuracy, fit
 from .ops import keep_count
-from .tasks import TaskRecord, TaskRegistry, state_sha256
+from .tasks import TaskRecord, TaskRegistry, check_granularity, state_sha256
 
 # Masks a learner may draw without a seed: fresh entropy per call (recorded in the checkpoint).
 _SEED_BITS = 62
@@ -100,9 +100,15 @@ class ImpressLearner:
     def bind_task(self, name: str) -> TaskRecord:
         """Make the model compute task ``name`` (its coefficients and BN slot)."""
         rec = self.tasks[name]
-        bind_coefficients(self.model, rec.coefficients, last_layer_extra=rec.last_layer_extra())
+        bind_coefficients(self.model, rec.coefficients, last_layer_extra=rec.last_layer_extra(),
+                          granularity=rec.granularity)  # fmt: skip
         set_bn_slot(self.model, rec.bn_slot)
         return rec
+
+    def coefficient_width(self, granularity="layer") -> int:
+        """Columns of a task's coefficient matrix at ``granularity`` on this model: ``d`` per layer,
+        ``sum_i ceil(C_i / b)`` per block of ``b`` output channels (``layers.coefficient_columns``)."""
+        return sum(coefficient_columns(self.model, granularity))
 
     # -- BN slots and the registry (what objectives use) -----------------------------------
     def reserve_bn_slot(self, owner) -> int:
@@ -128,6 +134,10 @@ class ImpressLearner:
         if owner is not None and self._slot_owner is not owner:
             raise RuntimeError("another objective was opened after this one and took its BN slot; "
                                "train one objective at a time per learner")  # fmt: skip
+        width = self.coefficient_width(record.granularity)
+        if record.coefficients.shape[1] != width:
+            raise ValueError(f"task {record.name!r}: coefficients have {record.coefficients.shape[1]} columns but "
+                             f"granularity {record.granularity!r} on this model has {width}")  # fmt: skip
         # what is evaluated is what is saved: coefficients rounded to the stored dtype (before any change)
         record = replace(record, coefficients=banks.round_coefficients(record.coefficients, self.coefficient_dtype))
         if owner is None:
@@ -220,16 +230,19 @@ class ImpressLearner:
 
     # -- step 2: new tasks ----------------------------------------------------------------
     def learn_alpha(self, name: str, loader, cfg: TrainConfig = TrainConfig(), hybrid: bool = False, *,
-                    val_loader=None) -> TrainingHistory:  # fmt: skip
+                    val_loader=None, granularity="layer") -> TrainingHistory:  # fmt: skip
         """Learn a new task as ``alpha[K, d]`` over the bank (paper Eq. 1-2) and store it.
 
         ``alpha`` starts at 1/K; only alpha trains (and, with ``hybrid``, a new edge-popup mask in
         the last layer, paper A.5, stored in that layer's extra bank). The returned history's
         ``task.coefficients`` is the stored ``A_t``. Diverged (non-finite) alpha is refused.
+        ``granularity``: ``"layer"`` (the paper's), ``"channel"`` or a block size of output
+        channels: one column of alpha per block of each layer's channels
+        (:class:`~impresslearn.objectives.AlphaObjective`; bytes: ``bytes_per_task``).
         Its fingerprint is read from the first ``fingerprint_examples`` inputs of ``loader``.
         """
         self.tasks.check_new_name(name)
-        objective = AlphaObjective(self, lam=cfg.lam, hybrid=hybrid, seed=cfg.seed)
+        objective = AlphaObjective(self, lam=cfg.lam, hybrid=hybrid, seed=cfg.seed, granularity=granularity)
         try:
             history = fit(objective, loader, cfg, val_loader=val_loader, progress=self.progress, desc=f"alpha {name}")
             rec = objective.commit(name, config=cfg)
@@ -239,15 +252,19 @@ class ImpressLearner:
         return replace(history, task=rec)
 
     def register_task(self, name: str, coefficients: torch.Tensor, kind: str = "new", *,
-                      config: TrainConfig | dict | None = None) -> TaskRecord:  # fmt: skip
-        """Store a task whose ``A_t[K_t, d]`` was obtained elsewhere (e.g. another rank); fresh BN slot."""
+                      config: TrainConfig | dict | None = None, granularity="layer") -> TaskRecord:  # fmt: skip
+        """Store a task whose ``A_t[K_t, d]`` (or, at a finer ``granularity``, ``[K_t, coefficient_width]``)
+        was obtained elsewhere (e.g. another rank); fresh BN slot."""
         self.tasks.check_new_name(name)
         if kind not in ("basis", "new"):
             raise ValueError(f"register_task stores 'basis' or 'new' tasks, got {kind!r}")
+        granularity = check_granularity(granularity)
+        width = self.coefficient_width(granularity)
         a = torch.as_tensor(coefficients, dtype=torch.float32).cpu()
-        if a.dim() != 2 or a.shape[1] != self.num_layers or not 1 <= a.shape[0] <= self.num_masks:
+        if a.dim() != 2 or a.shape[1] != width or not 1 <= a.shape[0] <= self.num_masks:
             raise ValueError(
-                f"coefficients must be [K_t, {self.num_layers}] with 1 <= K_t <= {self.num_masks}, got {tuple(a.shape)}"
+                f"coefficients must be [K_t, {width}] with 1 <= K_t <= {self.num_masks} (granularity "
+                f"{granularity!r}), got {tuple(a.shape)}"
             )
         if not torch.isfinite(a).all():
             raise ValueError("coefficients must be finite")
@@ -258,7 +275,8 @@ class ImpressLearner:
                 raise ValueError("a basis task's coefficients are one-hot on its mask (the last row) in every layer")
         if isinstance(config, TrainConfig):
             config = config.to_dict()
-        rec = TaskRecord(name, kind, a.to(self.device).clone(), self.num_tasks, mask_index=mask_index, config=config)
+        rec = TaskRecord(name, kind, a.to(self.device).clone(), self.num_tasks, mask_index=mask_index, config=config,
+                         granularity=granularity)  # fmt: skip
         return self.store_task(rec)
 
     # -- fingerprints (what task inference reads by default) ------------------------------
@@ -338,8 +356,26 @@ class ImpressLearner:
         The default ``'auto'`` matches the batch against the tasks' ``fingerprints`` when every
         candidate has one (tasks from ``learn_*``, or :meth:`add_fingerprint`), else uses GN
         (:func:`impresslearn.inference.infer_task`, which also gives scores and confidence).
+        Tasks with finer coefficients than per layer are found by their fingerprints only: the GN
+        and exhaustive methods combine one column per layer, so they refuse such candidates.
         """
+        self._check_inference_granularity(method, candidates)
         return inference.infer_task_name(self, x, method=method, candidates=candidates)
+
+    def _check_inference_granularity(self, method: str, candidates: Sequence[str] | None) -> None:
+        """Refuse (ValueError, naming the tasks) a method that reads ``A_t`` per layer when a candidate
+        has finer coefficients; 'auto' reads fingerprints when every candidate has one."""
+        names = list(self.tasks) if candidates is None or isinstance(candidates, str) else list(candidates)
+        finer = [n for n in names if n in self.tasks and self.tasks[n].granularity != "layer"]
+        if not finer:
+            return
+        if method == "fingerprint" or (method == "auto" and all(n in self.fingerprints for n in names)):
+            return
+        raise ValueError(
+            f"task inference by {method!r} combines one coefficient column per layer, but task(s) {finer[:5]} have "
+            "finer coefficients; give every candidate a fingerprint (learn_* stores one; add_fingerprint) and use "
+            "method='auto' or 'fingerprint'"
+        )
 
     def basis_gn(self, train_loader, test_loader, cfg: TrainConfig = TrainConfig()) -> dict:
         """basis-GN: fit Eq. 1-2 on labelled data of an unnamed task, without storing it.

@@ -17,6 +17,10 @@ Any format may carry task fingerprints (``learner.fingerprints``): per fingerpri
 ``fingerprints.<j>.mean`` / ``.var`` (fp16 ``[m]``) and ``.entropy`` (fp32 ``[1]``, NaN when not
 measured), ``fingerprint: true`` in its task entry and one ``fingerprint_sketch``
 (input size, sketch_dim, seed) for all. Files without them load with no fingerprints.
+
+A task entry's ``granularity`` (``"layer"``, ``"channel"`` or a block size of output channels,
+:mod:`impresslearn.tasks`) says how its coefficient columns map to layers; entries without it
+(files written before it existed) are per layer.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from . import banks
 from .inference import TaskFingerprint
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .layers import one_hot_coefficients
-from .tasks import TASK_KINDS, TaskRecord
+from .tasks import TASK_KINDS, TaskRecord, check_granularity
 
 FORMAT = "impresslearn.learner"
 FORMAT_VERSION = 3
@@ -77,7 +81,7 @@ def learner_tensors_and_metadata(learner) -> tuple[dict, dict]:
             dict(name=rec.name, kind=rec.kind, num_masks=rec.num_masks, bn_slot=rec.bn_slot,
                  mask_index=rec.mask_index, extra_index=rec.extra_index,
                  config=dict(rec.config) if rec.config is not None else None,
-                 fingerprint=rec.name in learner.fingerprints)  # fmt: skip
+                 fingerprint=rec.name in learner.fingerprints, granularity=rec.granularity)  # fmt: skip
             for rec in learner.tasks.values()
         ],
     )
@@ -207,8 +211,15 @@ def _install(cls, path, tensors, meta, device, backend, model, progress, need):
         a = tensors[f"tasks.{j}.coefficients"]
         k = t["num_masks"]
         need(t["kind"] in TASK_KINDS, f"task {name!r}: kind {t['kind']!r} is not one of {TASK_KINDS}")
-        need(_is_int(k) and 1 <= k <= num_masks and tuple(a.shape) == (k, learner.num_layers),
-             f"task {name!r}: coefficient shape {tuple(a.shape)} does not fit a bank of {num_masks} masks")  # fmt: skip
+        granularity = t.get("granularity", "layer")  # absent before finer coefficients existed
+        try:
+            granularity = check_granularity(granularity)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: task {name!r}: {exc}") from None
+        width = learner.coefficient_width(granularity)
+        need(_is_int(k) and 1 <= k <= num_masks and tuple(a.shape) == (k, width),
+             f"task {name!r}: coefficient shape {tuple(a.shape)} does not fit a bank of {num_masks} masks "
+             f"and {width} columns (granularity {granularity!r})")  # fmt: skip
         need(a.is_floating_point() and bool(torch.isfinite(a).all()), f"task {name!r}: coefficients are not finite floats")
         need(t["bn_slot"] == j and _is_int(t["bn_slot"]),
              f"task {name!r}: BN slot {t['bn_slot']!r}, but task {j} owns slot {j}")  # fmt: skip
@@ -221,7 +232,8 @@ def _install(cls, path, tensors, meta, device, backend, model, progress, need):
             need(_is_int(extra_index) and 0 <= extra_index < last_extra,
                  f"task {name!r}: extra_index {extra_index!r} is out of range: the last layer holds {last_extra} extra masks")  # fmt: skip
         rec = TaskRecord(name, t["kind"], a.to(learner.device, torch.float32), t["bn_slot"],
-                         mask_index=mask_index, extra_index=extra_index, config=t["config"])  # fmt: skip
+                         mask_index=mask_index, extra_index=extra_index, config=t["config"],
+                         granularity=granularity)  # fmt: skip
         learner.tasks.add(rec)
     _install_fingerprints(learner, tensors, meta, need)
     return learner

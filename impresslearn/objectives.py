@@ -33,19 +33,41 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .layers import bind_coefficients, bind_scores, edge_popup_scores, one_hot_coefficients, set_bn_slot, unbind
-from .tasks import TaskRecord
+from .layers import (bind_coefficients, bind_scores, coefficient_columns, edge_popup_scores, one_hot_coefficients,
+                     set_bn_slot, unbind)  # fmt: skip
+from .tasks import TaskRecord, check_granularity
 
 # Fewer optimiser steps than this rarely train a mask or alpha (the recipe in TrainConfig's
 # docstring takes about 1400 steps on Fashion-MNIST): fit warns.
 MIN_TRAINING_STEPS = 100
 
 
-def eq2_penalty(alpha: torch.Tensor, lam: float, num_layers: int | None = None) -> torch.Tensor:
+def eq2_penalty(alpha: torch.Tensor, lam: float, num_layers: int | None = None, *,
+                columns_per_layer: list[int] | None = None) -> torch.Tensor:  # fmt: skip
     """Eq. 2's regulariser: ``lam * sum_i (sum_k |alpha[k, i]| - 1)^2`` over the first ``num_layers``
-    columns (all of them by default; a hybrid task's last column is not alpha-driven)."""
-    cols = alpha if num_layers is None else alpha[:, :num_layers]
-    return lam * ((cols.abs().sum(dim=0) - 1.0) ** 2).sum()
+    columns (all of them by default; a hybrid task's last column is not alpha-driven).
+
+    Finer coefficients (``columns_per_layer``: layer ``i`` owns ``R_i`` consecutive columns, e.g.
+    ``layers.coefficient_columns``): every column mixes the masks for its channels, so each is held
+    near unit L1 norm like a layer's, and a layer's term is the *mean* over its columns,
+    ``lam * sum_i mean_{r in layer i} (sum_k |alpha[k, r]| - 1)^2``. With one column per layer
+    this is the paper's penalty, and a ``lam`` chosen per layer keeps its weight at any granularity
+    (a sum over columns would scale it by the channel count).
+    """
+    if columns_per_layer is None:
+        cols = alpha if num_layers is None else alpha[:, :num_layers]
+        return lam * ((cols.abs().sum(dim=0) - 1.0) ** 2).sum()
+    if num_layers is not None:
+        columns_per_layer = columns_per_layer[:num_layers]
+    if sum(columns_per_layer) > alpha.shape[1]:
+        raise ValueError(f"alpha has {alpha.shape[1]} columns, fewer than the {sum(columns_per_layer)} of "
+                         f"columns_per_layer {columns_per_layer}")  # fmt: skip
+    deviation = (alpha[:, : sum(columns_per_layer)].abs().sum(dim=0) - 1.0) ** 2
+    layer_of = torch.repeat_interleave(torch.arange(len(columns_per_layer), device=alpha.device),
+                                       torch.tensor(columns_per_layer, device=alpha.device))  # fmt: skip
+    per_layer = deviation.new_zeros(len(columns_per_layer)).index_add(0, layer_of, deviation)
+    counts = torch.tensor(columns_per_layer, dtype=deviation.dtype, device=alpha.device)
+    return lam * (per_layer / counts).sum()
 
 
 def initial_scores(shapes, seed: int, device) -> list[nn.Parameter]:
@@ -150,10 +172,14 @@ class AlphaObjective(TaskObjective):
 
     ``alpha`` starts at 1/K. With ``hybrid`` (paper A.5) the last layer instead trains a new
     edge-popup mask (``last_scores``), stored in that layer's extra bank at commit.
+    ``granularity``: ``"layer"`` (the paper's, default), ``"channel"`` or a block size ``b`` of
+    output channels: ``alpha`` is then ``[K, sum_i ceil(C_i / b)]``, one column per block of each
+    layer's output channels (``layers.coefficient_columns``), penalised per column
+    (:func:`eq2_penalty`); hybrid is per layer only.
     ``commit(name, fingerprint_inputs=...)`` also stores the task's fingerprint (as above).
     """
 
-    def __init__(self, learner, *, lam: float = 0.0, hybrid: bool = False, seed: int = 0):
+    def __init__(self, learner, *, lam: float = 0.0, hybrid: bool = False, seed: int = 0, granularity="layer"):
         super().__init__(learner)
         k, d = learner.num_masks, learner.num_layers
         try:
@@ -163,23 +189,30 @@ class AlphaObjective(TaskObjective):
                 raise ValueError("hybrid needs at least two masked layers (alpha below, a new mask in the last)")
             if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
                 raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+            granularity = check_granularity(granularity)
+            if hybrid and granularity != "layer":
+                raise ValueError(f"hybrid tasks have per-layer coefficients only, got granularity {granularity!r}")
         except BaseException:
             self.discard()
             raise
         self.lam = float(lam)
         self.hybrid = bool(hybrid)
-        self.alpha = nn.Parameter(torch.full((k, d), 1.0 / k, device=learner.device))
+        self.granularity = granularity
+        self.columns_per_layer = coefficient_columns(learner.model, granularity)
+        self.alpha = nn.Parameter(torch.full((k, sum(self.columns_per_layer)), 1.0 / k, device=learner.device))
         self.last_scores = initial_scores([learner.layers[-1].weight.shape], seed, learner.device)[0] if hybrid else None
 
     def bind(self) -> None:
         model = self.learner.model
-        bind_coefficients(model, self.alpha, skip_last=self.hybrid)
+        bind_coefficients(model, self.alpha, skip_last=self.hybrid, granularity=self.granularity)
         if self.hybrid:  # paper A.5: the last layer trains its own edge-popup mask
             self.learner.layers[-1].use_scores(self.last_scores, self.learner.density)
 
     def penalty(self) -> torch.Tensor | None:
         if self.lam == 0.0:
             return None
+        if self.granularity != "layer":
+            return eq2_penalty(self.alpha, self.lam, columns_per_layer=self.columns_per_layer)
         return eq2_penalty(self.alpha, self.lam, self.learner.num_layers - 1 if self.hybrid else None)
 
     def coefficients(self) -> torch.Tensor:
@@ -199,7 +232,8 @@ class AlphaObjective(TaskObjective):
             self._check_finite(name, "last-layer scores", self.last_scores)
             extra_index = self.learner.append_extra_mask_from_scores(self.last_scores.detach())
         kind = "hybrid" if self.hybrid else "new"
-        record = TaskRecord(name, kind, a, self.bn_slot, extra_index=extra_index, config=_config_dict(config))
+        record = TaskRecord(name, kind, a, self.bn_slot, extra_index=extra_index, config=_config_dict(config),
+                            granularity=self.granularity)  # fmt: skip
         return self._store(record, fingerprint_inputs)
 
 

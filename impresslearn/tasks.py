@@ -1,7 +1,8 @@
 """The learner's stored tasks: frozen task records, their registry, per-task BN slots, a state hash.
 
 Every stored task ``t`` is a coefficient matrix ``A_t[K_t, d]`` over the first ``K_t`` bank masks
-(paper Eq. 1). A basis task is the one-hot column of its own mask in every layer
+(paper Eq. 1), or, at a finer *granularity*, ``A_t[K_t, sum_i R_i]``: layer ``i`` gets ``R_i``
+consecutive columns, one per block of its output channels (:func:`columns_per_layer`). A basis task is the one-hot column of its own mask in every layer
 (``impresslearn.layers.one_hot_coefficients``, the one place that matrix is built); SupSup's one mask per task is
 the case K = T. Each task also owns one slot of per-task BatchNorm statistics (conv nets).
 """
@@ -9,15 +10,49 @@ the case K = T. Each task also owns one slot of per-task BatchNorm statistics (c
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
 from .config import check_integer
 
 TASK_KINDS = ("basis", "new", "hybrid")
+
+# ----------------------------------------------------------------------------- coefficient granularity
+# "layer": one coefficient per mask and masked layer, the paper's A_t[K, d]. "channel": one per mask
+# and output channel. An int b >= 1: one per mask and block of b output channels (the last block of
+# a layer may be shorter; b = 1 is "channel", b >= a layer's channels gives that layer one column).
+
+GRANULARITIES = ("layer", "channel")
+
+
+def check_granularity(granularity) -> str | int:
+    """``granularity`` in its one spelling: ``"layer"``, ``"channel"`` (also for 1) or an int block >= 2."""
+    if isinstance(granularity, str) and granularity in GRANULARITIES:
+        return granularity
+    if isinstance(granularity, numbers.Integral) and not isinstance(granularity, bool) and granularity >= 1:
+        return "channel" if granularity == 1 else int(granularity)
+    raise ValueError(
+        f"granularity must be 'layer', 'channel' or a block size of output channels (an int >= 1), got {granularity!r}"
+    )
+
+
+def channels_per_column(granularity) -> int | None:
+    """Output channels that share one coefficient column: None for ``"layer"`` (the whole layer)."""
+    granularity = check_granularity(granularity)
+    if granularity == "layer":
+        return None
+    return 1 if granularity == "channel" else granularity
+
+
+def columns_per_layer(out_channels: Sequence[int], granularity) -> list[int]:
+    """Coefficient columns of each layer: 1 per layer, or ceil(C_i / block) for C_i output channels."""
+    block = channels_per_column(granularity)
+    return [1 if block is None else math.ceil(c / block) for c in out_channels]
 
 
 @dataclass(frozen=True)
@@ -26,7 +61,9 @@ class TaskRecord:
 
     ``mask_index``: a basis task's mask in the bank. ``extra_index``: a hybrid task's mask in
     the last layer's extra bank. ``bn_slot``: its slot of per-task BatchNorm statistics.
-    ``config``: how it was trained (``TrainConfig.to_dict()``), if known.
+    ``config``: how it was trained (``TrainConfig.to_dict()``), if known. ``granularity``: how
+    ``coefficients``' columns map to layers (:func:`check_granularity`); the learner checks the
+    column count against its model when the task is stored.
     """
 
     name: str
@@ -36,6 +73,7 @@ class TaskRecord:
     mask_index: int | None = None
     extra_index: int | None = None
     config: Mapping | None = None
+    granularity: str | int = "layer"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -55,6 +93,10 @@ class TaskRecord:
             raise ValueError(f"task {self.name!r}: a basis task, and only a basis task, has a mask_index")
         if (self.kind == "hybrid") != (self.extra_index is not None):
             raise ValueError(f"task {self.name!r}: a hybrid task, and only a hybrid task, has an extra_index")
+        object.__setattr__(self, "granularity", check_granularity(self.granularity))
+        if self.granularity != "layer" and self.kind != "new":
+            raise ValueError(f"task {self.name!r}: only new tasks have finer coefficients than per layer "
+                             f"(a {self.kind} task with granularity {self.granularity!r})")  # fmt: skip
 
     @property
     def num_masks(self) -> int:
@@ -146,6 +188,8 @@ def state_sha256(layers, tasks: Mapping[str, TaskRecord], bns) -> str:
     for rec in tasks.values():
         h.update(rec.name.encode())
         h.update(rec.coefficients.detach().float().cpu().contiguous().numpy().tobytes())
+        if rec.granularity != "layer":  # per-layer tasks hash as they did before granularity existed
+            h.update(f"granularity={rec.granularity}".encode())
     for bn in bns:
         h.update(bn.running_mean.detach().cpu().contiguous().numpy().tobytes())
         h.update(bn.running_var.detach().cpu().contiguous().numpy().tobytes())
@@ -153,6 +197,6 @@ def state_sha256(layers, tasks: Mapping[str, TaskRecord], bns) -> str:
 
 
 __all__ = [
-    "TASK_KINDS", "TaskRecord", "TaskRegistry", "bank_sha256", "bn_slot_statistics",
-    "load_bn_slot_statistics_", "state_sha256",
+    "GRANULARITIES", "TASK_KINDS", "TaskRecord", "TaskRegistry", "bank_sha256", "bn_slot_statistics",
+    "channels_per_column", "check_granularity", "columns_per_layer", "load_bn_slot_statistics_", "state_sha256",
 ]  # fmt: skip
