@@ -1,0 +1,109 @@
+"""Finer coefficients on the frontier (issue 14, point 3): alpha per layer, per output channel, per block.
+
+Permuted Fashion-MNIST at density 0.1, LeNet-300-100, random banks of K masks (stored as their
+seed): the same new tasks, training images, validation split, learning-rate candidates and choice
+rule as ``benchmarks/frontier.py`` (whose functions this script calls: ``alpha_row``,
+``plan_runs``, ``task_loaders``), with alpha at a finer granularity (``learn_alpha(granularity=)``:
+``"channel"`` or a block of output channels). Per-layer rows are the frontier's own
+(``docs/results/frontier/frontier.json``); this script adds the finer ones to
+``docs/results/frontier/granularity.json`` (rows appended as they finish; a rerun resumes)::
+
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/frontier_granularity.py --granularities channel 32
+    python benchmarks/frontier_granularity.py --report      # the table, per-layer rows included
+
+Bytes per task come from ``impresslearn.accounting`` (``task_bytes`` with the coefficient
+columns of the granularity): K x columns x coefficient-dtype bytes, plus the random bank's
+seed record (56 B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import frontier  # noqa: E402  (benchmarks/ is not a package)
+
+from impresslearn import accounting  # noqa: E402
+from impresslearn.banks import stored_bank_bytes  # noqa: E402
+from impresslearn.models import create_model  # noqa: E402
+from impresslearn.scenarios import create_scenario  # noqa: E402
+from impresslearn.tasks import check_granularity  # noqa: E402
+from impresslearn.validation import ALPHA_CANDIDATES, VALIDATION_IMAGES  # noqa: E402
+
+ROOT = frontier.ROOT
+OUT = ROOT / "docs" / "results" / "frontier" / "granularity.json"
+LAYER_ROWS = ROOT / "docs" / "results" / "frontier" / "frontier.json"
+DENSITY = 0.1
+TRAIN_IMAGES = 12_000
+
+
+def run(granularities, ks, seeds) -> None:
+    settings = dict(scenario="permuted_fmnist", train_images=TRAIN_IMAGES, validation_images=VALIDATION_IMAGES,
+                    epochs=3, batch_size=128, threads=torch.get_num_threads(), density=DENSITY)  # fmt: skip
+    rows = frontier.load_rows(OUT)
+    record = frontier.recorder(OUT, rows, settings)
+    sc = create_scenario("permuted_fmnist", num_tasks=max(seeds) + 2, seed=0)
+    for k in ks:
+        for granularity in granularities:
+            group = dict(method="random", K=k, density=DENSITY, granularity=granularity)
+            for seed, cfg in frontier.plan_runs(rows, seeds, candidates=ALPHA_CANDIDATES, **group):
+                learner = frontier.new_learner(DENSITY)
+                learner.add_random_masks(k, seed=seed)
+                loaders = frontier.task_loaders(sc.task(1 + seed), TRAIN_IMAGES, seed)
+                record(frontier.alpha_row(learner, loaders, cfg, seed, **group))
+
+
+def task_bytes(k: int, dtype: str, granularity) -> int:
+    """One new task over a random bank of K (LeNet-300-100): its coefficients plus the bank's seed record."""
+    model = create_model("lenet300", seed=0)
+    sizes, features = accounting.model_sizes(model)
+    channels = [layer.weight.shape[0] for layer in frontier.ImpressLearner(model).layers]
+    shared = stored_bank_bytes(sizes, k, [dict(first=0, count=k, seed=0)])
+    return int(accounting.task_bytes("new", k, sizes, features, coefficient_dtype=dtype, bank_share=shared,
+                                     num_columns=accounting.coefficient_width(channels, granularity)).total)  # fmt: skip
+
+
+def report(ks) -> list[dict]:
+    layer = [dict(r, granularity="layer") for r in frontier.load_rows(LAYER_ROWS)
+             if r["method"] == "random" and r["density"] == DENSITY and r["K"] in ks]  # fmt: skip
+    finer = frontier.load_rows(OUT)
+    table = frontier.summarise(layer + finer, group_keys=("method", "K", "density", "granularity"))
+    # per K: per layer, then blocks from coarse to fine, then per channel
+    table.sort(key=lambda e: (e["K"], {"layer": (0, 0), "channel": (2, 0)}.get(e["granularity"], (1, -e["granularity"]))
+                              if isinstance(e["granularity"], str) else (1, -e["granularity"])))  # fmt: skip
+    supsup = [r for r in frontier.load_rows(LAYER_ROWS) if r["method"] == "supsup" and r["density"] == DENSITY]
+    sizes, features = accounting.model_sizes(create_model("lenet300", seed=0))
+    print(f"SupSup stores {accounting.supsup_bytes_per_task(sizes, features):,} B per task "
+          f"({len(supsup)} rows in {LAYER_ROWS.relative_to(ROOT)}).\n")
+    print("| granularity | K | coefficients | bytes per task | lr (chosen on validation) | test accuracy % (mean +- sd) "
+          "| seeds |")
+    print("|---|---|---|---|---|---|---|")
+    for e in table:
+        e["bytes"] = task_bytes(e["K"], e["dtype"], e["granularity"])
+        label = e["granularity"] if isinstance(e["granularity"], str) else f"{e['granularity']} channels"
+        print(f"| {label} | {e['K']} | {e['dtype']} | {e['bytes']:,} | {e['candidate']} | "
+              f"{e['mean']:.1f} +- {e['sd']:.1f} | {e['n']} |")
+    return table
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--granularities", nargs="+", default=["channel", "32"],
+                   help="'channel' or a block size of output channels (ints)")  # fmt: skip
+    p.add_argument("--ks", nargs="+", type=int, default=[10, 50, 250])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--report", action="store_true", help="print the table (per-layer rows from frontier.json)")
+    args = p.parse_args(argv)
+    if args.report:
+        report(args.ks)
+        return
+    granularities = [check_granularity(int(g) if g.isdigit() else g) for g in args.granularities]
+    run(granularities, args.ks, args.seeds)
+
+
+if __name__ == "__main__":
+    main()
