@@ -178,6 +178,8 @@ class FrontierConfig:
     @classmethod
     def from_yaml(cls, path: Path, **overrides) -> FrontierConfig:
         """The config in ``path`` (unknown keys refused by name), with ``overrides`` (not None) on top."""
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: no such config file")
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: must be a mapping of fields, got {type(data).__name__}")

@@ -255,6 +255,8 @@ def test_the_frontier_config_refuses_unknown_keys_and_bad_values_by_name(tmp_pat
     ]:
         with pytest.raises(ConfigError, match=message):
             _config(frontier, tmp_path, text)
+    with pytest.raises(ConfigError, match="no such config file"):
+        frontier.FrontierConfig.from_yaml(tmp_path / "missing.yaml")
     config = _config(frontier, tmp_path, "random_ks: {0.1: [10, 500], default: [250]}\n")
     assert config.ks_at(0.1) == (10, 500) and config.ks_at(0.05) == (250,)
     # the shipped configs parse, and the documented reproduce commands use them
