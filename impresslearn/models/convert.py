@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -47,20 +48,6 @@ FilterFn = Callable[[nn.Module, str], bool]
 
 _IMPRESS_TYPES = (ImpressLinear, ImpressConv2d, MultitaskNonAffineBN, ImpressMultiheadAttention)
 _BASES = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.MultiheadAttention)
-
-# Modules whose forward reads a child Linear's weight (or its own weight Parameters) directly:
-# swapping the child would mask a weight the forward never multiplies through the child.
-# Each is swapped whole (_WHOLE_SWAPS); they are listed for when module_filter_fn keeps a child
-# but not the module itself.
-_READS_CHILD_WEIGHTS = {
-    "torch.nn.modules.activation.MultiheadAttention": "its forward passes in_proj_weight and out_proj.weight "
-    "straight to F.multi_head_attention_forward",
-    "torchvision.models.swin_transformer.ShiftedWindowAttention": "its forward passes qkv.weight and proj.weight "
-    "straight to shifted_window_attention",
-    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": "its forward passes qkv.weight and "
-    "proj.weight straight to shifted_window_attention",
-}
-
 
 def _qualname(module: nn.Module) -> str:
     cls = type(module)
@@ -189,12 +176,28 @@ _KNOWN_SUBCLASSES: dict[str, Callable] = {
     "timm.layers.norm_act.BatchNormAct2d": _batch_norm_act,
     "timm.layers.linear.Linear": _linear_ignoring_torchscript,
 }
-# modules swapped whole because their forward reads their children's weights (the children
-# are then part of the replacement, not swapped on their own)
-_WHOLE_SWAPS: dict[str, Callable] = {
-    "torch.nn.modules.activation.MultiheadAttention": _attention,
-    "torchvision.models.swin_transformer.ShiftedWindowAttention": _swin_attention,
-    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": _swin_attention,
+
+
+@dataclass(frozen=True)
+class _WholeSwap:
+    swap: Callable
+    reads: str  # which weights its forward reads directly, for the refusal when a child alone is kept
+
+
+# Modules whose forward reads a child Linear's weight (or its own weight Parameters) directly:
+# swapping the child would mask a weight the forward never multiplies through the child. So
+# they are swapped whole (the children are then part of the replacement, not swapped on their
+# own), and refused when module_filter_fn keeps a child but not the module itself.
+_WHOLE_SWAPS: dict[str, _WholeSwap] = {
+    "torch.nn.modules.activation.MultiheadAttention": _WholeSwap(
+        _attention, "its forward passes in_proj_weight and out_proj.weight straight to F.multi_head_attention_forward"
+    ),
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": _WholeSwap(
+        _swin_attention, "its forward passes qkv.weight and proj.weight straight to shifted_window_attention"
+    ),
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": _WholeSwap(
+        _swin_attention, "its forward passes qkv.weight and proj.weight straight to shifted_window_attention"
+    ),
 }
 
 
@@ -208,7 +211,8 @@ def _swap_function(module: nn.Module, fqn: str) -> Callable | None:
             f"add_bias_kv is supported. Keep it as it is with module_filter_fn=lambda module, fqn: not "
             f"fqn.startswith({fqn!r})"
         )
-    known = _KNOWN_SUBCLASSES.get(_qualname(module)) or _WHOLE_SWAPS.get(_qualname(module))
+    whole = _WHOLE_SWAPS.get(_qualname(module))
+    known = _KNOWN_SUBCLASSES.get(_qualname(module)) or (whole.swap if whole is not None else None)
     if known is not None:
         return known
     base = next((b for b in _BASES if isinstance(module, b)), None)
@@ -265,7 +269,8 @@ def convert(
         if swap is not None:
             plan[key] = swap
     # an attention module swapped whole replaces its children (out_proj, qkv, proj) with its own
-    swapped_whole = [names[k][0] for k in plan if plan[k] in _WHOLE_SWAPS.values()]
+    whole_swaps = {whole.swap for whole in _WHOLE_SWAPS.values()}  # a plain subclass takes its base's swap
+    swapped_whole = [names[k][0] for k in plan if plan[k] in whole_swaps]
     for key in list(plan):
         if any(all(_inside(f, outer) for f in names[key]) for outer in swapped_whole):
             del plan[key]
@@ -315,7 +320,7 @@ def _has_bias(module: nn.Module) -> bool:
 def _refuse_weights_read_elsewhere(model, names, modules, plan) -> None:
     for key, module in modules.items():
         # subclasses too: a subclass of an attention module reads the same weights unless proven otherwise
-        reason = next((_READS_CHILD_WEIGHTS[q] for q in _class_names(module) if q in _READS_CHILD_WEIGHTS), None)
+        reason = next((_WHOLE_SWAPS[q].reads for q in _class_names(module) if q in _WHOLE_SWAPS), None)
         if reason is None or key in plan:  # swapped whole: its replacement masks those weights itself
             continue
         inside = [names[k][0] for k in plan if any(_inside(n, names[key][0]) for n in names[k])]

@@ -172,6 +172,18 @@ def test_convert_refuses_subclasses_with_their_own_forward_and_weights_read_else
     assert len(impress_layers(masked)) == 4  # qkv, proj and the two layers of the position-bias MLP
 
 
+def test_a_plain_attention_subclass_is_swapped_whole_like_its_base():
+    """Its forward is MultiheadAttention's: converted like its base, both projections masked once."""
+    from impresslearn.layers import ImpressMultiheadAttention
+
+    class PlainAttention(nn.MultiheadAttention):
+        pass
+
+    model = convert(nn.Sequential(PlainAttention(8, 2, bias=False)), seed=0)
+    assert isinstance(model[0], ImpressMultiheadAttention)
+    assert impress_layers(model) == [model[0].in_proj, model[0].out_proj]
+
+
 @pytest.mark.parametrize("batch_first, bias", [(True, False), (False, True)])
 def test_convert_masks_both_projections_of_multihead_attention(batch_first, bias):
     from impresslearn import task_bound
