@@ -63,8 +63,9 @@ def task_bytes(k: int, dtype: str, granularity) -> int:
     sizes, features = accounting.model_sizes(model)
     channels = [layer.weight.shape[0] for layer in frontier.ImpressLearner(model).layers]
     shared = stored_bank_bytes(sizes, k, [dict(first=0, count=k, seed=0)])
+    columns = accounting.coefficient_width(channels, granularity)
     return int(accounting.task_bytes("new", k, sizes, features, coefficient_dtype=dtype, bank_share=shared,
-                                     num_columns=accounting.coefficient_width(channels, granularity)).total)  # fmt: skip
+                                     num_columns=columns).total)  # fmt: skip
 
 
 def report(ks) -> list[dict]:
@@ -79,8 +80,8 @@ def report(ks) -> list[dict]:
     sizes, features = accounting.model_sizes(create_model("lenet300", seed=0))
     print(f"SupSup stores {accounting.supsup_bytes_per_task(sizes, features):,} B per task "
           f"({len(supsup)} rows in {LAYER_ROWS.relative_to(ROOT)}).\n")
-    print("| granularity | K | coefficients | bytes per task | lr (chosen on validation) | test accuracy % (mean +- sd) "
-          "| seeds |")
+    print("| granularity | K | coefficients | bytes per task | lr (chosen on validation) "
+          "| test accuracy % (mean +- sd) | seeds |")
     print("|---|---|---|---|---|---|---|")
     for e in table:
         e["bytes"] = task_bytes(e["K"], e["dtype"], e["granularity"])

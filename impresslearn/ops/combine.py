@@ -213,7 +213,9 @@ def _per_channel(alpha: torch.Tensor, block: int, channels: int) -> torch.Tensor
     return alpha.repeat_interleave(block, dim=1)[:, :channels]
 
 
-def combine_masks_rows_reference(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, block: int) -> torch.Tensor:
+def combine_masks_rows_reference(
+    weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, block: int
+) -> torch.Tensor:
     """Dense reference: unpacks the bank to float ``[K, C, L]`` and mixes each channel with its column."""
     dtype = _compute_dtype(weight, alpha)
     channels, per_channel, _ = _rows_layout(weight, block)
@@ -279,7 +281,9 @@ def _make_rows_backward(fwd, bwd):
 
 
 for _name, _fwd in _ROWS_FWD.items():
-    torch.library.register_autograd(_fwd, _make_rows_backward(_fwd, _ROWS_BWD[_name]), setup_context=_rows_setup_context)
+    torch.library.register_autograd(
+        _fwd, _make_rows_backward(_fwd, _ROWS_BWD[_name]), setup_context=_rows_setup_context
+    )
 
 _ROWS_IMPLS = {"reference": combine_masks_rows_reference, **_ROWS_FWD}
 _ROWS_ALPHA_GRAD_IMPLS = {"reference": combine_masks_rows_alpha_grad_reference, **_ROWS_BWD}

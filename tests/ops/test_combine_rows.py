@@ -148,8 +148,8 @@ def test_cpp_is_identical_for_one_and_two_threads():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            results.append((ops.combine_masks_rows(weight, bank, alpha, block, backend="cpp"),
-                            ops.combine_masks_rows_alpha_grad(grad, weight, bank, k, block, backend="cpp")))  # fmt: skip
+            forward = ops.combine_masks_rows(weight, bank, alpha, block, backend="cpp")
+            results.append((forward, ops.combine_masks_rows_alpha_grad(grad, weight, bank, k, block, backend="cpp")))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(results[0][0], results[1][0])
@@ -255,6 +255,7 @@ def test_opcheck(dtype):
     _, bank, alpha, weight = _case((9, 5), 9, 2, dtype)
     flat = weight.reshape(-1)
     grad = torch.randn(45).to(dtype)
-    torch.library.opcheck(torch.ops.impresslearn.combine_masks_rows_cpp.default, (flat.requires_grad_(), bank, alpha, 10))
+    torch.library.opcheck(torch.ops.impresslearn.combine_masks_rows_cpp.default,
+                          (flat.requires_grad_(), bank, alpha, 10))  # fmt: skip
     torch.library.opcheck(torch.ops.impresslearn.combine_masks_rows_alpha_grad_cpp.default,
                           (grad, flat.detach(), bank, 9, 10))  # fmt: skip
