@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 
 from . import ops
+from ._integers import is_count
 from .config import ConfigError
 
 # name -> torch dtype of the stored coefficients; fp32 is what training uses
@@ -125,10 +126,6 @@ def compact_checkpoint(learner, tensors: dict, metadata: dict, version: int) -> 
     return tensors, metadata
 
 
-def _is_count(value, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def install_stored_banks(learner, tensors: dict, metadata: dict, need) -> None:
     """Load the banks of a :func:`compact_checkpoint`: trained masks from the file, random masks
     redrawn from their seeds, then the whole bank checked against ``bank_sha256``.
@@ -139,8 +136,8 @@ def install_stored_banks(learner, tensors: dict, metadata: dict, need) -> None:
 
     num_masks, num_extra, draws = metadata["num_masks"], metadata["num_extra"], metadata["random_masks"]
     need(isinstance(draws, list) and all(isinstance(d, dict) and set(d) == {"first", "count", "seed"}
-                                         and _is_count(d["first"], 0) and _is_count(d["count"], 1)
-                                         and _is_count(d["seed"], 0) for d in draws),
+                                         and is_count(d["first"], 0) and is_count(d["count"], 1)
+                                         and is_count(d["seed"], 0) for d in draws),
          "random_masks is not a list of {first, count, seed}")  # fmt: skip
     random = random_mask_indices(draws)
     need(len(random) == sum(d["count"] for d in draws) and all(i < num_masks for i in random),

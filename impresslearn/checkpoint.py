@@ -41,6 +41,7 @@ from typing import Iterable, Mapping
 import torch
 
 from ._atomic import atomic_write
+from ._integers import is_count
 
 FORMAT = "impresslearn-checkpoint"
 FORMAT_VERSION = 2
@@ -183,7 +184,7 @@ def read_checkpoint_header(path: str | os.PathLike) -> dict:
         if name == "__metadata__":
             continue
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_count(o) for o in offsets)
                 and offsets[0] <= offsets[1]):  # fmt: skip
             raise CheckpointError(f"checkpoint {path}: damaged header entry for tensor {name!r}")
         if offsets[1] > data_size:
@@ -195,7 +196,7 @@ def read_checkpoint_header(path: str | os.PathLike) -> dict:
         dtype, shape = entry.get("dtype"), entry.get("shape")
         if dtype not in _DTYPES:
             raise CheckpointError(f"checkpoint {path}: tensor {name!r} has an unknown dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+        if not (isinstance(shape, list) and all(is_count(d) for d in shape)):
             raise CheckpointError(f"checkpoint {path}: tensor {name!r} has a damaged shape {shape!r}")
         declared = math.prod(shape) * _DTYPES[dtype].itemsize
         if declared != offsets[1] - offsets[0]:
@@ -203,10 +204,6 @@ def read_checkpoint_header(path: str | os.PathLike) -> dict:
                 f"checkpoint {path}: tensor {name!r} declares {dtype}{shape} ({declared} bytes) but its "
                 f"slice of the file holds {offsets[1] - offsets[0]} bytes")
     return header
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
