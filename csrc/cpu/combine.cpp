@@ -2,23 +2,21 @@
 //
 // Forward. A byte of plane g holds 8 mask bits, so its contribution
 // sum_b alpha[8g+b] bit_b(byte) is a table lookup. A 256-entry table per plane
-// would need a gather (slow on this EPYC); instead the byte is split 3 + 3 + 2 bits
-// and each group's 8-entry table lives in one ymm register, so three vpermps look
-// up 8 weights at once with no memory access (AVX-512: 16 weights, the tables
-// repeated to 16 lanes). Measured (1 thread, n = 4M, K = 256, CPU time, AVX2 EPYC):
-// two 16-entry nibble tables (4 vpermps + 2 blends) 40 ms; 3+3+2 with two planes per
-// accumulator pass 27 ms; the portable 256-entry table 48 ms; a plain read of the
-// bank 9 ms. The portable loop uses the 256-entry table T[byte] = plane_value(byte),
-// the same fp32 sum in the same order, so every ISA gives identical bits.
-// Where the forward's time goes on Zen 1 (the 2-core EPYC, AVX2; 1 thread, n = 1M in
-// cache, K = 256, thread CPU time, machine under load, so only the ratios count): the
-// loop as written 25.5 ms; with one vpermps per byte instead of three 10.2 ms; with
-// none 4.5 ms; one vpshufb in place of the one vpermps 6.1 ms (cost probes, wrong
-// results). The cross-lane and in-lane float permutes cost the same there (vpermilps
-// for the 2-bit group: no change), 4 planes per accumulator pass gained 2%. So the
-// three table look-ups are the forward's cost on Zen 1, and a formulation on vpshufb
-// (e.g. 2+2+2+2 bits, 4-entry tables, control bytes built from the byte) is the lead
-// for reaching the bank's bandwidth there; it changes the fp32 order (every ISA's).
+// would need a gather (slow on this EPYC); instead the byte is split 4 + 4 and the
+// value is lo[x & 15] + hi[x >> 4], two 16-entry tables. A vector loop holds each
+// table as 4 byte planes (byte q of every fp32 entry, 16 bytes each), so 4 vpshufb
+// look up 32 nibbles (AVX-512: 64) and 4 byte + 4 word unpacks rebuild the 32 fp32
+// entries, in a lane-wise order the accumulator adopts for the plane loop. The
+// portable loop uses the 256-entry table T[byte] = plane_value(byte), the same fp32
+// sum, so every ISA gives identical bits.
+// Why not vpermps: on Zen 1 (the 2-core EPYC, family 23 model 1, AVX2) the previous
+// 3 + 3 + 2 split with three vpermps per 8 weights cost 24.6 ms against 14.3 ms for
+// this loop (1 thread, n = 1M, K = 256, thread CPU time, best of 5, one process;
+// /tmp microbenchmark of the two inner loops). The loop is bound by the shuffle
+// ports: 8 vpshufb + 16 unpacks per 32 weights and plane, each a 2-uop 256-bit
+// shuffle on Zen 1's two shuffle pipes = 0.75 cycle per (weight, plane); measured
+// 0.85 (56 ms at n = 4M, 1 thread, 2.0 GHz). Replacing the word unpacks by shifts and
+// vpblendw (ALU ports) measured slower (16.7 ms against 14.3 ms).
 // Work is split into fixed blocks of the weight axis; a block's fp32 accumulator
 // (8 KB) stays in L1 while the G planes stream past it, and every weight is
 // computed by one thread in one fixed order: results do not depend on threads.
@@ -53,46 +51,128 @@ namespace impresslearn::cpu {
 
 namespace detail {
 
+namespace {
+
+// One plane's 16-entry nibble table as 4 byte planes, each repeated to both 128-bit
+// lanes (vpshufb looks up within a lane).
+struct NibbleTable {
+  __m256i q[4];
+};
+
+__attribute__((target("avx2"))) inline NibbleTable nibble_table(const uint8_t (&bytes)[4][16]) {
+  NibbleTable t;
+  for (int q = 0; q < 4; ++q)
+    t.q[q] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(bytes[q])));
+  return t;
+}
+
+// table[idx] for the 32 nibbles of idx (one per byte): 4 vpshufb give byte q of each
+// entry, byte then word unpacks put the 4 bytes of each entry together. The unpacks
+// work within 128-bit lanes, so the 32 results come out as 4 rows of 8 floats in the
+// unpack order (see to_unpack_order).
+__attribute__((target("avx2"))) inline void lookup32(const NibbleTable& t, __m256i idx, __m256 (&out)[4]) {
+  const __m256i b0 = _mm256_shuffle_epi8(t.q[0], idx), b1 = _mm256_shuffle_epi8(t.q[1], idx);
+  const __m256i b2 = _mm256_shuffle_epi8(t.q[2], idx), b3 = _mm256_shuffle_epi8(t.q[3], idx);
+  const __m256i w01_lo = _mm256_unpacklo_epi8(b0, b1), w01_hi = _mm256_unpackhi_epi8(b0, b1);
+  const __m256i w23_lo = _mm256_unpacklo_epi8(b2, b3), w23_hi = _mm256_unpackhi_epi8(b2, b3);
+  out[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(w01_lo, w23_lo));
+  out[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(w01_lo, w23_lo));
+  out[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(w01_hi, w23_hi));
+  out[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(w01_hi, w23_hi));
+}
+
+// plane_value of 32 bytes, in unpack order: lo[x & 15] + hi[x >> 4].
+__attribute__((target("avx2"))) inline void plane_values32(const uint8_t* p, const NibbleTable& lo,
+                                                          const NibbleTable& hi, __m256 (&value)[4]) {
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  __m256 vlo[4], vhi[4];
+  lookup32(lo, _mm256_and_si256(x, nibble), vlo);
+  lookup32(hi, _mm256_and_si256(_mm256_srli_epi16(x, 4), nibble), vhi);
+  for (int r = 0; r < 4; ++r) value[r] = _mm256_add_ps(vlo[r], vhi[r]);
+}
+
+// The unpack order of a 32-weight chunk: rows of 8 floats holding weights
+// {0-3, 16-19}, {4-7, 20-23}, {8-11, 24-27}, {12-15, 28-31}. The accumulator takes
+// that order for the plane loop and goes back after it (8 shuffles a chunk, against
+// 24 per plane).
+__attribute__((target("avx2"))) inline void to_unpack_order(float* p) {
+  const __m256 n0 = _mm256_loadu_ps(p), n1 = _mm256_loadu_ps(p + 8), n2 = _mm256_loadu_ps(p + 16),
+               n3 = _mm256_loadu_ps(p + 24);
+  _mm256_storeu_ps(p, _mm256_permute2f128_ps(n0, n2, 0x20));
+  _mm256_storeu_ps(p + 8, _mm256_permute2f128_ps(n0, n2, 0x31));
+  _mm256_storeu_ps(p + 16, _mm256_permute2f128_ps(n1, n3, 0x20));
+  _mm256_storeu_ps(p + 24, _mm256_permute2f128_ps(n1, n3, 0x31));
+}
+
+__attribute__((target("avx2"))) inline void to_natural_order(float* p) {
+  const __m256 r0 = _mm256_loadu_ps(p), r1 = _mm256_loadu_ps(p + 8), r2 = _mm256_loadu_ps(p + 16),
+               r3 = _mm256_loadu_ps(p + 24);
+  _mm256_storeu_ps(p, _mm256_permute2f128_ps(r0, r1, 0x20));
+  _mm256_storeu_ps(p + 8, _mm256_permute2f128_ps(r2, r3, 0x20));
+  _mm256_storeu_ps(p + 16, _mm256_permute2f128_ps(r0, r1, 0x31));
+  _mm256_storeu_ps(p + 24, _mm256_permute2f128_ps(r2, r3, 0x31));
+}
+
+}  // namespace
+
 // Two planes per pass over the accumulator halve its loads and stores.
 __attribute__((target("avx2,fma"))) void accumulate_planes_avx2(const uint8_t* bank, int64_t n, int64_t planes,
                                                                  const PlaneTables* tables, int64_t j0, int64_t len,
                                                                  float* acc) {
+  const int64_t full = len - len % 32;  // whole 32-weight chunks; the rest is scalar
+  for (int64_t j = 0; j < full; j += 32) to_unpack_order(acc + j);
   int64_t g = 0;
   for (; g + 2 <= planes; g += 2) {
     const PlaneTables &ta = tables[g], &tb = tables[g + 1];
-    const __m256 a0 = _mm256_load_ps(ta.t0), a1 = _mm256_load_ps(ta.t1), a2 = _mm256_load_ps(ta.t2);
-    const __m256 b0 = _mm256_load_ps(tb.t0), b1 = _mm256_load_ps(tb.t1), b2 = _mm256_load_ps(tb.t2);
+    const NibbleTable a_lo = nibble_table(ta.lo_bytes), a_hi = nibble_table(ta.hi_bytes);
+    const NibbleTable b_lo = nibble_table(tb.lo_bytes), b_hi = nibble_table(tb.hi_bytes);
     const uint8_t* pa = bank + g * n + j0;
     const uint8_t* pb = pa + n;
-    int64_t j = 0;
-    for (; j + 8 <= len; j += 8) {
-      const __m256i xa = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pa + j)));
-      const __m256i xb = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pb + j)));
-      const __m256 va = _mm256_add_ps(
-          _mm256_add_ps(_mm256_permutevar8x32_ps(a0, xa), _mm256_permutevar8x32_ps(a1, _mm256_srli_epi32(xa, 3))),
-          _mm256_permutevar8x32_ps(a2, _mm256_srli_epi32(xa, 6)));
-      const __m256 vb = _mm256_add_ps(
-          _mm256_add_ps(_mm256_permutevar8x32_ps(b0, xb), _mm256_permutevar8x32_ps(b1, _mm256_srli_epi32(xb, 3))),
-          _mm256_permutevar8x32_ps(b2, _mm256_srli_epi32(xb, 6)));
+    for (int64_t j = 0; j < full; j += 32) {
+      __m256 va[4], vb[4];
+      plane_values32(pa + j, a_lo, a_hi, va);
+      plane_values32(pb + j, b_lo, b_hi, vb);
       // acc + va + vb, left to right: the order of the portable loop
-      _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(acc + j), va), vb));
+      for (int r = 0; r < 4; ++r)
+        _mm256_storeu_ps(acc + j + 8 * r, _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(acc + j + 8 * r), va[r]), vb[r]));
     }
-    for (; j < len; ++j) acc[j] = (acc[j] + plane_value(ta, pa[j])) + plane_value(tb, pb[j]);
+    for (int64_t j = full; j < len; ++j) acc[j] = (acc[j] + plane_value(ta, pa[j])) + plane_value(tb, pb[j]);
   }
   for (; g < planes; ++g) {
     const PlaneTables& ta = tables[g];
-    const __m256 a0 = _mm256_load_ps(ta.t0), a1 = _mm256_load_ps(ta.t1), a2 = _mm256_load_ps(ta.t2);
+    const NibbleTable a_lo = nibble_table(ta.lo_bytes), a_hi = nibble_table(ta.hi_bytes);
     const uint8_t* pa = bank + g * n + j0;
-    int64_t j = 0;
-    for (; j + 8 <= len; j += 8) {
-      const __m256i xa = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pa + j)));
-      const __m256 va = _mm256_add_ps(
-          _mm256_add_ps(_mm256_permutevar8x32_ps(a0, xa), _mm256_permutevar8x32_ps(a1, _mm256_srli_epi32(xa, 3))),
-          _mm256_permutevar8x32_ps(a2, _mm256_srli_epi32(xa, 6)));
-      _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j), va));
+    for (int64_t j = 0; j < full; j += 32) {
+      __m256 va[4];
+      plane_values32(pa + j, a_lo, a_hi, va);
+      for (int r = 0; r < 4; ++r)
+        _mm256_storeu_ps(acc + j + 8 * r, _mm256_add_ps(_mm256_loadu_ps(acc + j + 8 * r), va[r]));
     }
-    for (; j < len; ++j) acc[j] += plane_value(ta, pa[j]);
+    for (int64_t j = full; j < len; ++j) acc[j] += plane_value(ta, pa[j]);
   }
+  for (int64_t j = 0; j < full; j += 32) to_natural_order(acc + j);
+}
+
+std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks, int64_t planes) {
+  std::vector<PlaneTables> tables(planes);
+  for (int64_t g = 0; g < planes; ++g) {
+    for (int half = 0; half < 2; ++half) {
+      float* entries = half == 0 ? tables[g].lo : tables[g].hi;
+      uint8_t(&bytes)[4][16] = half == 0 ? tables[g].lo_bytes : tables[g].hi_bytes;
+      for (int v = 0; v < 16; ++v) {
+        float s = 0.0f;
+        for (int b = 0; b < 4; ++b) {
+          const int64_t k = 8 * g + 4 * half + b;
+          if (((v >> b) & 1) && k < num_masks) s += alpha[k];
+        }
+        entries[v] = s;
+        const uint32_t word = std::bit_cast<uint32_t>(s);
+        for (int q = 0; q < 4; ++q) bytes[q][v] = uint8_t(word >> (8 * q));
+      }
+    }
+  }
+  return tables;
 }
 
 // The 8 lane sums of every bit, then fp64 (combine_kernels.h). "If the bit is set,
@@ -178,26 +258,6 @@ using detail::PlaneTables;
 using detail::plane_value;
 
 }  // namespace
-
-// Declared in combine_kernels.h: combine_rows.cpp builds each row block's tables with it.
-std::vector<detail::PlaneTables> detail::plane_tables(const float* alpha, int64_t num_masks, int64_t planes) {
-  std::vector<PlaneTables> tables(planes);
-  const int first[3] = {0, 3, 6}, width[3] = {3, 3, 2};
-  for (int64_t g = 0; g < planes; ++g) {
-    float* out[3] = {tables[g].t0, tables[g].t1, tables[g].t2};
-    for (int grp = 0; grp < 3; ++grp) {
-      for (int v = 0; v < 8; ++v) {
-        float s = 0.0f;
-        for (int b = 0; b < width[grp]; ++b) {
-          const int64_t k = 8 * g + first[grp] + b;
-          if (((v >> b) & 1) && k < num_masks) s += alpha[k];
-        }
-        out[grp][v] = v < (1 << width[grp]) ? s : 0.0f;
-      }
-    }
-  }
-  return tables;
-}
 
 namespace {
 

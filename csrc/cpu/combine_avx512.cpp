@@ -28,73 +28,103 @@ namespace impresslearn::cpu::detail {
 namespace {
 
 #ifdef IMPRESSLEARN_EMULATE_AVX512
-// The two intrinsics SIMDe 0.7 lacks, written from Intel's definitions.
-__m512i widen_bytes(__m128i x) {  // _mm512_cvtepu8_epi32
-  alignas(16) uint8_t bytes[16];
-  alignas(64) int32_t words[16];
-  _mm_store_si128(reinterpret_cast<__m128i*>(bytes), x);
-  for (int i = 0; i < 16; ++i) words[i] = bytes[i];
-  return _mm512_load_si512(words);
-}
+// The intrinsic SIMDe 0.7 lacks, written from Intel's definitions.
 Mask16 test_bytes(__m128i x, __m128i bit) {  // _mm_test_epi8_mask: bit i = (x & bit).byte[i] != 0
   const __m128i zero_bytes = _mm_cmpeq_epi8(_mm_and_si128(x, bit), _mm_setzero_si128());
   return Mask16(~_mm_movemask_epi8(zero_bytes) & 0xFFFF);
 }
 #else
-IMPRESSLEARN_TARGET_AVX512 inline __m512i widen_bytes(__m128i x) { return _mm512_cvtepu8_epi32(x); }
 IMPRESSLEARN_TARGET_AVX512 inline Mask16 test_bytes(__m128i x, __m128i bit) { return _mm_test_epi8_mask(x, bit); }
 #endif
 
-// An 8-entry table repeated to 16 lanes: vpermps on zmm reads the low 4 bits of each
-// index, and the repeat makes bit 3 irrelevant, exactly as the ymm lookup ignores it.
-IMPRESSLEARN_TARGET_AVX512 inline __m512 table16(const float* t8) {
-  alignas(64) float t[16];
-  for (int i = 0; i < 16; ++i) t[i] = t8[i & 7];
-  return _mm512_load_ps(t);
+// One plane's nibble table as 4 byte planes, each repeated to the 4 128-bit lanes.
+struct NibbleTable512 {
+  __m512i q[4];
+};
+
+IMPRESSLEARN_TARGET_AVX512 inline NibbleTable512 nibble_table(const uint8_t (&bytes)[4][16]) {
+  NibbleTable512 t;
+  for (int q = 0; q < 4; ++q)
+    t.q[q] = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(bytes[q])));
+  return t;
 }
 
-IMPRESSLEARN_TARGET_AVX512 inline __m512 lookup(__m512i x, __m512 t0, __m512 t1, __m512 t2) {
-  // (t0 + t1) + t2: plane_value's order
-  return _mm512_add_ps(_mm512_add_ps(_mm512_permutexvar_ps(x, t0), _mm512_permutexvar_ps(_mm512_srli_epi32(x, 3), t1)),
-                       _mm512_permutexvar_ps(_mm512_srli_epi32(x, 6), t2));
+// The AVX2 lookup32 at 64 nibbles: per 128-bit lane L (weights 16L..16L+15), row r
+// holds weights 16L + 4r .. 16L + 4r + 3.
+IMPRESSLEARN_TARGET_AVX512 inline void lookup64(const NibbleTable512& t, __m512i idx, __m512 (&out)[4]) {
+  const __m512i b0 = _mm512_shuffle_epi8(t.q[0], idx), b1 = _mm512_shuffle_epi8(t.q[1], idx);
+  const __m512i b2 = _mm512_shuffle_epi8(t.q[2], idx), b3 = _mm512_shuffle_epi8(t.q[3], idx);
+  const __m512i w01_lo = _mm512_unpacklo_epi8(b0, b1), w01_hi = _mm512_unpackhi_epi8(b0, b1);
+  const __m512i w23_lo = _mm512_unpacklo_epi8(b2, b3), w23_hi = _mm512_unpackhi_epi8(b2, b3);
+  out[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01_lo, w23_lo));
+  out[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01_lo, w23_lo));
+  out[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01_hi, w23_hi));
+  out[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01_hi, w23_hi));
 }
 
-IMPRESSLEARN_TARGET_AVX512 inline __m128i load16(const uint8_t* p) {
-  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+// plane_value of 64 bytes, in unpack order: lo[x & 15] + hi[x >> 4].
+IMPRESSLEARN_TARGET_AVX512 inline void plane_values64(const uint8_t* p, const NibbleTable512& lo,
+                                                      const NibbleTable512& hi, __m512 (&value)[4]) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const __m512i x = _mm512_loadu_si512(p);
+  __m512 vlo[4], vhi[4];
+  lookup64(lo, _mm512_and_si512(x, nibble), vlo);
+  lookup64(hi, _mm512_and_si512(_mm512_srli_epi16(x, 4), nibble), vhi);
+  for (int r = 0; r < 4; ++r) value[r] = _mm512_add_ps(vlo[r], vhi[r]);
+}
+
+// A 64-weight chunk between natural order (row i = weights 16i..16i+15) and the
+// unpack order (row r = lanes holding weights 4r.., 16 + 4r.., 32 + 4r.., 48 + 4r..):
+// a 4 x 4 transpose of 128-bit lanes, its own inverse.
+IMPRESSLEARN_TARGET_AVX512 inline void transpose_lanes(float* p) {
+  const __m512i z0 = _mm512_loadu_si512(p), z1 = _mm512_loadu_si512(p + 16), z2 = _mm512_loadu_si512(p + 32),
+                z3 = _mm512_loadu_si512(p + 48);
+  const __m512i t0 = _mm512_shuffle_i32x4(z0, z1, 0x44), t1 = _mm512_shuffle_i32x4(z0, z1, 0xEE);
+  const __m512i t2 = _mm512_shuffle_i32x4(z2, z3, 0x44), t3 = _mm512_shuffle_i32x4(z2, z3, 0xEE);
+  _mm512_storeu_si512(p, _mm512_shuffle_i32x4(t0, t2, 0x88));
+  _mm512_storeu_si512(p + 16, _mm512_shuffle_i32x4(t0, t2, 0xDD));
+  _mm512_storeu_si512(p + 32, _mm512_shuffle_i32x4(t1, t3, 0x88));
+  _mm512_storeu_si512(p + 48, _mm512_shuffle_i32x4(t1, t3, 0xDD));
 }
 
 }  // namespace
 
-// The AVX2 loop at twice the width: 16 weights per step, two planes per pass.
+// The AVX2 loop at twice the width: 64 weights per step, two planes per pass.
 IMPRESSLEARN_TARGET_AVX512 void accumulate_planes_avx512(const uint8_t* bank, int64_t n, int64_t planes,
                                                          const PlaneTables* tables, int64_t j0, int64_t len,
                                                          float* acc) {
+  const int64_t full = len - len % 64;  // whole 64-weight chunks; the rest is scalar
+  for (int64_t j = 0; j < full; j += 64) transpose_lanes(acc + j);
   int64_t g = 0;
   for (; g + 2 <= planes; g += 2) {
     const PlaneTables &ta = tables[g], &tb = tables[g + 1];
-    const __m512 a0 = table16(ta.t0), a1 = table16(ta.t1), a2 = table16(ta.t2);
-    const __m512 b0 = table16(tb.t0), b1 = table16(tb.t1), b2 = table16(tb.t2);
+    const NibbleTable512 a_lo = nibble_table(ta.lo_bytes), a_hi = nibble_table(ta.hi_bytes);
+    const NibbleTable512 b_lo = nibble_table(tb.lo_bytes), b_hi = nibble_table(tb.hi_bytes);
     const uint8_t* pa = bank + g * n + j0;
     const uint8_t* pb = pa + n;
-    int64_t j = 0;
-    for (; j + 16 <= len; j += 16) {
-      const __m512 va = lookup(widen_bytes(load16(pa + j)), a0, a1, a2);
-      const __m512 vb = lookup(widen_bytes(load16(pb + j)), b0, b1, b2);
-      _mm512_storeu_ps(acc + j, _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(acc + j), va), vb));
+    for (int64_t j = 0; j < full; j += 64) {
+      __m512 va[4], vb[4];
+      plane_values64(pa + j, a_lo, a_hi, va);
+      plane_values64(pb + j, b_lo, b_hi, vb);
+      for (int r = 0; r < 4; ++r)
+        _mm512_storeu_ps(acc + j + 16 * r,
+                         _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(acc + j + 16 * r), va[r]), vb[r]));
     }
-    for (; j < len; ++j) acc[j] = (acc[j] + plane_value(ta, pa[j])) + plane_value(tb, pb[j]);
+    for (int64_t j = full; j < len; ++j) acc[j] = (acc[j] + plane_value(ta, pa[j])) + plane_value(tb, pb[j]);
   }
   for (; g < planes; ++g) {
     const PlaneTables& ta = tables[g];
-    const __m512 a0 = table16(ta.t0), a1 = table16(ta.t1), a2 = table16(ta.t2);
+    const NibbleTable512 a_lo = nibble_table(ta.lo_bytes), a_hi = nibble_table(ta.hi_bytes);
     const uint8_t* pa = bank + g * n + j0;
-    int64_t j = 0;
-    for (; j + 16 <= len; j += 16) {
-      const __m512 va = lookup(widen_bytes(load16(pa + j)), a0, a1, a2);
-      _mm512_storeu_ps(acc + j, _mm512_add_ps(_mm512_loadu_ps(acc + j), va));
+    for (int64_t j = 0; j < full; j += 64) {
+      __m512 va[4];
+      plane_values64(pa + j, a_lo, a_hi, va);
+      for (int r = 0; r < 4; ++r)
+        _mm512_storeu_ps(acc + j + 16 * r, _mm512_add_ps(_mm512_loadu_ps(acc + j + 16 * r), va[r]));
     }
-    for (; j < len; ++j) acc[j] += plane_value(ta, pa[j]);
+    for (int64_t j = full; j < len; ++j) acc[j] += plane_value(ta, pa[j]);
   }
+  for (int64_t j = 0; j < full; j += 64) transpose_lanes(acc + j);
 }
 
 // Lanes 0-7 carry block a's 8 lane sums, lanes 8-15 block b's; each lane adds the

@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <vector>
-#include <vector>
 
 namespace impresslearn::cpu::detail {
 
@@ -30,8 +29,9 @@ struct alignas(16) PlaneTables {
 // The value every path adds for byte v of plane g: one fp32 addition.
 inline float plane_value(const PlaneTables& t, unsigned v) { return t.lo[v & 15] + t.hi[v >> 4]; }
 
-// The tables of planes [0, ceil(num_masks / 8)); masks >= num_masks count as alpha = 0.
-std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks);
+// The tables of planes [0, planes), planes = ceil(num_masks / 8); masks >= num_masks
+// count as alpha = 0 (combine.cpp; combine_rows.cpp builds each row block's with it).
+std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks, int64_t planes);
 
 // acc[0, len) += plane_value(tables[g], bank[g * n + j0 + j]) for every plane g, planes
 // taken two at a time as ((acc + value_g) + value_g+1), a last odd plane alone.
