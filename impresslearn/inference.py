@@ -495,13 +495,20 @@ _VAR_FLOOR = 1e-2
 
 def task_fingerprint(
     inputs, *, sketch_dim: int | None = 64, seed: int = 0, learner=None, name: str | None = None,
-    max_examples: int | None = 10_000,
+    max_examples: int | None = 10_000, process_group=None,
 ) -> TaskFingerprint:  # fmt: skip
     """Fingerprint of a task from its training inputs, to compute when the task is registered.
 
     ``inputs``: a tensor ``[N, ...]`` or an iterable of batches (``x`` or ``(x, y)``), at most
     ``max_examples`` used. With ``learner`` and ``name`` it also stores the task's mean output
     entropy on those inputs (for the ``calibrated`` method). ``4 * sketch_dim + 4`` bytes.
+
+    Distributed training: the statistics are those of the inputs this process reads, so under
+    DDP (a ``DistributedSampler``) each rank would fingerprint only its shard, and the ranks'
+    learners would differ. Pass ``process_group`` (e.g. ``torch.distributed.group.WORLD``)
+    to sum the moments over its ranks: every rank of the group must then call this with its
+    shard (a collective; ``max_examples`` counts per rank) and gets the same fingerprint.
+    It is never done implicitly, since a call made on one rank alone would wait forever.
     """
     if sketch_dim is not None and (not isinstance(sketch_dim, int) or sketch_dim < 1):
         raise ValueError(f"sketch_dim must be an int >= 1 or None, got {sketch_dim!r}")
@@ -532,6 +539,10 @@ def task_fingerprint(
                 entropy_sum += float(_entropy(learner.model(x.to(learner.device))).sum())
             if max_examples is not None and total >= max_examples:
                 break  # before the loader draws (and perhaps loads) another batch
+    if process_group is not None:
+        if s1 is None:  # the other ranks are waiting in the all-reduce: say so rather than hang silently
+            raise ValueError("this rank read no inputs; every rank of process_group needs at least one batch")
+        s1, s2, total, entropy_sum = _sum_over_ranks(s1, s2, total, entropy_sum, process_group)
     if total < 2:
         raise ValueError(f"a fingerprint needs at least 2 examples, got {total}")
     mean = s1 / total
@@ -541,6 +552,20 @@ def task_fingerprint(
         mean=mean.to(torch.float16).cpu(), var=var.to(torch.float16).cpu(), input_size=input_size,
         sketch_dim=sketch_dim, seed=seed, entropy=entropy_sum / total if learner is not None else float("nan"),
     )  # fmt: skip
+
+
+def _sum_over_ranks(s1: torch.Tensor, s2: torch.Tensor, total: int, entropy_sum: float, group):
+    """The sums of every rank of ``group``, in one all-reduce (float64: exact counts up to 2**53)."""
+    import torch.distributed as dist
+
+    # NCCL reduces CUDA tensors only; gloo and the others take CPU ones
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    m = s1.numel()
+    packed = torch.cat([s1.double(), s2.double(), torch.tensor([float(total), entropy_sum], dtype=torch.float64,
+                                                               device=s1.device)]).to(device)  # fmt: skip
+    dist.all_reduce(packed, group=group)
+    packed = packed.to(s1.device)
+    return packed[:m], packed[m : 2 * m], int(packed[2 * m].item()), float(packed[2 * m + 1])
 
 
 _FINGERPRINT_CACHE: dict = {}

@@ -260,6 +260,56 @@ def test_fingerprint_errors(mixed):
         TaskFingerprint(torch.zeros(3), torch.ones(4), input_size=10, sketch_dim=4, seed=0)
 
 
+_RANK_FINGERPRINT = """
+import sys
+import torch
+import torch.distributed as dist
+from impresslearn import ImpressLearner
+from impresslearn.inference import task_fingerprint
+from impresslearn.models import create_model
+
+rank, world, rendezvous, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+learner = ImpressLearner(create_model("lenet300", num_classes=10, seed=0, hidden=[8, 4]), density=0.3)
+learner.add_random_masks(3, seed=0)
+learner.register_task("t", torch.full((3, 3), 1 / 3))
+x = torch.randn(90, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+shard = [x[i : i + 10] for i in range(rank * 10, 90, 10 * world)]  # rank 0: 5 batches, rank 1: 4
+whole = world == 1
+fp = task_fingerprint(x if whole else shard, sketch_dim=16, learner=learner, name="t",
+                      process_group=None if whole else dist.group.WORLD)
+torch.save(dict(mean=fp.mean, var=fp.var, entropy=fp.entropy), out)
+dist.destroy_process_group()
+"""
+
+
+def test_fingerprint_sums_the_shards_of_every_rank_when_given_a_process_group(tmp_path):
+    """Under DDP each rank reads its shard; with process_group both ranks get the whole data's fingerprint."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def run(world):
+        rendezvous = tmp_path / f"rendezvous{world}"
+        procs = [subprocess.Popen([sys.executable, "-c", _RANK_FINGERPRINT, str(r), str(world), str(rendezvous),
+                                   str(tmp_path / f"w{world}r{r}.pt")], env=env, stderr=subprocess.PIPE, text=True)
+                 for r in range(world)]  # fmt: skip
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err[-3000:]
+        return [torch.load(tmp_path / f"w{world}r{r}.pt") for r in range(world)]
+
+    (whole,) = run(1)
+    ranks = run(2)
+    for got in ranks:
+        assert torch.equal(got["mean"], ranks[0]["mean"]) and torch.equal(got["var"], ranks[0]["var"])
+        torch.testing.assert_close(got["mean"], whole["mean"], atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(got["var"], whole["var"], atol=1e-3, rtol=1e-3)
+        assert math.isclose(got["entropy"], whole["entropy"], rel_tol=1e-5)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
