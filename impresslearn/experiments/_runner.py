@@ -112,8 +112,8 @@ class RunContext:
 
     def new_task_loaders(self, params: dict, task_index: int, batch_size: int, seed: int):
         """(train, validation, test) loaders of a new task. With ``params["validation"]`` the
-        training set is split (``train_validation_split``): train on the rest, choose on the
-        carved part; without it, validation is None and train is the whole training set."""
+        training set is split (``impresslearn.validation.validation_split``): train on the rest,
+        choose on the carved part; without it, validation is None and train is all of it."""
         from ..scenarios import BatchLoader
         from ..validation import validation_split
 
@@ -380,12 +380,11 @@ def _supsup_on_validation(run, ctx: RunContext) -> dict:
     chosen = learners[choice["chosen"]]
     accs = [_accuracy(lr.evaluate(f"mask/{t}", ctx.new_task_loaders(p, t, 128, seed=run.seed)[2]))
             for lr, t in zip(chosen, p["new_tasks"])]  # fmt: skip
-    model = chosen[0].model
-    sizes = [layer.weight.numel() for layer in chosen[0].layers]
+    sizes, features = model_sizes(chosen[0].model)
     return {
         "tasks": p["new_tasks"], "accuracies": accs, "mean_accuracy": _mean(accs), "accuracy_matrix": [accs],
         "chance": 1.0 / ctx.scenario(p).num_classes, "mask_bits": sum(sizes),
-        "bytes_per_task": supsup_bytes_per_task(*model_sizes(model)),  # impresslearn.accounting
+        "bytes_per_task": supsup_bytes_per_task(sizes, features),  # impresslearn.accounting
         "num_layers": len(sizes), "learner_layers": chosen[0].num_layers, "validation": choice,
     }
 
