@@ -57,6 +57,14 @@ def _scale(config: dict) -> str:
         f"alpha: {at['optimizer']} lr {at['lr']} lam {at['lam']}, {at['epochs']} epoch(s), batch {at['batch_size']}",
         f"{config['num_new_tasks']} new tasks",
     ]
+    validation = config.get("validation")
+    if validation:  # opt-in: reports of configs without it are unchanged
+        def names(key):
+            return " / ".join(_override_label(c) for c in validation[key]) or "as configured"
+
+        parts.append(f"the last {validation['images']} training images of each new task validate (not trained on); "
+                     f"chosen there on the first seed: alpha among {names('alpha_candidates')}, SupSup's mask among "
+                     f"{names('mask_candidates')}")
     return "; ".join(parts) + "."
 
 
@@ -131,7 +139,10 @@ def gn_table(records: list[dict]) -> str:
 def _override_label(override) -> str:
     if override is None:
         return "-"
-    return ", ".join(f"{k} {v}" for k, v in sorted(override.items())) or "as configured"
+    # "adam lr 0.003" as impresslearn.validation.candidate_name writes it, other keys after
+    head = [str(override["optimizer"])] if "optimizer" in override else []
+    return " ".join(head + [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in sorted(override.items()) if k != "optimizer"]) or "as configured"
 
 
 def frontier_table(points: list[dict]) -> str:
