@@ -185,6 +185,16 @@ def test_any_run_file_content_is_trusted_only_if_it_verifies(tmp_path_factory, d
     path.write_bytes(data if isinstance(data, bytes) else json.dumps(data).encode())
     record = load_finished(out, run)
     assert record is None or check_record(record, run.run_id) is None
+    if isinstance(data, bytes):
+        return
+    # the control: the same content inside a properly written record is trusted and read back
+    # intact (a load_finished that returned None for everything passed the assertion above)
+    from impresslearn.experiments._sweep import record_checksum
+
+    good = {"run_id": run.run_id, "status": "done", "spec": {}, "result": {"payload": data}}
+    good["checksum"] = record_checksum(good)
+    path.write_text(json.dumps(good))
+    assert json.dumps(load_finished(out, run), sort_keys=True) == json.dumps(good, sort_keys=True)
 
 
 # ----------------------------------------------------------------------------- one runner per folder
