@@ -42,7 +42,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -495,13 +495,16 @@ _VAR_FLOOR = 1e-2
 
 def task_fingerprint(
     inputs, *, sketch_dim: int | None = 64, seed: int = 0, learner=None, name: str | None = None,
-    max_examples: int | None = 10_000, process_group=None,
+    max_examples: int | None = 10_000, process_group=None, bind: Callable[[], None] | None = None,
 ) -> TaskFingerprint:  # fmt: skip
     """Fingerprint of a task from its training inputs, to compute when the task is registered.
 
     ``inputs``: a tensor ``[N, ...]`` or an iterable of batches (``x`` or ``(x, y)``), at most
     ``max_examples`` used. With ``learner`` and ``name`` it also stores the task's mean output
     entropy on those inputs (for the ``calibrated`` method). ``4 * sketch_dim + 4`` bytes.
+    ``bind`` instead of ``name``: a callable that makes ``learner.model`` compute a task not yet
+    stored (its coefficients and BN slot), so that a commit can measure the fingerprint before
+    it changes the learner.
 
     Distributed training: the statistics are those of the inputs this process reads, so under
     DDP (a ``DistributedSampler``) each rank would fingerprint only its shard, and the ranks'
@@ -512,18 +515,22 @@ def task_fingerprint(
     """
     if sketch_dim is not None and (not isinstance(sketch_dim, int) or sketch_dim < 1):
         raise ValueError(f"sketch_dim must be an int >= 1 or None, got {sketch_dim!r}")
-    if (learner is None) != (name is None):
-        raise ValueError("give both learner and name (to measure the entropy baseline) or neither")
+    if (learner is None) != (name is None and bind is None) or (name is not None and bind is not None):
+        raise ValueError("give learner with name or bind (to measure the entropy baseline), or none of them")
     total = 0
     s1 = s2 = None
     entropy_sum = 0.0
     input_size = None
     with contextlib.ExitStack() as stack:
         if learner is not None:
-            _candidate_names(learner, [name])
+            if name is not None:
+                _candidate_names(learner, [name])
             stack.enter_context(_restored_sources(learner))
             stack.enter_context(torch.no_grad())
-            learner.bind_task(name)
+            if name is not None:
+                learner.bind_task(name)
+            else:
+                bind()
             learner.model.eval()
         for x in _batches(inputs):
             if max_examples is not None:

@@ -260,6 +260,19 @@ def test_fingerprint_errors(mixed):
         TaskFingerprint(torch.zeros(3), torch.ones(4), input_size=10, sketch_dim=4, seed=0)
 
 
+def test_fingerprint_of_a_task_bound_by_a_callable_equals_the_stored_tasks(mixed):
+    """``bind`` measures a task that is not stored yet (a commit measures before it changes the learner)."""
+    sc, learner, batches, _ = mixed
+    x = sc.task(3).train.inputs[:200]
+    by_name = task_fingerprint(x, learner=learner, name="t3")
+    by_bind = task_fingerprint(x, learner=learner, bind=lambda: learner.bind_task("t3"))
+    assert torch.equal(by_bind.mean, by_name.mean) and by_bind.entropy == by_name.entropy
+    assert by_bind.entropy != task_fingerprint(x, learner=learner, name="t0").entropy  # the binding counts
+    for bad in (dict(name="t3", bind=lambda: None), dict(bind=lambda: None, learner=None), dict(name="t3")):
+        with pytest.raises(ValueError, match="give learner with name or bind"):
+            task_fingerprint(x, **bad)
+
+
 _RANK_FINGERPRINT = """
 import sys
 import torch
