@@ -9,7 +9,7 @@ private module.
 from __future__ import annotations
 
 from . import _extension
-from ._backends import BACKENDS, ENV_VAR, BackendUnavailable, backend_reason, select
+from ._backends import BACKENDS, ENV_VAR, BackendUnavailable, backend_reason, clear_selection_cache, select
 from ._extension import cuda_archs, has_cpu_kernels, has_cuda_kernels
 
 
@@ -33,6 +33,7 @@ __all__ = [
     "ENV_VAR",
     "BackendUnavailable",
     "backend_reason",
+    "clear_selection_cache",
     "cpu_isa",
     "cuda_archs",
     "has_cpu_kernels",

@@ -1,9 +1,10 @@
-"""Per-call cost of choosing a backend (``impresslearn._backends.select``), cached against deciding anew.
+"""Per-call cost of choosing a backend (``impresslearn.backends.select``), cached against deciding anew.
 
 Every op call selects its kernel. Run: ``OMP_NUM_THREADS=1 python scripts/dispatch_overhead.py``.
 Prints, per case, the best-of-repeats microseconds per call of the full decision (what every
-call paid before the cache: read the request, parse the device, probe the kernels) and of
-``select`` with its cache, and their ratio, all in one run.
+call paid before the cache: read the request, parse the device, probe the kernels; timed as
+``select`` right after ``clear_selection_cache``) and of ``select`` with its cache, and their
+ratio, all in one run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import timeit
 import torch
 
 import impresslearn.ops  # noqa: F401  (registers the ops)
-from impresslearn import _backends
+from impresslearn import backends
 
 CASES = (  # (label, op, backend argument, IMPRESSLEARN_BACKEND, dtype)
     ("automatic fp32", "combine_masks", None, None, torch.float32),
@@ -27,7 +28,8 @@ CASES = (  # (label, op, backend argument, IMPRESSLEARN_BACKEND, dtype)
 
 
 def _uncached(op, device, backend, dtype):
-    return _backends._decide(op, torch.device(device), _backends.requested_backend(backend), dtype)
+    backends.clear_selection_cache()
+    return backends.select(op, device, backend, dtype)
 
 
 def _per_call_us(fn, number: int, repeat: int) -> float:
@@ -42,24 +44,24 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.processor() or platform.machine()}, "
           f"load average {os.getloadavg()[0]:.2f}")
     device = torch.empty(0).device  # what the ops pass: a tensor's device
-    saved = os.environ.get(_backends.ENV_VAR)
+    saved = os.environ.get(backends.ENV_VAR)
     print(f"{'case':<30} {'decide (us)':>12} {'select (us)':>12} {'ratio':>7}")
     try:
         for label, op, backend, env, dtype in CASES:
             if env is None:
-                os.environ.pop(_backends.ENV_VAR, None)
+                os.environ.pop(backends.ENV_VAR, None)
             else:
-                os.environ[_backends.ENV_VAR] = env
-            chosen = _backends.select(op, device, backend, dtype)
+                os.environ[backends.ENV_VAR] = env
+            chosen = backends.select(op, device, backend, dtype)
             assert chosen == _uncached(op, device, backend, dtype)
             decide = _per_call_us(lambda: _uncached(op, device, backend, dtype), args.number, args.repeat)
-            cached = _per_call_us(lambda: _backends.select(op, device, backend, dtype), args.number, args.repeat)
+            cached = _per_call_us(lambda: backends.select(op, device, backend, dtype), args.number, args.repeat)
             print(f"{label:<30} {decide:>12.2f} {cached:>12.2f} {decide / cached:>6.1f}x  ({op} -> {chosen})")
     finally:
         if saved is None:
-            os.environ.pop(_backends.ENV_VAR, None)
+            os.environ.pop(backends.ENV_VAR, None)
         else:
-            os.environ[_backends.ENV_VAR] = saved
+            os.environ[backends.ENV_VAR] = saved
 
 
 if __name__ == "__main__":
