@@ -9,14 +9,18 @@
 // entries, in a lane-wise order the accumulator adopts for the plane loop. The
 // portable loop uses the 256-entry table T[byte] = plane_value(byte), the same fp32
 // sum, so every ISA gives identical bits.
-// Why not vpermps: on Zen 1 (the 2-core EPYC, family 23 model 1, AVX2) the previous
-// 3 + 3 + 2 split with three vpermps per 8 weights cost 24.6 ms against 14.3 ms for
-// this loop (1 thread, n = 1M, K = 256, thread CPU time, best of 5, one process;
-// /tmp microbenchmark of the two inner loops). The loop is bound by the shuffle
-// ports: 8 vpshufb + 16 unpacks per 32 weights and plane, each a 2-uop 256-bit
-// shuffle on Zen 1's two shuffle pipes = 0.75 cycle per (weight, plane); measured
-// 0.85 (56 ms at n = 4M, 1 thread, 2.0 GHz). Replacing the word unpacks by shifts and
-// vpblendw (ALU ports) measured slower (16.7 ms against 14.3 ms).
+// Why not vpermps: on Zen 1 (the 2-core EPYC, family 23 model 1, AVX2; vpermps there
+// is a slow cross-lane op) bench_combine_loops (1 thread, n = 1M, K = 256, thread CPU
+// time, clock 2.54 GHz measured, load 7-8) gives the previous 3 + 3 + 2 split with
+// three vpermps per 8 weights 20.8 ms = 1.58 cycles per (weight, plane), this loop
+// 12.4 ms = 0.94, a read of the bank alone 3.4 ms = 0.25. This loop is bound by the
+// shuffle pipes: 8 vpshufb + 16 unpacks per 32 weights and plane, each 2 uops at 256
+// bits on Zen 1's two shuffle pipes, is 0.75 cycle per (weight, plane). The issue's
+// target of 70% of the dense reference's bandwidth (13.2 GB/s, n = 4M, K = 256, 2
+// threads: 18 ms) leaves 0.71 cycle, under that floor, so it is out of reach on
+// Zen 1 for this formulation; the 10x target (33 ms) leaves 1.30. Replacing the word
+// unpacks by shifts and vpblendw (ALU pipes) and one plane per accumulator pass
+// measured slower in one-off probes (1.17x and 1.06x).
 // Work is split into fixed blocks of the weight axis; a block's fp32 accumulator
 // (8 KB) stays in L1 while the G planes stream past it, and every weight is
 // computed by one thread in one fixed order: results do not depend on threads.
@@ -36,6 +40,17 @@
 // 230-315 ms (store-to-load forwarding: masks of density 0.1 make byte 0 about 43% of
 // all bytes); 8 planes at once with one FMA per byte against a table of 0.0/1.0 rows
 // (acc[q] += row[byte] * u_j), 48 ms, no faster and load-bound.
+// On Zen 1 (bench_combine_loops, 1 thread, n = 1M, K = 256, clock 2.54 GHz measured by
+// a dependent add chain, machine under load 7-8): the blend loop takes 2.25 cycles per
+// (weight, plane); the same sums with the mask made by vpcmpgtd, vpsrad or
+// blend(0, u) and then and + add take 1.3x longer. The 8x target at the dense
+// reference's 315 ms (n = 4M, 2 threads) leaves 1.56 cycles per (weight, plane), which
+// is the blend form's own floor: 50 uops per 8 weights and plane (8 blends, 8 adds, 8
+// integer doublings, each 2 uops at 256 bits) through 4 FP pipes is 1.56 cycles. A
+// formulation with another summation order, the 256 subset sums of each 8 weights'
+// u looked up by the bits movemask gathers (subset256 in the benchmark), measured
+// 1.72 cycles: 1.31x faster, still short of the target, and it would replace the
+// AVX-512 masked-add loop on every ISA; left as a candidate.
 #include "cpu/combine.h"
 
 #include <immintrin.h>
@@ -160,16 +175,18 @@ std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks, int
     for (int half = 0; half < 2; ++half) {
       float* entries = half == 0 ? tables[g].lo : tables[g].hi;
       uint8_t(&bytes)[4][16] = half == 0 ? tables[g].lo_bytes : tables[g].hi_bytes;
-      for (int v = 0; v < 16; ++v) {
-        float s = 0.0f;
-        for (int b = 0; b < 4; ++b) {
-          const int64_t k = 8 * g + 4 * half + b;
-          if (((v >> b) & 1) && k < num_masks) s += alpha[k];
-        }
-        entries[v] = s;
-        const uint32_t word = std::bit_cast<uint32_t>(s);
-        for (int q = 0; q < 4; ++q) bytes[q][v] = uint8_t(word >> (8 * q));
+      // entries[v] = sum of alpha over v's bits, added from the lowest bit up (masks >= num_masks
+      // skipped): entries[v without its top bit] + that bit's alpha is the same fp32 adds in the
+      // same order, one add per entry (combine_rows.cpp builds a table set per channel block).
+      entries[0] = 0.0f;
+      for (int v = 1; v < 16; ++v) {
+        const int top = std::bit_width(unsigned(v)) - 1;
+        const int64_t k = 8 * g + 4 * half + top;
+        entries[v] = k < num_masks ? entries[v ^ (1 << top)] + alpha[k] : entries[v ^ (1 << top)];
       }
+      // the byte planes in a loop of their own, which GCC vectorizes (the adds above are a chain)
+      for (int q = 0; q < 4; ++q)
+        for (int v = 0; v < 16; ++v) bytes[q][v] = uint8_t(std::bit_cast<uint32_t>(entries[v]) >> (8 * q));
     }
   }
   return tables;
