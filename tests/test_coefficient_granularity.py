@@ -217,3 +217,23 @@ def test_checkpoints_without_granularity_load_per_layer_and_bad_values_are_refus
     save_checkpoint(tmp_path / "wide.safetensors", tensors, metadata)
     with pytest.raises(CheckpointError, match=r"coefficient shape \(11, 3\) does not fit .* 58 columns"):
         ImpressLearner.load(tmp_path / "wide.safetensors")
+
+
+def test_conv_layers_take_per_channel_coefficients():
+    from impresslearn.layers import ImpressConv2d, ImpressLinear
+
+    model = torch.nn.Sequential(ImpressConv2d(3, 6, 3, padding=1, seed=0), torch.nn.Flatten(),
+                                ImpressLinear(6 * 5 * 5, 4, seed=1))  # fmt: skip
+    for layer in impress_layers(model):
+        for j in range(5):
+            layer.add_mask(torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(j)) < 0.5)
+    alpha = torch.randn(5, 3 + 2)  # blocks of 2 channels: ceil(6/2) + ceil(4/2) columns
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad(), task_bound(model, alpha, granularity=2):
+        got = model(x)
+    conv, linear = impress_layers(model)
+    w_conv = ops.combine_masks_rows(conv.weight, conv.bank, alpha[:, :3].contiguous(), 2, backend="reference")
+    w_lin = ops.combine_masks_rows(linear.weight, linear.bank, alpha[:, 3:].contiguous(), 2, backend="reference")
+    want = torch.nn.functional.linear(torch.nn.functional.conv2d(x, w_conv, padding=1).flatten(1), w_lin)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert conv.source is None  # task_bound restored what was bound before (nothing)
