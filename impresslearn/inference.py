@@ -566,7 +566,8 @@ def _sum_over_ranks(s1: torch.Tensor, s2: torch.Tensor, total: int, entropy_sum:
     import torch.distributed as dist
 
     # NCCL reduces CUDA tensors only; gloo and the others take CPU ones
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    nccl = dist.get_backend(group) == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     m = s1.numel()
     packed = torch.cat([s1.double(), s2.double(), torch.tensor([float(total), entropy_sum], dtype=torch.float64,
                                                                device=s1.device)]).to(device)  # fmt: skip

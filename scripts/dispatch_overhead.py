@@ -41,8 +41,8 @@ def main(argv=None) -> None:
     parser.add_argument("--number", type=int, default=20000, help="calls per timing")
     parser.add_argument("--repeat", type=int, default=5, help="timings per case; the best is kept")
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, python {platform.python_version()}, {platform.processor() or platform.machine()}, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, python {platform.python_version()}, {cpu}, load average {os.getloadavg()[0]:.2f}")
     device = torch.empty(0).device  # what the ops pass: a tensor's device
     saved = os.environ.get(backends.ENV_VAR)
     print(f"{'case':<30} {'decide (us)':>12} {'select (us)':>12} {'ratio':>7}")
