@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "cpu/combine.h"
+#include "cpu/combine_kernels.h"
 #include "tests/check.h"
 
 using namespace impresslearn;
@@ -191,6 +192,54 @@ static void test_alpha_grad(const Case& c) {
   }
 }
 
+
+// The inner loops' contract (combine_kernels.h), which combine_rows.cpp relies on too:
+// acc[0, len) += plane_value(tables[g], byte) for every plane, planes two at a time as
+// ((acc + v_g) + v_g+1), on an accumulator that is not zero (the vector loops keep it
+// in their lookup order while they run and must give it back in weight order), for
+// lengths around the 32- and 64-weight chunks and odd plane counts, bit for bit.
+static void test_accumulate_planes_contract() {
+  std::mt19937 gen(7);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (int64_t planes : {1, 2, 3, 5}) {
+    const int64_t k = 8 * planes - 3;  // the last plane's top bits are past K: they must count as alpha = 0
+    std::vector<float> alpha(k);
+    for (auto& a : alpha) a = dist(gen);
+    const auto tables = cpu::detail::plane_tables(alpha.data(), k, planes);
+    for (int64_t len : {1, 31, 32, 33, 63, 64, 65, 96, 130, 2048}) {
+      const int64_t n = len + 5, j0 = 3;  // a window inside each plane
+      std::vector<uint8_t> bank(planes * n);
+      for (auto& b : bank) b = uint8_t(gen());
+      std::vector<float> start(len);
+      for (auto& a : start) a = dist(gen);
+      std::vector<float> want = start;
+      for (int64_t j = 0; j < len; ++j) {
+        int64_t g = 0;
+        for (; g + 2 <= planes; g += 2)
+          want[j] = (want[j] + cpu::detail::plane_value(tables[g], bank[g * n + j0 + j])) +
+                    cpu::detail::plane_value(tables[g + 1], bank[(g + 1) * n + j0 + j]);
+        for (; g < planes; ++g) want[j] += cpu::detail::plane_value(tables[g], bank[g * n + j0 + j]);
+      }
+      // plane_value itself: lo + hi of the byte's nibbles, alpha of masks >= k left out
+      for (unsigned v = 0; v < 256; ++v) {
+        float lo = 0.0f, hi = 0.0f;
+        for (int b = 0; b < 4; ++b) {
+          if (((v >> b) & 1) && 8 * (planes - 1) + b < k) lo += alpha[8 * (planes - 1) + b];
+          if (((v >> (4 + b)) & 1) && 8 * (planes - 1) + 4 + b < k) hi += alpha[8 * (planes - 1) + 4 + b];
+        }
+        CHECK(cpu::detail::plane_value(tables[planes - 1], v) == lo + hi);
+      }
+      for (Isa isa : runnable_isas_cached()) {
+        if (isa == Isa::portable) continue;
+        std::vector<float> acc = start;
+        if (isa == Isa::avx2) cpu::detail::accumulate_planes_avx2(bank.data(), n, planes, tables.data(), j0, len, acc.data());
+        else cpu::detail::accumulate_planes_avx512(bank.data(), n, planes, tables.data(), j0, len, acc.data());
+        CHECK(std::memcmp(acc.data(), want.data(), 4 * len) == 0);
+      }
+    }
+  }
+}
+
 int main() {
   const std::vector<Isa>& isas = runnable_isas_cached();
   std::printf("test_combine: ISAs run:");
@@ -198,6 +247,7 @@ int main() {
   std::printf("\n");
   test_half_conversions();
   test_bf16_conversions();
+  test_accumulate_planes_contract();
   const int64_t ks[] = {1, 7, 8, 9, 64, 250};
   // 4096 and 6144: whole pairs of 2048-weight blocks and one left over (AVX-512 pairs them)
   const int64_t ns[] = {1, 13, 1000, 4096, 4099, 6144, 70001};
