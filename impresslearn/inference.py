@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from ._integers import is_count
 from .layers import ImpressConv2d, ImpressLinear, set_bn_slot
 
 GN_METHODS = ("oneshot", "binary", "iterative")
@@ -513,8 +514,9 @@ def task_fingerprint(
     shard (a collective; ``max_examples`` counts per rank) and gets the same fingerprint.
     It is never done implicitly, since a call made on one rank alone would wait forever.
     """
-    if sketch_dim is not None and (not isinstance(sketch_dim, int) or sketch_dim < 1):
+    if sketch_dim is not None and not is_count(sketch_dim, 1):
         raise ValueError(f"sketch_dim must be an int >= 1 or None, got {sketch_dim!r}")
+    sketch_dim = None if sketch_dim is None else int(sketch_dim)  # numpy's too; stored as JSON
     if (learner is None) != (name is None and bind is None) or (name is not None and bind is not None):
         raise ValueError("give learner with name or bind (to measure the entropy baseline), or none of them")
     total = 0
@@ -677,7 +679,7 @@ def infer_task(
     names = _candidate_names(learner, candidates)
     if method == "auto":
         method = _auto_method(learner, names, fingerprints)
-    if not isinstance(steps, int) or steps < 1:
+    if not is_count(steps, 1):
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     device = learner.layers[0].weight.device
     x = x.to(device)

@@ -260,6 +260,21 @@ def test_fingerprint_errors(mixed):
         TaskFingerprint(torch.zeros(3), torch.ones(4), input_size=10, sketch_dim=4, seed=0)
 
 
+def test_integer_arguments_follow_the_package_rule(mixed):
+    """Any integer type is accepted, a bool never (True passed as 1 before)."""
+    import numpy as np
+
+    sc, learner, batches, _ = mixed
+    with pytest.raises(ValueError, match="sketch_dim must be an int >= 1"):
+        task_fingerprint(batches[0], sketch_dim=True)
+    fp = task_fingerprint(batches[0], sketch_dim=np.int64(8))
+    assert fp.sketch_dim == 8 and type(fp.sketch_dim) is int
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        infer_task(learner, batches[0], method="iterative", steps=True)
+    picked = infer_task(learner, batches[0], method="iterative", steps=np.int64(2))
+    assert picked == infer_task(learner, batches[0], method="iterative", steps=2)
+
+
 def test_fingerprint_of_a_task_bound_by_a_callable_equals_the_stored_tasks(mixed):
     """``bind`` measures a task that is not stored yet (a commit measures before it changes the learner)."""
     sc, learner, batches, _ = mixed

@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .._integers import is_integer
 from ..layers import (
     INITS,
     ImpressConv2d,
@@ -64,7 +65,7 @@ def init_backbone_(model: nn.Module, seed: int, init: str = "signed_constant") -
 
     Layers draw in module order, so the same seed gives the same weights bit for bit on any machine.
     """
-    _check_seed_init(seed, init)
+    seed = _check_seed_init(seed, init)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     layers = impress_layers(model)
     if not layers:
@@ -74,11 +75,13 @@ def init_backbone_(model: nn.Module, seed: int, init: str = "signed_constant") -
     return model
 
 
-def _check_seed_init(seed, init: str) -> None:
+def _check_seed_init(seed, init: str) -> int:
+    """``seed`` as an int (any integer type: it is stored in the model's JSON spec), ``init`` known."""
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if not is_integer(seed):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return int(seed)
 
 
 def _backbone_is(model: nn.Module, seed: int, init: str) -> bool:
@@ -246,7 +249,7 @@ def convert(
     warning naming the layers. Returns ``model`` (a new module when ``model`` itself is a layer).
     See the module docstring for what is refused and why.
     """
-    _check_seed_init(seed, init)
+    seed = _check_seed_init(seed, init)
     # every name of every module: a module registered twice must be swapped under both names
     names: dict[int, list[str]] = defaultdict(list)
     modules: dict[int, nn.Module] = {}

@@ -172,6 +172,19 @@ def test_convert_refuses_subclasses_with_their_own_forward_and_weights_read_else
     assert len(impress_layers(masked)) == 4  # qkv, proj and the two layers of the position-bias MLP
 
 
+def test_convert_takes_any_integer_seed_and_stores_a_plain_int():
+    import json
+
+    import numpy as np
+
+    model = convert(nn.Sequential(nn.Linear(4, 3, bias=False)), seed=np.int64(5))
+    same = convert(nn.Sequential(nn.Linear(4, 3, bias=False)), seed=5)
+    assert torch.equal(model[0].weight, same[0].weight)
+    assert json.dumps(model.impress_spec) == json.dumps(same.impress_spec)  # np.int64 is not JSON
+    with pytest.raises(TypeError, match="seed must be an int, got bool"):
+        convert(nn.Sequential(nn.Linear(4, 3, bias=False)), seed=True)
+
+
 def test_a_plain_attention_subclass_is_swapped_whole_like_its_base():
     """Its forward is MultiheadAttention's: converted like its base, both projections masked once."""
     from impresslearn.layers import ImpressMultiheadAttention
