@@ -68,26 +68,32 @@ def task_bytes(k: int, dtype: str, granularity) -> int:
                                      num_columns=columns).total)  # fmt: skip
 
 
-def report(ks) -> list[dict]:
+def report(ks, dtypes) -> list[dict]:
     layer = [dict(r, granularity="layer") for r in frontier.load_rows(LAYER_ROWS)
              if r["method"] == "random" and r["density"] == DENSITY and r["K"] in ks]  # fmt: skip
-    finer = frontier.load_rows(OUT)
+    finer = [dict(r, granularity=str(r["granularity"])) for r in frontier.load_rows(OUT) if r["K"] in ks]
     table = frontier.summarise(layer + finer, group_keys=("method", "K", "density", "granularity"))
+    for e in table:  # back to the granularity value (summarise sorts, so it saw strings only)
+        e["granularity"] = int(e["granularity"]) if e["granularity"].isdigit() else e["granularity"]
     # per K: per layer, then blocks from coarse to fine, then per channel
-    table.sort(key=lambda e: (e["K"], {"layer": (0, 0), "channel": (2, 0)}.get(e["granularity"], (1, -e["granularity"]))
-                              if isinstance(e["granularity"], str) else (1, -e["granularity"])))  # fmt: skip
-    supsup = [r for r in frontier.load_rows(LAYER_ROWS) if r["method"] == "supsup" and r["density"] == DENSITY]
+    table.sort(key=lambda e: (e["K"], (1, -e["granularity"]) if isinstance(e["granularity"], int)
+                              else (0 if e["granularity"] == "layer" else 2, 0)))  # fmt: skip
+    supsup_rows = [r for r in frontier.load_rows(LAYER_ROWS) if r["method"] == "supsup" and r["density"] == DENSITY]
+    (supsup,) = frontier.summarise(supsup_rows)
     sizes, features = accounting.model_sizes(create_model("lenet300", seed=0))
-    print(f"SupSup stores {accounting.supsup_bytes_per_task(sizes, features):,} B per task "
-          f"({len(supsup)} rows in {LAYER_ROWS.relative_to(ROOT)}).\n")
-    print("| granularity | K | coefficients | bytes per task | lr (chosen on validation) "
-          "| test accuracy % (mean +- sd) | seeds |")
-    print("|---|---|---|---|---|---|---|")
+    supsup_bytes = accounting.supsup_bytes_per_task(sizes, features)
+    print("| granularity | K | coefficients | bytes per task | x fewer than SupSup | lr (chosen on validation) "
+          "| test accuracy % (mean +- sd) | vs SupSup (points) | seeds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| SupSup (one mask per task) | - | - | {supsup_bytes:,} | 1.0 | {supsup['candidate']} | "
+          f"{supsup['mean']:.1f} +- {supsup['sd']:.1f} | - | {supsup['n']} |")
     for e in table:
         e["bytes"] = task_bytes(e["K"], e["dtype"], e["granularity"])
-        label = e["granularity"] if isinstance(e["granularity"], str) else f"{e['granularity']} channels"
-        print(f"| {label} | {e['K']} | {e['dtype']} | {e['bytes']:,} | {e['candidate']} | "
-              f"{e['mean']:.1f} +- {e['sd']:.1f} | {e['n']} |")
+        if e["dtype"] not in dtypes:
+            continue
+        label = f"per {e['granularity']}" if isinstance(e["granularity"], str) else f"per {e['granularity']} channels"
+        print(f"| {label} | {e['K']} | {e['dtype']} | {e['bytes']:,} | {supsup_bytes / e['bytes']:.1f} | "
+              f"{e['candidate']} | {e['mean']:.1f} +- {e['sd']:.1f} | {e['mean'] - supsup['mean']:+.1f} | {e['n']} |")
     return table
 
 
@@ -98,9 +104,10 @@ def main(argv=None) -> None:
     p.add_argument("--ks", nargs="+", type=int, default=[10, 50, 250])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--report", action="store_true", help="print the table (per-layer rows from frontier.json)")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "fp16", "bf16"], help="--report: coefficient dtypes shown")
     args = p.parse_args(argv)
     if args.report:
-        report(args.ks)
+        report(args.ks, args.dtypes)
         return
     granularities = [check_granularity(int(g) if g.isdigit() else g) for g in args.granularities]
     run(granularities, args.ks, args.seeds)
