@@ -295,7 +295,7 @@ def evaluate_rounded(learner, name: str, coefficient_dtype: str, loader) -> floa
 
     rec = learner.bind_task(name)  # the task's BN slot (and hybrid mask); coefficients rebound below
     bind_coefficients(learner.model, round_coefficients(rec.coefficients, coefficient_dtype),
-                      last_layer_extra=rec.last_layer_extra())  # fmt: skip
+                      last_layer_extra=rec.last_layer_extra(), granularity=rec.granularity)  # fmt: skip
     learner.model.eval()
     return float(accuracy(learner.model, loader, learner.device))
 
@@ -458,7 +458,7 @@ def frontier_points(run, learner, names: list[str], test_loaders: dict) -> dict:
         accs = [evaluate_rounded(learner, name, dtype, test_loaders[name]) for name in names]
         rec = learner.tasks[names[0]]
         nbytes = accounting.task_bytes(rec.kind, rec.num_masks, sizes, features, coefficient_dtype=dtype,
-                                       bank_share=unowned / len(names),
+                                       bank_share=unowned / len(names), num_columns=rec.coefficients.shape[1],
                                        fingerprint=accounting.fingerprint_bytes(learner, names[0]))  # fmt: skip
         out["dtypes"][dtype] = {"accuracies": accs, "mean_accuracy": _mean(accs), "bytes_per_task": nbytes.to_dict()}
     return out
