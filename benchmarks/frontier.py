@@ -653,6 +653,8 @@ def main(argv=None) -> None:
     p.add_argument("--train-images", type=int, default=None, help="training images per task")
     p.add_argument("--seeds", type=numbers(int), default=None)
     p.add_argument("--densities", type=numbers(float), default=None, help="SupSup and random banks at each")
+    p.add_argument("--ks", type=numbers(int), default=None,
+                   help="random-bank sizes at every density (overrides the config's random_ks)")
     p.add_argument("--spacings", type=numbers(float), default=None, help="rotated: degrees between basis tasks")
     p.add_argument("--only", type=lambda s: s.split(","), default=None,
                    help="methods to run: supsup, random, heterogeneous, homogeneous, mixed")
@@ -664,6 +666,7 @@ def main(argv=None) -> None:
     try:
         config = FrontierConfig.from_yaml(args.config, out=args.out, train_images=args.train_images, seeds=args.seeds,
                                           densities=args.densities, spacings=args.spacings, only=args.only,
+                                          random_ks=None if args.ks is None else {"default": args.ks},
                                           figure=args.figure)  # fmt: skip
     except ConfigError as exc:
         p.error(str(exc))

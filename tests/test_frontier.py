@@ -259,6 +259,8 @@ def test_the_frontier_config_refuses_unknown_keys_and_bad_values_by_name(tmp_pat
         frontier.FrontierConfig.from_yaml(tmp_path / "missing.yaml")
     config = _config(frontier, tmp_path, "random_ks: {0.1: [10, 500], default: [250]}\n")
     assert config.ks_at(0.1) == (10, 500) and config.ks_at(0.05) == (250,)
+    overridden = frontier.FrontierConfig.from_yaml(tmp_path / "config.yaml", random_ks={"default": [7]}, seeds=None)
+    assert overridden.ks_at(0.1) == (7,) and overridden.seeds == (0, 1, 2)  # None leaves the config's value
     # the shipped configs parse, and the documented reproduce commands use them
     for name in ("frontier_permuted", "frontier_rotated"):
         frontier.FrontierConfig.from_yaml(ROOT / "configs" / f"{name}.yaml")
