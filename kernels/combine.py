@@ -193,3 +193,94 @@ def combine_masks_alpha_grad(
         BLOCK_N=_BWD_BLOCK, num_warps=4,
     )
     return partial.sum(dim=0)
+
+
+# ----------------------------------------------------------------------------- rows
+# combine_masks_rows (impresslearn.ops.combine): alpha[K, R] with one column per group of
+# group_len flat weights (a block of output channels), W_eff[j] = W[j] * sum_k alpha[k, j //
+# group_len] bit_k(j). No table here: a table per group and plane (G KiB per group) would be
+# as large as the bank for one channel of a few hundred weights; each weight instead gathers
+# its group's coefficient per bit (the gathers of one program hit the same one or two columns,
+# so they stay in L1).
+
+
+@triton.jit
+def _combine_rows_fwd_kernel(
+    w_ptr, bank_ptr, alpha_ptr, out_ptr, n, num_planes, num_masks, num_groups, group_len, BLOCK_N: tl.constexpr,
+):
+    """out[j] = W[j] * sum_k alpha[k, j // group_len] bit_k(j) for BLOCK_N weights (fp32 math)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = offs < n
+    column = offs // group_len
+    coeff = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    plane_ptr = bank_ptr  # advanced by n per plane: g * n would overflow int32 past 2**31 bytes
+    for g in range(0, num_planes):
+        byte = tl.load(plane_ptr + offs, mask=ok, other=0).to(tl.int32)
+        plane_ptr += n
+        for b in tl.static_range(8):
+            k = g * 8 + b
+            a = tl.load(alpha_ptr + k * num_groups + column, mask=ok & (k < num_masks), other=0.0)
+            coeff += tl.where(((byte >> b) & 1) != 0, a, 0.0)
+    w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, (w * coeff).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _combine_rows_alpha_grad_kernel(
+    grad_ptr, w_ptr, bank_ptr, partial_ptr, n, num_planes, num_masks, group_len, chunks, BLOCK_N: tl.constexpr,
+):
+    """partial[r * chunks + c, k] = sum over chunk c of group r (axis 0: r, axis 1: c) of grad_j W_j bit_k(j)."""
+    r = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
+    offs = r * group_len + c * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = offs < tl.minimum((r + 1) * group_len, n)
+    gw = tl.load(grad_ptr + offs, mask=ok, other=0.0).to(tl.float32) * tl.load(
+        w_ptr + offs, mask=ok, other=0.0
+    ).to(tl.float32)
+    reduce_bits_into(partial_ptr + (r * chunks + c) * num_masks, gw, bank_ptr, offs, ok, n, num_planes, num_masks)
+
+
+def _rows_groups(n: int, group_len: int) -> int:
+    group_len = _checks.check_int("group_len", group_len, minimum=1)
+    return -(-n // group_len)
+
+
+def combine_masks_rows(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, group_len: int) -> torch.Tensor:
+    """weight[n] * (sum_k alpha[k, j // group_len] bit_k(j)) -> [n] in weight's dtype; alpha fp32[K, R]."""
+    _check_flat("weight", weight, bank)
+    planes, n = bank.shape
+    groups = _rows_groups(n, group_len)
+    _checks.check_tensor("alpha", alpha, dtypes=(torch.float32,), ndim=2)
+    k = alpha.shape[0]
+    if k < 1 or _checks.num_planes(k) != planes or alpha.shape[1] != groups:
+        raise ValueError(f"alpha must be fp32[K, {groups}] with ceil(K/8) = {planes}, got {tuple(alpha.shape)}")
+    check_interpretable(weight=weight)
+    out = torch.empty_like(weight)
+    if n == 0:
+        return out
+    launch(
+        _combine_rows_fwd_kernel, (triton.cdiv(n, _FWD_BLOCK),), weight, bank, alpha, out, n, planes, k, groups,
+        group_len, BLOCK_N=_FWD_BLOCK, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+def combine_masks_rows_alpha_grad(
+    grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int, group_len: int
+) -> torch.Tensor:
+    """fp32[K, R]: grad_alpha[k, r] = sum over group r of grad_j weight_j bit_k(j)."""
+    _check_flat("grad", grad, bank)
+    _check_flat("weight", weight, bank)
+    _checks.check_bank(bank, num_masks)
+    check_interpretable(grad=grad, weight=weight)
+    planes, n = bank.shape
+    groups = _rows_groups(n, group_len)
+    if n == 0:
+        return torch.zeros((num_masks, groups), dtype=torch.float32, device=weight.device)
+    chunks = triton.cdiv(min(group_len, n), _BWD_BLOCK)
+    partial = torch.empty((groups * chunks, num_masks), dtype=torch.float32, device=weight.device)
+    launch(
+        _combine_rows_alpha_grad_kernel, (groups, chunks), grad, weight, bank, partial, n, planes, num_masks,
+        group_len, chunks, BLOCK_N=_BWD_BLOCK, num_warps=4,
+    )  # fmt: skip
+    return partial.view(groups, chunks, num_masks).sum(dim=1).t().contiguous()

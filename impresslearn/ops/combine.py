@@ -102,9 +102,26 @@ def _register_triton(_triton_combine):
     ) -> torch.Tensor:
         return _triton_combine.combine_masks_alpha_grad(grad, weight, bank, num_masks)
 
+    @triton_op("impresslearn::combine_masks_rows_triton", mutates_args=())
+    def _combine_masks_rows_triton(
+        weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, group_len: int
+    ) -> torch.Tensor:
+        return _triton_combine.combine_masks_rows(weight, bank, alpha, group_len)
+
+    @triton_op("impresslearn::combine_masks_rows_alpha_grad_triton", mutates_args=())
+    def _combine_masks_rows_alpha_grad_triton(
+        grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int, group_len: int
+    ) -> torch.Tensor:
+        return _triton_combine.combine_masks_rows_alpha_grad(grad, weight, bank, num_masks, group_len)
+
     fwd, bwd = _combine_masks_triton, _combine_masks_alpha_grad_triton
     torch.library.register_autograd(fwd, _make_backward(fwd, bwd), setup_context=_setup_context)
-    return {"fwd": fwd, "bwd": bwd}
+    rows_fwd, rows_bwd = _combine_masks_rows_triton, _combine_masks_rows_alpha_grad_triton
+    # the rows autograd is defined further down this module; this runs at first use, after import
+    torch.library.register_autograd(
+        rows_fwd, _make_rows_backward(rows_fwd, rows_bwd), setup_context=_rows_setup_context
+    )
+    return {"fwd": fwd, "bwd": bwd, "rows_fwd": rows_fwd, "rows_bwd": rows_bwd}
 
 
 _triton = triton_ops("combine", _register_triton)
@@ -198,8 +215,8 @@ def combine_masks_alpha_grad(
 #     coeff[c, :] = alpha[:, c // block] @ B[:, c, :]          # B = unpack(bank), [K, C, L]
 #     w_eff = weight * coeff.view_as(weight)
 #
-# Same order as above: reference, kernels (C++ in csrc/cpu/combine_rows.cpp; no Triton kernel:
-# on CUDA tensors the gpu family runs this op's reference), autograd, functional API.
+# Same order as above: reference, kernels (C++ in csrc/cpu/combine_rows.cpp, Triton in
+# kernels/combine.py, registered with the per-layer Triton ops above), autograd, functional API.
 
 
 def _rows_layout(weight: torch.Tensor, block: int) -> tuple[int, int, int]:
@@ -285,23 +302,15 @@ for _name, _fwd in _ROWS_FWD.items():
         _fwd, _make_rows_backward(_fwd, _ROWS_BWD[_name]), setup_context=_rows_setup_context
     )
 
+if _triton is not None:  # registered (autograd included) at first use, with the per-layer Triton ops
+    _ROWS_FWD["triton"] = _triton.impl("rows_fwd")
+    _ROWS_BWD["triton"] = _triton.impl("rows_bwd")
+
 _ROWS_IMPLS = {"reference": combine_masks_rows_reference, **_ROWS_FWD}
 _ROWS_ALPHA_GRAD_IMPLS = {"reference": combine_masks_rows_alpha_grad_reference, **_ROWS_BWD}
-_ROWS_COMPOSED = "its PyTorch reference, on the tensors' device (no Triton kernel of the rows op)"
-_ROWS_DTYPES = {"cpp": KERNEL_DTYPES}
-_backends.register(_backends.OpSpec("combine_masks_rows", _ROWS_IMPLS, _ROWS_DTYPES, composed=_ROWS_COMPOSED))
-_backends.register(
-    _backends.OpSpec("combine_masks_rows_alpha_grad", _ROWS_ALPHA_GRAD_IMPLS, _ROWS_DTYPES, composed=_ROWS_COMPOSED)
-)
-
-
-def _select_rows(op: str, device: torch.device, backend: str | None, dtype: torch.dtype) -> str:
-    """The dispatch rule, except that the gpu family, which has no rows kernel, runs the reference
-    on CUDA tensors (as it does on CPU tensors for an op without a Triton kernel) instead of raising."""
-    requested = _backends.requested_backend(backend)
-    if requested is not None and device.type == "cuda" and _backends.canonical(requested) == "gpu":
-        return "reference"
-    return _backends.select(op, device, backend, dtype)
+_ROWS_DTYPES = {b: KERNEL_DTYPES for b in ("cpp", "triton")}
+_backends.register(_backends.OpSpec("combine_masks_rows", _ROWS_IMPLS, _ROWS_DTYPES))
+_backends.register(_backends.OpSpec("combine_masks_rows_alpha_grad", _ROWS_ALPHA_GRAD_IMPLS, _ROWS_DTYPES))
 
 
 def _check_rows(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, block: int) -> int:
@@ -344,7 +353,7 @@ def combine_masks_rows(
     """
     block = _check_rows(weight, bank, alpha, block)
     dtype = torch.float64 if torch.float64 in (weight.dtype, alpha.dtype) else weight.dtype
-    name = _select_rows("combine_masks_rows", weight.device, backend, dtype)
+    name = _backends.select("combine_masks_rows", weight.device, backend, dtype)
     if name == "reference":
         return combine_masks_rows_reference(weight, bank, alpha, block)
     group_len = block * (weight.numel() // weight.shape[0])
@@ -366,7 +375,7 @@ def combine_masks_rows_alpha_grad(
     _checks.check_bank(bank, num_masks, n=weight.numel())
     _checks.check_same_device(grad=grad, weight=weight, bank=bank)
     dtype = torch.float64 if torch.float64 in (weight.dtype, grad.dtype) else weight.dtype
-    name = _select_rows("combine_masks_rows_alpha_grad", weight.device, backend, dtype)
+    name = _backends.select("combine_masks_rows_alpha_grad", weight.device, backend, dtype)
     if name == "reference":
         return combine_masks_rows_alpha_grad_reference(grad, weight, bank, num_masks, block)
     group_len = block * (weight.numel() // weight.shape[0])

@@ -19,6 +19,7 @@ import torch
 from impresslearn import BackendUnavailable, _extension, ops
 from impresslearn.ops.bank import pack_masks_reference
 from impresslearn.ops.combine import TOLERANCES
+from tests.conftest import TRITON_DEVICE
 
 needs_cpp = pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="impresslearn._C has no C++ kernels")
 BACKENDS = ("reference", pytest.param("cpp", marks=needs_cpp))
@@ -259,3 +260,61 @@ def test_opcheck(dtype):
                           (flat.requires_grad_(), bank, alpha, 10))  # fmt: skip
     torch.library.opcheck(torch.ops.impresslearn.combine_masks_rows_alpha_grad_cpp.default,
                           (grad, flat.detach(), bank, 9, 10))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- Triton (kernels/combine.py)
+# Interpreted on CPU tensors where there is no GPU, compiled on CUDA tensors where there is
+# one (tests/conftest.py); small shapes for the interpreter.
+
+TRITON_SHAPES = [((7, 13), 9, 1), ((10, 100), 7, 3), ((6, 3, 3, 3), 8, 4), ((3, 1100), 17, 1)]
+
+
+def _needs_triton():
+    pytest.importorskip("triton")
+    from impresslearn.ops._registry import triton_load_reason
+
+    reason = triton_load_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16))
+@pytest.mark.parametrize("shape,k,block", TRITON_SHAPES)
+def test_triton_forward_and_alpha_grad_match_float64(dtype, shape, k, block):
+    _needs_triton()
+    masks, bank, alpha, weight = _case(shape, k, block, dtype, seed=k)
+    device = TRITON_DEVICE
+    out = ops.combine_masks_rows(weight.to(device), bank.to(device), alpha.to(device), block, backend="gpu")
+    torch.testing.assert_close(out.cpu().double(), _formula(weight, masks, alpha, block), **TOLERANCES[dtype])
+    grad = torch.randn(shape).to(dtype)
+    got = ops.combine_masks_rows_alpha_grad(grad.to(device), weight.to(device), bank.to(device), k, block,
+                                            backend="gpu")  # fmt: skip
+    want = _grad_formula(grad, weight, masks, k, block)
+    scale = want.abs().max().item() + 1e-6
+    torch.testing.assert_close(got.cpu().double() / scale, want / scale, atol=1e-4, rtol=0)
+
+
+def test_triton_autograd_matches_reference():
+    _needs_triton()
+    shape, k, block = (10, 100), 7, 3
+    _, bank, alpha, weight = _case(shape, k, block, seed=2)
+    upstream = torch.randn(shape)
+    grads = {}
+    for backend, device in (("reference", "cpu"), ("gpu", TRITON_DEVICE)):
+        w = weight.clone().to(device).requires_grad_()
+        a = alpha.clone().to(device).requires_grad_()
+        ops.combine_masks_rows(w, bank.to(device), a, block, backend=backend).backward(upstream.to(device))
+        grads[backend] = (w.grad.cpu(), a.grad.cpu())
+    torch.testing.assert_close(grads["gpu"][0], grads["reference"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads["gpu"][1], grads["reference"][1], atol=1e-4, rtol=1e-5)
+
+
+def test_triton_launcher_checks_the_layout():
+    _needs_triton()
+    from impresslearn.kernels import combine as kc
+
+    _, bank, alpha, weight = _case((10, 3), 9, 4)
+    with pytest.raises(ValueError, match=r"alpha must be fp32\[K, 3\]"):
+        kc.combine_masks_rows(weight.reshape(-1), bank, alpha[:, :2].contiguous(), 12)
+    with pytest.raises(ValueError, match="group_len must be >= 1"):
+        kc.combine_masks_rows(weight.reshape(-1), bank, alpha, 0)
