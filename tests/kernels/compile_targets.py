@@ -83,6 +83,11 @@ def launcher_calls(everything: bool = False) -> Iterator[tuple[str, Callable[[],
             yield f"combine grad K={k} n={n} {dtype}", lambda k=k, n=n, d=dtype: combine.combine_masks_alpha_grad(
                 _meta(n, dtype=d), _meta(n, dtype=d), _bank(k, n), k
             )
+            # coefficients per block of output channels: groups of 100 weights (the last one shorter)
+            yield f"combine rows K={k} n={n} {dtype}", lambda k=k, n=n, d=dtype: (
+                combine.combine_masks_rows(_meta(n, dtype=d), _bank(k, n), _meta(k, -(-n // 100)), 100),
+                combine.combine_masks_rows_alpha_grad(_meta(n, dtype=d), _meta(n, dtype=d), _bank(k, n), k, 100),
+            )
 
     linear_shapes = ALL_LINEAR_SHAPES if everything else LINEAR_SHAPES
     for m, n, c, k in linear_shapes:
