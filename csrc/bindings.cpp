@@ -80,6 +80,52 @@ at::Tensor combine_masks_alpha_grad_cpp(const at::Tensor& grad, const at::Tensor
   return out;
 }
 
+// combine_masks_cpp's autograd, in C++: the same as impresslearn/ops/combine.py's
+// Python one (save weight, bank, alpha; grad_weight = combine(grad), grad_alpha =
+// alpha_grad(grad, weight)), without a Python call per forward and backward, which at
+// small K is a visible share of a training step (benchmarks/small_k_step.py).
+// Both kernels are called through the dispatcher, below autograd, so fake tensors,
+// torch.compile and opcheck see the ops they registered.
+class CombineMasksFunction : public torch::autograd::Function<CombineMasksFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& bank,
+                            const at::Tensor& alpha) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({weight, bank, alpha});
+    return combine_op().call(weight, bank, alpha);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &weight = saved[0], &bank = saved[1], &alpha = saved[2];
+    const at::Tensor grad = grads[0].contiguous();
+    at::Tensor grad_weight, grad_alpha;
+    if (ctx->needs_input_grad(0)) grad_weight = combine_op().call(grad, bank, alpha);  // elementwise: grad * coeff
+    if (ctx->needs_input_grad(2)) {
+      static const auto alpha_grad_op =
+          c10::Dispatcher::singleton()
+              .findSchemaOrThrow("impresslearn::combine_masks_alpha_grad_cpp", "")
+              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>();
+      grad_alpha = alpha_grad_op.call(grad, weight, bank, alpha.size(0)).to(alpha.scalar_type());
+    }
+    return {grad_weight, at::Tensor(), grad_alpha};
+  }
+
+ private:
+  static const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>&
+  combine_op() {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("impresslearn::combine_masks_cpp", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+    return op;
+  }
+};
+
+at::Tensor combine_masks_cpp_autograd(const at::Tensor& weight, const at::Tensor& bank, const at::Tensor& alpha) {
+  return CombineMasksFunction::apply(weight, bank, alpha);
+}
+
 // Coefficients per group of group_len flat weights (combine_rows.h): alpha fp32[K, ceil(n / group_len)].
 at::Tensor combine_masks_rows_cpp(const at::Tensor& weight, const at::Tensor& bank, const at::Tensor& alpha,
                                   int64_t group_len) {
@@ -195,6 +241,8 @@ TORCH_LIBRARY_IMPL(impresslearn, CPU, m) {
   m.impl("topk_mask_cpp", &topk_mask_cpp);
   m.impl("topk_mask_into_cpp", &topk_mask_into_cpp);
 }
+
+TORCH_LIBRARY_IMPL(impresslearn, Autograd, m) { m.impl("combine_masks_cpp", &combine_masks_cpp_autograd); }
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

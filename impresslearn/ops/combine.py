@@ -150,7 +150,10 @@ def _make_backward(fwd, bwd):
 
 
 for _name, _fwd in _FWD.items():
-    torch.library.register_autograd(_fwd, _make_backward(_fwd, _BWD[_name]), setup_context=_setup_context)
+    # csrc/bindings.cpp registers the cpp op's autograd in C++ (no Python call per step);
+    # an extension built before it did gets this Python one
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(_fwd.name(), "Autograd"):
+        torch.library.register_autograd(_fwd, _make_backward(_fwd, _BWD[_name]), setup_context=_setup_context)
 
 if _triton is not None:  # after the loop above: the Triton autograd is registered at load
     _FWD["triton"] = _triton.impl("fwd")
