@@ -69,9 +69,12 @@ def task_bytes(k: int, dtype: str, granularity) -> int:
 
 
 def report(ks, dtypes) -> list[dict]:
+    def wanted(k):
+        return ks is None or k in ks
+
     layer = [dict(r, granularity="layer") for r in frontier.load_rows(LAYER_ROWS)
-             if r["method"] == "random" and r["density"] == DENSITY and r["K"] in ks]  # fmt: skip
-    finer = [dict(r, granularity=str(r["granularity"])) for r in frontier.load_rows(OUT) if r["K"] in ks]
+             if r["method"] == "random" and r["density"] == DENSITY and wanted(r["K"])]  # fmt: skip
+    finer = [dict(r, granularity=str(r["granularity"])) for r in frontier.load_rows(OUT) if wanted(r["K"])]
     table = frontier.summarise(layer + finer, group_keys=("method", "K", "density", "granularity"))
     for e in table:  # back to the granularity value (summarise sorts, so it saw strings only)
         e["granularity"] = int(e["granularity"]) if e["granularity"].isdigit() else e["granularity"]
@@ -101,7 +104,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--granularities", nargs="+", default=["channel", "32"],
                    help="'channel' or a block size of output channels (ints)")  # fmt: skip
-    p.add_argument("--ks", nargs="+", type=int, default=[10, 50, 250])
+    p.add_argument("--ks", nargs="+", type=int, default=None, help="bank sizes (run: 10 50 250; --report: all)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--report", action="store_true", help="print the table (per-layer rows from frontier.json)")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "fp16", "bf16"], help="--report: coefficient dtypes shown")
@@ -110,7 +113,7 @@ def main(argv=None) -> None:
         report(args.ks, args.dtypes)
         return
     granularities = [check_granularity(int(g) if g.isdigit() else g) for g in args.granularities]
-    run(granularities, args.ks, args.seeds)
+    run(granularities, args.ks or [10, 50, 250], args.seeds)
 
 
 if __name__ == "__main__":
