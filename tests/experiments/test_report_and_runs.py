@@ -20,6 +20,8 @@ STAND_INS = {
     "fig4_split_cifar100": {"num_classes": 5, "input_shape": [3, 8, 8]},
     "fig10_hybrid_split_cifar100": {"num_classes": 5, "input_shape": [3, 8, 8]},
     "fig5_split_imagenet": {"num_classes": 10, "input_shape": [3, 8, 8]},
+    # the frontier on Split: validation choice, fp32/fp16 frontier points, SupSup (binary tasks)
+    "frontier_split": {"num_classes": 2, "input_shape": [1, 8, 8]},
 }
 
 
@@ -54,7 +56,12 @@ def test_config_family_runs_end_to_end_on_synthetic(name, extra, tmp_path, reque
         assert res["mean_accuracy"] is None or 0.0 <= res["mean_accuracy"] <= 1.0
         if record["spec"]["run_kind"] == "impress":
             assert len(res["accuracies"]) == len(res["tasks"]) == len(config.new_task_indices)
-            assert "accuracy_matrix_no_labels" in res
+            assert ("accuracy_matrix_no_labels" in res) == record["spec"]["label_free_matrix"]
+        if "coefficient_dtypes" in record["spec"]:
+            assert list(res["frontier"]["dtypes"]) == sorted(record["spec"]["coefficient_dtypes"])
+        if "validation" in record["spec"] and record["spec"]["run_kind"] in ("supsup", "impress"):
+            assert res["validation"]["chosen_override"] in record["spec"]["validation"]["alpha_candidates"] + \
+                record["spec"]["validation"]["mask_candidates"]
         if record["spec"]["run_kind"] == "gn":
             assert res["num_stored_tasks"] == config.evaluate.gn_num_tasks
             assert 0.0 <= res["identification_rate"] <= 1.0
