@@ -495,7 +495,10 @@ def report_permuted(config: FrontierConfig, figure: Path | None) -> list[dict]:
 
     def ratio(e):
         ref = supsup.get(e["density"])
-        return f"{ref['task'] / e['task']:.1f}" if ref else "-"
+        if not ref:
+            return "-"
+        fewer = ref["task"] / e["task"]
+        return f"{fewer:.1f}" if fewer >= 0.1 else f"{fewer:.2f}"
 
     print(f"Density {config.density:g}, every bank kind (bytes: fp32 / fp16 coefficients; 'vs SupSup' and "
           "'x fewer' with fp16):\n")
