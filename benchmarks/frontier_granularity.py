@@ -41,19 +41,22 @@ DENSITY = 0.1
 TRAIN_IMAGES = 12_000
 
 
-def run(granularities, ks, seeds) -> None:
-    settings = dict(scenario="permuted_fmnist", train_images=TRAIN_IMAGES, validation_images=VALIDATION_IMAGES,
+def run(granularities, ks, seeds, out: Path = OUT, train_images: int = TRAIN_IMAGES, choices_from=None) -> None:
+    """Train what ``out`` lacks; with ``choices_from`` (another results file) every seed uses the
+    learning rate chosen there on validation (frontier.py's full-budget reruns do the same)."""
+    settings = dict(scenario="permuted_fmnist", train_images=train_images, validation_images=VALIDATION_IMAGES,
                     epochs=3, batch_size=128, threads=torch.get_num_threads(), density=DENSITY)  # fmt: skip
-    rows = frontier.load_rows(OUT)
-    record = frontier.recorder(OUT, rows, settings)
+    rows = frontier.load_rows(out)
+    record = frontier.recorder(out, rows, settings)
+    earlier = frontier.load_rows(Path(choices_from)) if choices_from else None
     sc = create_scenario("permuted_fmnist", num_tasks=max(seeds) + 2, seed=0)
     for k in ks:
         for granularity in granularities:
             group = dict(method="random", K=k, density=DENSITY, granularity=granularity)
-            for seed, cfg in frontier.plan_runs(rows, seeds, candidates=ALPHA_CANDIDATES, **group):
+            for seed, cfg in frontier.plan_runs(rows, seeds, candidates=ALPHA_CANDIDATES, earlier=earlier, **group):
                 learner = frontier.new_learner(DENSITY)
                 learner.add_random_masks(k, seed=seed)
-                loaders = frontier.task_loaders(sc.task(1 + seed), TRAIN_IMAGES, seed)
+                loaders = frontier.task_loaders(sc.task(1 + seed), train_images, seed)
                 record(frontier.alpha_row(learner, loaders, cfg, seed, **group))
 
 
@@ -68,20 +71,20 @@ def task_bytes(k: int, dtype: str, granularity) -> int:
                                      num_columns=columns).total)  # fmt: skip
 
 
-def report(ks, dtypes) -> list[dict]:
+def report(ks, dtypes, out: Path = OUT, layer_rows: Path = LAYER_ROWS) -> list[dict]:
     def wanted(k):
         return ks is None or k in ks
 
-    layer = [dict(r, granularity="layer") for r in frontier.load_rows(LAYER_ROWS)
+    layer = [dict(r, granularity="layer") for r in frontier.load_rows(layer_rows)
              if r["method"] == "random" and r["density"] == DENSITY and wanted(r["K"])]  # fmt: skip
-    finer = [dict(r, granularity=str(r["granularity"])) for r in frontier.load_rows(OUT) if wanted(r["K"])]
+    finer = [dict(r, granularity=str(r["granularity"])) for r in frontier.load_rows(out) if wanted(r["K"])]
     table = frontier.summarise(layer + finer, group_keys=("method", "K", "density", "granularity"))
     for e in table:  # back to the granularity value (summarise sorts, so it saw strings only)
         e["granularity"] = int(e["granularity"]) if e["granularity"].isdigit() else e["granularity"]
     # per K: per layer, then blocks from coarse to fine, then per channel
     table.sort(key=lambda e: (e["K"], (1, -e["granularity"]) if isinstance(e["granularity"], int)
                               else (0 if e["granularity"] == "layer" else 2, 0)))  # fmt: skip
-    supsup_rows = [r for r in frontier.load_rows(LAYER_ROWS) if r["method"] == "supsup" and r["density"] == DENSITY]
+    supsup_rows = [r for r in frontier.load_rows(layer_rows) if r["method"] == "supsup" and r["density"] == DENSITY]
     (supsup,) = frontier.summarise(supsup_rows)
     sizes, features = accounting.model_sizes(create_model("lenet300", seed=0))
     supsup_bytes = accounting.supsup_bytes_per_task(sizes, features)
@@ -106,14 +109,18 @@ def main(argv=None) -> None:
                    help="'channel' or a block size of output channels (ints)")  # fmt: skip
     p.add_argument("--ks", nargs="+", type=int, default=None, help="bank sizes (run: 10 50 250; --report: all)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--report", action="store_true", help="print the table (per-layer rows from frontier.json)")
+    p.add_argument("--out", type=Path, default=OUT, help="results JSON (appended to; resumes)")
+    p.add_argument("--train-images", type=int, default=TRAIN_IMAGES, help="training images per task")
+    p.add_argument("--choices-from", default=None, help="results JSON whose validation choice of lr every seed uses")
+    p.add_argument("--report", action="store_true", help="print the table (per-layer and SupSup rows: --layer-rows)")
+    p.add_argument("--layer-rows", type=Path, default=LAYER_ROWS, help="--report: frontier.py's results JSON")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "fp16", "bf16"], help="--report: coefficient dtypes shown")
     args = p.parse_args(argv)
     if args.report:
-        report(args.ks, args.dtypes)
+        report(args.ks, args.dtypes, args.out, args.layer_rows)
         return
     granularities = [check_granularity(int(g) if g.isdigit() else g) for g in args.granularities]
-    run(granularities, args.ks or [10, 50, 250], args.seeds)
+    run(granularities, args.ks or [10, 50, 250], args.seeds, args.out, args.train_images, args.choices_from)
 
 
 if __name__ == "__main__":
