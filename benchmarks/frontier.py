@@ -262,15 +262,16 @@ def new_learner(density: float) -> ImpressLearner:
     return ImpressLearner(create_model("lenet300", seed=0), density=density, progress=False)
 
 
-def train_mask(key: str, density: float, loader, cfg: TrainConfig) -> list[torch.Tensor]:
-    """An edge-popup mask (bool per layer) for the task behind ``loader``, cached on disk under
-    ``key`` (which must name the task, density, candidate, seed and training images)."""
+def train_mask(key: str, density: float, make_loader, cfg: TrainConfig) -> list[torch.Tensor]:
+    """An edge-popup mask (bool per layer) for the task behind ``make_loader()``, cached on disk
+    under ``key`` (which must name the task, density, candidate, seed and training images); the
+    task's data is built only when the mask is not cached."""
     path = MASK_CACHE / f"{key}.safetensors"
     if path.exists():
         stored = load_file(path)
         return [stored[str(i)] for i in range(len(stored))]
     learner = new_learner(density)
-    learner.learn_basis_mask("task", loader, cfg)
+    learner.learn_basis_mask("task", make_loader(), cfg)
     masks = [layer.masks()[0] for layer in learner.layers]
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
@@ -346,7 +347,7 @@ def run_permuted(config: FrontierConfig, choices_from: str | None = None) -> Non
         task = BASIS_FIRST_TASK + (j if kind == "heterogeneous" else 0)
         key = (f"permuted-task{task}-s{density:g}-{candidate_name(mask_cfg).replace(' ', '_')}-seed{j}"
                f"-n{config.train_images}")  # fmt: skip
-        return train_mask(key, density, loaders(task, j)[0], mask_cfg.replace(seed=j))
+        return train_mask(key, density, lambda: loaders(task, j)[0], mask_cfg.replace(seed=j))
 
     def trained_learner(kind: str, trained: int) -> ImpressLearner:
         learner = new_learner(density)
@@ -412,7 +413,7 @@ def run_rotated(config: FrontierConfig, choices_from: str | None = None) -> None
                 for t, angle in enumerate(basis[:k]):
                     key = (f"rotated-{angle:g}deg-s{density:g}-{candidate_name(mask_cfg).replace(' ', '_')}-seed{t}"
                            f"-n{config.train_images}")  # fmt: skip
-                    masks.append(train_mask(key, density, loaders(t, 0)[0], mask_cfg.replace(seed=t)))
+                    masks.append(train_mask(key, density, lambda: loaders(t, 0)[0], mask_cfg.replace(seed=t)))
                 learner = new_learner(density)
                 learner.add_masks([torch.stack([m[i] for m in masks]) for i in range(learner.num_layers)])
                 record(alpha_row(learner, loaders(new_task[seed], seed), cfg, seed, angle=new[seed], **kgroup))
