@@ -292,13 +292,26 @@ class ImpressLearner:
         method's baseline). Replaces any earlier one.
         """
         rec = self.tasks[name]  # KeyError naming the stored tasks
+        fingerprint = self.measure_fingerprint(inputs, name=rec.name, max_examples=max_examples)
+        self.fingerprints[name] = fingerprint
+        return fingerprint
+
+    def measure_fingerprint(self, inputs, *, name: str | None = None, bind=None,
+                            max_examples: int | None = None) -> inference.TaskFingerprint:  # fmt: skip
+        """The fingerprint :meth:`add_fingerprint` keeps, checked against the stored ones, not kept.
+
+        The task is the stored ``name``, or the one ``bind()`` makes the model compute (a task
+        not stored yet: an objective's commit measures first, so that inputs it cannot read
+        refuse the commit before anything is stored).
+        """
         if isinstance(inputs, inference.TaskFingerprint):
             fingerprint = inputs
         else:
             if max_examples is None:  # learners that fingerprint nothing themselves still read the default
                 max_examples = self.fingerprint_examples or FINGERPRINT_EXAMPLES
             max_examples = check_integer(max_examples, "max_examples", minimum=2)
-            fingerprint = inference.task_fingerprint(inputs, learner=self, name=rec.name, max_examples=max_examples)
+            fingerprint = inference.task_fingerprint(inputs, learner=self, name=name, bind=bind,
+                                                     max_examples=max_examples)  # fmt: skip
         others = [fp for n, fp in self.fingerprints.items() if n != name]
         if others and not fingerprint.same_sketch(others[0]):
             first = others[0]
@@ -307,7 +320,6 @@ class ImpressLearner:
                 f"{fingerprint.sketch_dim}, seed {fingerprint.seed}) does not match the stored ones' "
                 f"({first.input_size}, {first.sketch_dim}, {first.seed}): they could not be compared"
             )
-        self.fingerprints[name] = fingerprint
         return fingerprint
 
     def _fingerprint_learned_task(self, name: str, loader) -> None:
@@ -417,8 +429,8 @@ class ImpressLearner:
         return weights_sha256(layer.weight.detach().cpu() for layer in self.layers)
 
     def state_sha256(self) -> str:
-        """SHA-256 of the banks, every task's coefficients and the BN statistics."""
-        return state_sha256(self.layers, self.tasks, self.bns)
+        """SHA-256 of the banks, every task's coefficients, the BN statistics and the task fingerprints."""
+        return state_sha256(self.layers, self.tasks, self.bns, self.fingerprints)
 
     def save(self, path) -> None:
         """Write banks, task coefficients, BN statistics, the task registry and random-mask seeds (atomic)."""

@@ -131,12 +131,26 @@ class TaskObjective(nn.Module):
                 "lower the learning rate. Nothing was stored."
             )
 
-    def _store(self, record: TaskRecord, fingerprint_inputs=None) -> TaskRecord:
+    def _fingerprint(self, fingerprint_inputs):
+        """The task's fingerprint, measured with this objective bound before commit changes anything:
+        inputs it cannot read refuse the commit and leave the learner as it was. (The same masks;
+        alpha before its rounding to a 16-bit ``coefficient_dtype``, a last-digit difference in the
+        entropy baseline.)"""
+        if fingerprint_inputs is None:
+            return None
+
+        def bind():
+            self.bind()
+            set_bn_slot(self.learner.model, self.bn_slot)
+
+        return self.learner.measure_fingerprint(fingerprint_inputs, bind=bind)
+
+    def _store(self, record: TaskRecord, fingerprint=None) -> TaskRecord:
         rec = self.learner.store_task(record, owner=self)
         self.closed = True
         unbind(self.learner.model)
-        if fingerprint_inputs is not None:  # after storing: the fingerprint measures the stored task
-            self.learner.add_fingerprint(rec.name, fingerprint_inputs)
+        if fingerprint is not None:
+            self.learner.add_fingerprint(rec.name, fingerprint)  # measured and checked: cannot fail now
         return rec
 
 
@@ -161,10 +175,11 @@ class EdgePopupObjective(TaskObjective):
         self.learner.tasks.check_new_name(name)
         for i, s in enumerate(self.scores):
             self._check_finite(name, f"scores of layer {i}", s)
+        fingerprint = self._fingerprint(fingerprint_inputs)
         index = self.learner.append_masks_from_scores([s.detach() for s in self.scores], owner=name)
         a = one_hot_coefficients(self.learner.model, index)
         record = TaskRecord(name, "basis", a, self.bn_slot, mask_index=index, config=_config_dict(config))
-        return self._store(record, fingerprint_inputs)
+        return self._store(record, fingerprint)
 
 
 class AlphaObjective(TaskObjective):
@@ -230,11 +245,13 @@ class AlphaObjective(TaskObjective):
         extra_index = None
         if self.hybrid:
             self._check_finite(name, "last-layer scores", self.last_scores)
+        fingerprint = self._fingerprint(fingerprint_inputs)
+        if self.hybrid:
             extra_index = self.learner.append_extra_mask_from_scores(self.last_scores.detach())
         kind = "hybrid" if self.hybrid else "new"
         record = TaskRecord(name, kind, a, self.bn_slot, extra_index=extra_index, config=_config_dict(config),
                             granularity=self.granularity)  # fmt: skip
-        return self._store(record, fingerprint_inputs)
+        return self._store(record, fingerprint)
 
 
 def _config_dict(config) -> dict | None:

@@ -180,8 +180,9 @@ def bank_sha256(layers) -> str:
     return h.hexdigest()
 
 
-def state_sha256(layers, tasks: Mapping[str, TaskRecord], bns) -> str:
-    """SHA-256 of the banks (and extra banks), every task's name and coefficients, and BN statistics."""
+def state_sha256(layers, tasks: Mapping[str, TaskRecord], bns, fingerprints: Mapping | None = None) -> str:
+    """SHA-256 of the banks (and extra banks), every task's name and coefficients, BN statistics
+    and task fingerprints (they decide what the default task inference picks)."""
     h = hashlib.sha256(bank_sha256(layers).encode())
     for layer in layers:
         h.update(layer.extra_bank.detach().cpu().contiguous().numpy().tobytes())
@@ -193,6 +194,11 @@ def state_sha256(layers, tasks: Mapping[str, TaskRecord], bns) -> str:
     for bn in bns:
         h.update(bn.running_mean.detach().cpu().contiguous().numpy().tobytes())
         h.update(bn.running_var.detach().cpu().contiguous().numpy().tobytes())
+    for name in [n for n in tasks if n in (fingerprints or {})]:  # none: hashes as before fingerprints
+        fp = fingerprints[name]
+        h.update(f"fingerprint {name} {fp.input_size} {fp.sketch_dim} {fp.seed}".encode())
+        for t in (fp.mean.half(), fp.var.half(), torch.tensor([fp.entropy], dtype=torch.float32)):  # as saved
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
