@@ -19,6 +19,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from ._integers import is_integer
+
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 
 # torch.manual_seed and torch.Generator accept seeds up to 2**64 - 1; the sweep derives popup
@@ -36,7 +38,7 @@ class ConfigError(ValueError, TypeError):
 
 def check_integer(value: Any, key: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """``value`` as an ``int`` if it is an integer (not a bool) within bounds; else ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_integer(value):
         raise ConfigError(f"{key}: must be an integer, got {value!r} ({type(value).__name__})")
     value = int(value)
     if minimum is not None and value < minimum:

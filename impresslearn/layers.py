@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
+from ._integers import is_count, is_integer
 from .ops import num_planes
 from .tasks import channels_per_column, check_granularity, columns_per_layer
 
@@ -112,7 +113,7 @@ class _ImpressMixin:
     def _init_impress(self, seed: int | None, init: str) -> None:
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        if seed is not None and not is_integer(seed):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         n = self.weight.numel()
         self.register_buffer("bank", torch.zeros(0, n, dtype=torch.uint8, device=self.weight.device))
@@ -121,7 +122,7 @@ class _ImpressMixin:
         self.num_extra = 0
         self.backend: str | None = None
         self.source: ScoresSource | CoefficientSource | None = None
-        self.seed, self.init = seed, init
+        self.seed, self.init = None if seed is None else int(seed), init  # numpy's too: kept as a plain int
         self.reset_parameters()
 
     # -- backbone -------------------------------------------------------------------------
@@ -325,7 +326,7 @@ class _ImpressMixin:
         n = self.weight.numel()
         for name, key in (("bank", "num_masks"), ("extra_bank", "num_extra")):
             count, bank = meta.get(key), state_dict.get(prefix + name)
-            if not isinstance(count, int) or count < 0:
+            if not is_count(count):
                 return f"its extra state's {key} must be an int >= 0, got {count!r}"
             want = (num_planes(count), n)
             if not isinstance(bank, torch.Tensor) or bank.dtype != torch.uint8 or tuple(bank.shape) != want:
@@ -716,7 +717,7 @@ def _bind_coefficient_blocks(layers, alpha: torch.Tensor, block: int, granularit
 def one_hot_coefficients(model: nn.Module, index: int) -> torch.Tensor:
     """``alpha[index + 1, d]`` that selects bank mask ``index`` in every layer (a basis task)."""
     layers = _require_layers(model)
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+    if not is_count(index):
         raise ValueError(f"mask index must be an int >= 0, got {index!r}")
     alpha = torch.zeros(index + 1, len(layers), device=layers[0].weight.device, dtype=layers[0].weight.dtype)
     alpha[index] = 1.0
@@ -741,8 +742,9 @@ def set_bn_slot(model: nn.Module, slot: int | None) -> None:
     """Every ``MultitaskNonAffineBN`` uses statistics slot ``slot`` (None: batch statistics, nothing updated)."""
     bns = multitask_bns(model)
     if slot is not None:
-        if not isinstance(slot, int) or isinstance(slot, bool):
+        if not is_integer(slot):
             raise TypeError(f"BN slot must be an int or None, got {type(slot).__name__}")
+        slot = int(slot)
         for bn in bns:
             if not 0 <= slot < bn.num_slots:
                 raise IndexError(f"BN slot {slot} out of range: the model's BN layers hold {bn.num_slots} slots")
@@ -768,7 +770,7 @@ def add_bn_slot(model: nn.Module) -> int | None:
 
 def drop_bn_slots_from(model: nn.Module, slot: int) -> None:
     """Keep only slots ``[0, slot)`` in every BN (undo :func:`add_bn_slot` after a failed task)."""
-    if not isinstance(slot, int) or isinstance(slot, bool) or slot < 0:
+    if not is_count(slot):
         raise ValueError(f"slot must be an int >= 0, got {slot!r}")
     for bn in multitask_bns(model):
         bn.load_slots_(bn.running_mean[:slot].clone(), bn.running_var[:slot].clone())
@@ -807,7 +809,7 @@ def task_bound(
     bns = multitask_bns(model)
     saved_sources = [layer.source for layer in layers]
     saved_slots = [bn.task_slot for bn in bns]
-    if isinstance(coefficients, int) and not isinstance(coefficients, bool):
+    if is_integer(coefficients):
         coefficients = one_hot_coefficients(model, coefficients)
     try:
         bind_coefficients(model, coefficients, last_layer_extra=last_layer_extra, granularity=granularity)

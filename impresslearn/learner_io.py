@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from . import banks
+from ._integers import is_integer
 from .inference import TaskFingerprint
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .layers import one_hot_coefficients
@@ -157,10 +158,6 @@ def load_learner(cls, path, device="cpu", backend: str | None = None, *, model: 
         raise CheckpointError(f"{path}: {what}") from None
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _install(cls, path, tensors, meta, device, backend, model, progress, need):
     spec = dict(meta["backbone"])
     want_hash = spec.pop("weights_sha256")
@@ -183,8 +180,8 @@ def _install(cls, path, tensors, meta, device, backend, model, progress, need):
     need([bn.num_features for bn in learner.bns] == meta["bn_features"],
          "the model's BatchNorm layers differ from the checkpoint's")  # fmt: skip
     num_masks, num_extra, tasks = meta["num_masks"], meta["num_extra"], meta["tasks"]
-    need(_is_int(num_masks) and num_masks >= 0, f"num_masks {num_masks!r} is not a count")
-    need(isinstance(num_extra, list) and len(num_extra) == learner.num_layers and all(_is_int(h) and h >= 0 for h in num_extra),
+    need(is_integer(num_masks) and num_masks >= 0, f"num_masks {num_masks!r} is not a count")
+    need(isinstance(num_extra, list) and len(num_extra) == learner.num_layers and all(is_integer(h) and h >= 0 for h in num_extra),
          f"num_extra {num_extra!r} is not one count per layer")  # fmt: skip
     need(isinstance(tasks, list), "tasks is not a list")
     if meta["learner_version"] >= 3:  # random masks stored as their seeds: redrawn, the bank hash checked
@@ -202,7 +199,7 @@ def _install(cls, path, tensors, meta, device, backend, model, progress, need):
     learner.mask_owners = list(owners)
     draws = meta.get("random_masks", [])
     need(isinstance(draws, list) and all(isinstance(r, dict) and set(r) == {"first", "count", "seed"}
-                                         and all(_is_int(v) for v in r.values()) for r in draws),
+                                         and all(is_integer(v) for v in r.values()) for r in draws),
          "random_masks is not a list of {first, count, seed}")  # fmt: skip
     learner.random_mask_draws = [dict(r) for r in draws]
     last_extra = num_extra[-1]
@@ -217,19 +214,19 @@ def _install(cls, path, tensors, meta, device, backend, model, progress, need):
         except ValueError as exc:
             raise CheckpointError(f"{path}: task {name!r}: {exc}") from None
         width = learner.coefficient_width(granularity)
-        need(_is_int(k) and 1 <= k <= num_masks and tuple(a.shape) == (k, width),
+        need(is_integer(k) and 1 <= k <= num_masks and tuple(a.shape) == (k, width),
              f"task {name!r}: coefficient shape {tuple(a.shape)} does not fit a bank of {num_masks} masks "
              f"and {width} columns (granularity {granularity!r})")  # fmt: skip
         need(a.is_floating_point() and bool(torch.isfinite(a).all()), f"task {name!r}: coefficients are not finite floats")
-        need(t["bn_slot"] == j and _is_int(t["bn_slot"]),
+        need(t["bn_slot"] == j and is_integer(t["bn_slot"]),
              f"task {name!r}: BN slot {t['bn_slot']!r}, but task {j} owns slot {j}")  # fmt: skip
         mask_index, extra_index = t["mask_index"], t["extra_index"]
         if t["kind"] == "basis":
-            need(_is_int(mask_index) and 0 <= mask_index < num_masks and torch.equal(
+            need(is_integer(mask_index) and 0 <= mask_index < num_masks and torch.equal(
                  a.float(), one_hot_coefficients(learner.model, mask_index).cpu()),
                  f"task {name!r}: mask_index {mask_index!r} does not match its one-hot coefficients")  # fmt: skip
         if t["kind"] == "hybrid":
-            need(_is_int(extra_index) and 0 <= extra_index < last_extra,
+            need(is_integer(extra_index) and 0 <= extra_index < last_extra,
                  f"task {name!r}: extra_index {extra_index!r} is out of range: the last layer holds {last_extra} extra masks")  # fmt: skip
         rec = TaskRecord(name, t["kind"], a.to(learner.device, torch.float32), t["bn_slot"],
                          mask_index=mask_index, extra_index=extra_index, config=t["config"],
@@ -249,8 +246,8 @@ def _install_fingerprints(learner, tensors, meta, need) -> None:
     if not marked:
         return
     need(isinstance(sketch, dict) and set(sketch) == {"input_size", "sketch_dim", "seed"}
-         and _is_int(sketch["input_size"]) and sketch["input_size"] >= 1 and _is_int(sketch["seed"])
-         and (sketch["sketch_dim"] is None or _is_int(sketch["sketch_dim"]) and sketch["sketch_dim"] >= 1),
+         and is_integer(sketch["input_size"]) and sketch["input_size"] >= 1 and is_integer(sketch["seed"])
+         and (sketch["sketch_dim"] is None or is_integer(sketch["sketch_dim"]) and sketch["sketch_dim"] >= 1),
          f"fingerprint_sketch {sketch!r} is not {{input_size, sketch_dim, seed}}")  # fmt: skip
     m = sketch["input_size"] if sketch["sketch_dim"] is None else sketch["sketch_dim"]
     for j in marked:

@@ -20,3 +20,25 @@ def test_bools_floats_and_strings_are_not(value):
 def test_a_count_is_an_integer_of_at_least_the_minimum():
     assert is_count(0) and is_count(np.int32(4), 4) and not is_count(3, 4) and not is_count(-1)
     assert not is_count(True, 1)  # a bool is never a count, even where it would pass the bound
+
+
+def test_the_layers_follow_the_rule():
+    """ImpressLinear's seed, BN slots and mask indices: numpy integers in (kept as int), bools out."""
+    import torch
+
+    from impresslearn.layers import ImpressLinear, add_bn_slot, drop_bn_slots_from, one_hot_coefficients, set_bn_slot
+    from impresslearn.models import create_model
+
+    layer = ImpressLinear(5, 3, seed=np.int64(4))
+    assert type(layer.seed) is int and torch.equal(layer.weight, ImpressLinear(5, 3, seed=4).weight)
+    with pytest.raises(TypeError, match="seed must be an int or None, got bool"):
+        ImpressLinear(5, 3, seed=True)
+    model = create_model("resnet18_cifar", num_classes=10, seed=0, in_channels=1, width=4)
+    add_bn_slot(model)
+    set_bn_slot(model, np.int64(0))
+    with pytest.raises(TypeError, match="BN slot must be an int or None, got bool"):
+        set_bn_slot(model, True)
+    with pytest.raises(ValueError, match="slot must be an int >= 0, got True"):
+        drop_bn_slots_from(model, True)
+    with pytest.raises(ValueError, match="mask index must be an int >= 0, got False"):
+        one_hot_coefficients(model, False)

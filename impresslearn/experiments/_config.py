@@ -14,13 +14,13 @@ import copy
 import dataclasses
 import hashlib
 import json
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from .._integers import is_count
 from ..config import ConfigError, TrainConfig, check_integer, check_real
 from ..validation import candidate_name
 
@@ -38,7 +38,7 @@ def _require(cond: bool, key: str, message: str) -> None:
 def _positive_int(value: Any, key: str, allow_none: bool = False) -> int | None:
     if allow_none and value is None:
         return None
-    _require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0, key,
+    _require(is_count(value, 1), key,
              f"must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
     return int(value)
 
@@ -301,11 +301,10 @@ class ExperimentConfig:
         _require(len(set(self.densities)) == len(self.densities), "densities", "has duplicates")
         _require(len(self.seeds) > 0, "seeds", "must not be empty")
         for s in self.seeds:
-            _require(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0, "seeds",
+            _require(is_count(s), "seeds",
                      f"each seed is a non-negative integer; got {s!r}")
         _require(len(set(self.seeds)) == len(self.seeds), "seeds", "has duplicates")
-        _require(isinstance(self.num_new_tasks, numbers.Integral) and not isinstance(self.num_new_tasks, bool)
-                 and self.num_new_tasks >= 0, "num_new_tasks",
+        _require(is_count(self.num_new_tasks), "num_new_tasks",
                  f"must be a non-negative integer, got {self.num_new_tasks!r}")
         # New tasks follow every basis task of every impression set, so all sets are scored on
         # the same new tasks and a basis task is never also a "new" one.
