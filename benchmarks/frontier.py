@@ -576,7 +576,7 @@ def draw_permuted(table: list[dict], density: float, path: Path) -> None:
     (fp32 and bf16 score the same, the table shows them), SupSup's point; a second panel: SupSup
     and random banks at every density."""
     plt = _pyplot()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 5.8))
     at = [e for e in table if e["density"] == density]
     styles = [("random", "fp16", "s", "C1"), ("heterogeneous", "fp16", "^", "C2"),
               ("homogeneous", "fp16", "v", "C3"), ("mixed", "fp16", "D", "C4")]  # fmt: skip
@@ -595,7 +595,7 @@ def draw_permuted(table: list[dict], density: float, path: Path) -> None:
     ax.set_xlabel("bytes per new task (log scale; bank share counted for T = 1)")
     ax.set_ylabel("test accuracy on the new task (%)")
     ax.set_title(f"Permuted Fashion-MNIST, LeNet-300-100, density {density:g}: bank kinds", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)  # the points fill the axes
     ax.grid(alpha=0.3, which="both")
     densities = sorted({e["density"] for e in table})
     for i, d in enumerate(densities):
