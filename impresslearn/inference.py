@@ -642,6 +642,21 @@ def _auto_method(learner, names, fingerprints) -> str:
     return "binary"
 
 
+def _refuse_finer_coefficients(learner, names: Sequence[str], method: str) -> None:
+    """Every method but ``fingerprint`` combines one coefficient column per layer (GN's Eq. 1 over
+    stacked ``A_t``, exhaustive's per-task forward): a task with finer coefficients (per channel or
+    per block) would be read wrongly, so it is refused by name rather than scored."""
+    if method == "fingerprint":
+        return
+    finer = [n for n in names if getattr(learner.tasks[n], "granularity", "layer") != "layer"]
+    if finer:
+        raise ValueError(
+            f"task inference by {method!r} combines one coefficient column per layer, but task(s) {finer[:5]} have "
+            "finer coefficients; give every candidate a fingerprint (learn_* stores one; add_fingerprint) and use "
+            "method='auto' or 'fingerprint'"
+        )
+
+
 def infer_task(
     learner,
     x: torch.Tensor,
@@ -679,6 +694,7 @@ def infer_task(
     names = _candidate_names(learner, candidates)
     if method == "auto":
         method = _auto_method(learner, names, fingerprints)
+    _refuse_finer_coefficients(learner, names, method)
     if not is_count(steps, 1):
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     device = learner.layers[0].weight.device

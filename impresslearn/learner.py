@@ -371,23 +371,7 @@ class ImpressLearner:
         Tasks with finer coefficients than per layer are found by their fingerprints only: the GN
         and exhaustive methods combine one column per layer, so they refuse such candidates.
         """
-        self._check_inference_granularity(method, candidates)
         return inference.infer_task_name(self, x, method=method, candidates=candidates)
-
-    def _check_inference_granularity(self, method: str, candidates: Sequence[str] | None) -> None:
-        """Refuse (ValueError, naming the tasks) a method that reads ``A_t`` per layer when a candidate
-        has finer coefficients; 'auto' reads fingerprints when every candidate has one."""
-        names = list(self.tasks) if candidates is None or isinstance(candidates, str) else list(candidates)
-        finer = [n for n in names if n in self.tasks and self.tasks[n].granularity != "layer"]
-        if not finer:
-            return
-        if method == "fingerprint" or (method == "auto" and all(n in self.fingerprints for n in names)):
-            return
-        raise ValueError(
-            f"task inference by {method!r} combines one coefficient column per layer, but task(s) {finer[:5]} have "
-            "finer coefficients; give every candidate a fingerprint (learn_* stores one; add_fingerprint) and use "
-            "method='auto' or 'fingerprint'"
-        )
 
     def basis_gn(self, train_loader, test_loader, cfg: TrainConfig = TrainConfig()) -> dict:
         """basis-GN: fit Eq. 1-2 on labelled data of an unnamed task, without storing it.

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from impresslearn import ImpressLearner, TrainConfig, _extension, ops
+
+from impresslearn import ImpressLearner, TrainConfig, _extension, inference, ops
 from impresslearn.accounting import coefficient_bytes, coefficient_width
 from impresslearn.checkpoint import CheckpointError, save_checkpoint
 from impresslearn.layers import bind_coefficients, coefficient_columns, impress_layers, task_bound
@@ -191,6 +192,9 @@ def test_inference_by_fingerprint_works_and_per_layer_methods_refuse():
     for method in ("oneshot", "binary", "exhaustive", "calibrated"):
         with pytest.raises(ValueError, match=r"one coefficient column per layer, but task\(s\) \['task 1'\]"):
             learner.infer_task(x, method=method)
+        # the module function is the one place that refuses (the learner's method calls it)
+        with pytest.raises(ValueError, match=r"one coefficient column per layer, but task\(s\) \['task 1'\]"):
+            inference.infer_task(learner, x, method=method)
     learner.fingerprints.pop("task 1")
     with pytest.raises(ValueError, match="give every candidate a fingerprint"):
         learner.infer_task(x)
