@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-
 from impresslearn import ImpressLearner, TrainConfig, _extension, inference, ops
 from impresslearn.accounting import coefficient_bytes, coefficient_width
 from impresslearn.checkpoint import CheckpointError, save_checkpoint
