@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from ._integers import is_count
 from .config import check_integer
 
 TASK_KINDS = ("basis", "new", "hybrid")
@@ -34,7 +34,7 @@ def check_granularity(granularity) -> str | int:
     """``granularity`` in its one spelling: ``"layer"``, ``"channel"`` (also for 1) or an int block >= 2."""
     if isinstance(granularity, str) and granularity in GRANULARITIES:
         return granularity
-    if isinstance(granularity, numbers.Integral) and not isinstance(granularity, bool) and granularity >= 1:
+    if is_count(granularity, 1):
         return "channel" if granularity == 1 else int(granularity)
     raise ValueError(
         f"granularity must be 'layer', 'channel' or a block size of output channels (an int >= 1), got {granularity!r}"

@@ -42,3 +42,20 @@ def test_the_layers_follow_the_rule():
         drop_bn_slots_from(model, True)
     with pytest.raises(ValueError, match="mask index must be an int >= 0, got False"):
         one_hot_coefficients(model, False)
+
+
+def test_the_scenarios_and_the_sweep_follow_the_rule(tmp_path):
+    """BatchLoader and create_scenario: numpy integers in, bools out."""
+    import torch
+
+    from impresslearn.scenarios import BatchLoader, InMemoryDataset, create_scenario
+
+    with pytest.raises(TypeError, match="targets must be a torch.Tensor"):
+        InMemoryDataset(torch.zeros(6, 2), np.zeros(6, dtype=np.int64))  # said "must be int64, got int64"
+    data = InMemoryDataset(torch.zeros(6, 2), torch.zeros(6, dtype=torch.int64))
+    assert len(list(BatchLoader(data, batch_size=np.int64(4)))) == 2
+    with pytest.raises(ValueError, match="batch_size"):
+        BatchLoader(data, batch_size=True)
+    assert create_scenario("synthetic", num_tasks=np.int64(2), train_size=8, test_size=8, seed=0).num_tasks == 2
+    with pytest.raises(ValueError, match="num_tasks"):
+        create_scenario("synthetic", num_tasks=True, train_size=8, test_size=8, seed=0)

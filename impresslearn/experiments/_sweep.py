@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from .._atomic import atomic_write
+from .._integers import is_count
 from ._config import ExperimentConfig, stable_hash
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,7 @@ def run_sweep(
     ``max_runs`` stops after that many executed runs (to split a long sweep across sessions).
     Raises ``OutputFolderLocked`` if another runner is using ``out_dir``.
     """
-    if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1):
+    if max_runs is not None and not is_count(max_runs, 1):
         raise ValueError(f"max_runs must be a positive integer or None, got {max_runs!r}")
     with output_folder_lock(Path(out_dir)):
         return _run_sweep_locked(config, Path(out_dir), executor, context, progress, max_runs)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._integers import is_count, is_integer
+
 # A batch transform maps (x [B, ...] float32, generator) -> x; it runs once per
 # batch in BatchLoader, so augmentation of in-memory data costs a few tensor ops
 # per batch instead of a Python call per image.
@@ -55,6 +57,10 @@ class InMemoryDataset(Dataset):
     """
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_transform: BatchTransform | None = None):
+        for name, value in (("inputs", inputs), ("targets", targets)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor (torch.from_numpy converts an array), "
+                                f"got {type(value).__name__}")  # fmt: skip
         if inputs.shape[0] != targets.shape[0]:
             raise ValueError(f"inputs ({inputs.shape[0]}) and targets ({targets.shape[0]}) differ in length")
         if targets.dtype != torch.int64 or targets.dim() != 1:
@@ -153,7 +159,7 @@ class Scenario:
         raise NotImplementedError(f"{type(self).__name__} must implement build_task(t) -> (train, test)")
 
     def _check_index(self, t: int) -> int:
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+        if not is_integer(t):
             raise TypeError(f"task index must be an int, got {type(t).__name__}")
         if not 0 <= t < self.num_tasks:
             raise IndexError(f"{self.name} has tasks 0..{self.num_tasks - 1}, asked for task {t}")
@@ -171,7 +177,7 @@ class Scenario:
 
 
 def check_num_tasks(name: str, num_tasks: int, max_tasks: int | None = None) -> int:
-    if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
+    if not is_count(num_tasks, 1):
         raise ValueError(f"{name}: num_tasks must be a positive int, got {num_tasks!r}")
     if max_tasks is not None and num_tasks > max_tasks:
         raise ValueError(f"{name}: at most {max_tasks} tasks, asked for {num_tasks}")
@@ -181,7 +187,7 @@ def check_num_tasks(name: str, num_tasks: int, max_tasks: int | None = None) -> 
 def check_subsets(name: str, train_subset: int | None, test_subset: int | None, subset_mode: str) -> None:
     """Refuse bad subset options at construction, before any task is built."""
     for label, value in (("train_subset", train_subset), ("test_subset", test_subset)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        if value is not None and not is_count(value, 1):
             raise ValueError(f"{name}: {label} must be a positive int or None, got {value!r}")
     if subset_mode not in ("first", "random"):
         raise ValueError(f"{name}: subset_mode must be 'first' or 'random', got {subset_mode!r}")

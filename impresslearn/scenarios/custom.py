@@ -28,13 +28,13 @@ runs with ``scenario: {name: mydata.shifted, num_tasks: 5}``.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from .._integers import is_count
 from ._base import InMemoryDataset, Scenario, check_subsets, derive_seed, subset_indices
 
 
@@ -59,7 +59,7 @@ class CustomScenario(Scenario):
             raise ValueError(f"{name}: tasks must be a non-empty sequence of (train, test) pairs, "
                              f"got {type(tasks).__name__}")
         if num_tasks is not None:
-            if isinstance(num_tasks, bool) or not isinstance(num_tasks, numbers.Integral) or num_tasks < 1:
+            if not is_count(num_tasks, 1):
                 raise ValueError(f"{name}: num_tasks must be a positive int or None, got {num_tasks!r}")
             if num_tasks > len(tasks):
                 raise ValueError(f"{name}: num_tasks={num_tasks} but only {len(tasks)} tasks were given")
@@ -109,7 +109,7 @@ class CustomScenario(Scenario):
                 raise ValueError(f"{self.name}: pass num_classes= (it cannot be read from a Dataset that is not "
                                  "a pair of tensors)")
             return max(seen)
-        if isinstance(given, bool) or not isinstance(given, numbers.Integral) or given < 2:
+        if not is_count(given, 2):
             raise ValueError(f"{self.name}: num_classes must be an int >= 2, got {given!r}")
         if seen and max(seen) > given:
             raise ValueError(f"{self.name}: num_classes={given} but a task has label {max(seen) - 1}")

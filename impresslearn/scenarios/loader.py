@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numbers
-
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .._integers import is_count
 from ._base import derive_seed
 
 
@@ -36,9 +35,9 @@ class BatchLoader:
 
     def __init__(self, dataset: Dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False, num_workers: int = 0, pin_memory: bool = False):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        if not is_count(batch_size, 1):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
+        if not is_count(num_workers, 0):
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
