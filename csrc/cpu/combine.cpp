@@ -373,8 +373,9 @@ void combine_masks(const void* weight, Dtype dtype, const uint8_t* bank, const f
   }
   const int64_t blocks = (n + kFwdBlock - 1) / kFwdBlock;
   // Dynamic: on a shared machine a preempted thread does not hold the others back.
-  // Each block is still computed whole by one thread, so the bits do not change.
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 8) if (blocks > 1)
+  // One block at a time (each is 16384 weights): a layer of a few blocks still splits
+  // over the threads. Each block is computed whole by one thread: the bits do not change.
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1) if (blocks > 1)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     alignas(64) float acc[kFwdBlock];
     const int64_t j0 = blk * kFwdBlock, len = std::min(kFwdBlock, n - j0);
