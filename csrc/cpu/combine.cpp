@@ -11,9 +11,9 @@
 // sum, so every ISA gives identical bits.
 // Why not vpermps: on Zen 1 (the 2-core EPYC, family 23 model 1, AVX2; vpermps there
 // is a slow cross-lane op) bench_combine_loops (1 thread, n = 1M, K = 256, thread CPU
-// time, clock 2.54 GHz measured, load 7-8) gives the previous 3 + 3 + 2 split with
-// three vpermps per 8 weights 20.8 ms = 1.58 cycles per (weight, plane), this loop
-// 12.4 ms = 0.94, a read of the bank alone 3.4 ms = 0.25. This loop is bound by the
+// time, clock 2.50 GHz measured, quiet: load 1.0) gives the previous 3 + 3 + 2 split
+// with three vpermps per 8 weights 24.2 ms = 1.80 cycles per (weight, plane), this
+// loop 13.8 ms = 1.03, a read of the bank alone 3.5 ms = 0.26. This loop is bound by the
 // shuffle pipes: 8 vpshufb + 16 unpacks per 32 weights and plane, each 2 uops at 256
 // bits on Zen 1's two shuffle pipes, is 0.75 cycle per (weight, plane). The issue's
 // target of 70% of the dense reference's bandwidth (13.2 GB/s, n = 4M, K = 256, 2
@@ -40,16 +40,15 @@
 // 230-315 ms (store-to-load forwarding: masks of density 0.1 make byte 0 about 43% of
 // all bytes); 8 planes at once with one FMA per byte against a table of 0.0/1.0 rows
 // (acc[q] += row[byte] * u_j), 48 ms, no faster and load-bound.
-// On Zen 1 (bench_combine_loops, 1 thread, n = 1M, K = 256, clock 2.54 GHz measured by
-// a dependent add chain, machine under load 7-8): the blend loop takes 2.25 cycles per
-// (weight, plane); the same sums with the mask made by vpcmpgtd, vpsrad or
+// On Zen 1 (bench_combine_loops, 1 thread, n = 1M, K = 256, clock 2.50 GHz measured by
+// a dependent add chain, quiet): the blend loop takes 2.57 cycles per (weight, plane); the same sums with the mask made by vpcmpgtd, vpsrad or
 // blend(0, u) and then and + add take 1.3x longer. The 8x target at the dense
 // reference's 315 ms (n = 4M, 2 threads) leaves 1.56 cycles per (weight, plane), which
 // is the blend form's own floor: 50 uops per 8 weights and plane (8 blends, 8 adds, 8
 // integer doublings, each 2 uops at 256 bits) through 4 FP pipes is 1.56 cycles. A
 // formulation with another summation order, the 256 subset sums of each 8 weights'
 // u looked up by the bits movemask gathers (subset256 in the benchmark), measured
-// 1.72 cycles: 1.31x faster, still short of the target, and it would replace the
+// 1.96 cycles: 1.31x faster, still short of the target, and it would replace the
 // AVX-512 masked-add loop on every ISA; left as a candidate.
 #include "cpu/combine.h"
 
