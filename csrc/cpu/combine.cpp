@@ -288,29 +288,6 @@ void accumulate_planes_portable(const uint8_t* bank, int64_t n, int64_t planes, 
   }
 }
 
-template <Dtype D>
-void scale_by_weight(const void* weight, int64_t j0, int64_t len, const float* acc, void* out) {
-  using T = typename Element<D>::type;
-  const T* w = static_cast<const T*>(weight) + j0;
-  T* o = static_cast<T*>(out) + j0;
-  for (int64_t j = 0; j < len; ++j) o[j] = Element<D>::store(Element<D>::load(w[j]) * acc[j]);
-}
-
-template <Dtype D>
-void load_as_float(const void* src, int64_t j0, int64_t len, float* dst) {
-  using T = typename Element<D>::type;
-  const T* s = static_cast<const T*>(src) + j0;
-  for (int64_t j = 0; j < len; ++j) dst[j] = Element<D>::load(s[j]);
-}
-
-void load_as_float(const void* src, Dtype dtype, int64_t j0, int64_t len, float* dst) {
-  switch (dtype) {
-    case Dtype::f32: return load_as_float<Dtype::f32>(src, j0, len, dst);
-    case Dtype::f16: return load_as_float<Dtype::f16>(src, j0, len, dst);
-    case Dtype::bf16: return load_as_float<Dtype::bf16>(src, j0, len, dst);
-  }
-}
-
 // u[0, len) = grad[j0 + j] * weight[j0 + j] in fp32.
 struct Products {
   const void* grad;
@@ -384,11 +361,7 @@ void combine_masks(const void* weight, Dtype dtype, const uint8_t* bank, const f
       case Isa::avx2: detail::accumulate_planes_avx2(bank, n, planes, tables.data(), j0, len, acc); break;
       case Isa::portable: accumulate_planes_portable(bank, n, planes, table256.data(), j0, len, acc); break;
     }
-    switch (dtype) {
-      case Dtype::f32: scale_by_weight<Dtype::f32>(weight, j0, len, acc, out); break;
-      case Dtype::f16: scale_by_weight<Dtype::f16>(weight, j0, len, acc, out); break;
-      case Dtype::bf16: scale_by_weight<Dtype::bf16>(weight, j0, len, acc, out); break;
-    }
+    scale_by_weight(weight, dtype, j0, len, acc, out);
   }
 }
 

@@ -53,29 +53,6 @@ void accumulate_planes_portable(const uint8_t* bank, int64_t n, int64_t planes, 
   }
 }
 
-template <Dtype D>
-void scale_by_weight(const void* weight, int64_t j0, int64_t len, const float* acc, void* out) {
-  using T = typename Element<D>::type;
-  const T* w = static_cast<const T*>(weight) + j0;
-  T* o = static_cast<T*>(out) + j0;
-  for (int64_t j = 0; j < len; ++j) o[j] = Element<D>::store(Element<D>::load(w[j]) * acc[j]);
-}
-
-template <Dtype D>
-void load_as_float(const void* src, int64_t j0, int64_t len, float* dst) {
-  using T = typename Element<D>::type;
-  const T* s = static_cast<const T*>(src) + j0;
-  for (int64_t j = 0; j < len; ++j) dst[j] = Element<D>::load(s[j]);
-}
-
-void load_as_float(const void* src, Dtype dtype, int64_t j0, int64_t len, float* dst) {
-  switch (dtype) {
-    case Dtype::f32: return load_as_float<Dtype::f32>(src, j0, len, dst);
-    case Dtype::f16: return load_as_float<Dtype::f16>(src, j0, len, dst);
-    case Dtype::bf16: return load_as_float<Dtype::bf16>(src, j0, len, dst);
-  }
-}
-
 // A (group, chunk) work item: chunk c of group r covers [r * group_len + c * block, ...).
 struct Chunk {
   int64_t j0, len;
@@ -111,11 +88,7 @@ void combine_masks_rows(const void* weight, Dtype dtype, const uint8_t* bank, co
       case Isa::avx2: detail::accumulate_planes_avx2(bank, n, planes, t, ch.j0, ch.len, acc); break;
       case Isa::portable: accumulate_planes_portable(bank, n, planes, t, ch.j0, ch.len, acc); break;
     }
-    switch (dtype) {
-      case Dtype::f32: scale_by_weight<Dtype::f32>(weight, ch.j0, ch.len, acc, out); break;
-      case Dtype::f16: scale_by_weight<Dtype::f16>(weight, ch.j0, ch.len, acc, out); break;
-      case Dtype::bf16: scale_by_weight<Dtype::bf16>(weight, ch.j0, ch.len, acc, out); break;
-    }
+    scale_by_weight(weight, dtype, ch.j0, ch.len, acc, out);
   }
 }
 

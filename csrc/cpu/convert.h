@@ -77,4 +77,38 @@ struct Element<Dtype::bf16> {
   static uint16_t store(float x) { return float_to_bf16(x); }
 };
 
+// Spans of a kernel's typed arrays, for the combine drivers (combine.cpp, combine_rows.cpp).
+template <Dtype D>
+inline void scale_by_weight(const void* weight, int64_t j0, int64_t len, const float* scale, void* out) {
+  using T = typename Element<D>::type;
+  const T* w = static_cast<const T*>(weight) + j0;
+  T* o = static_cast<T*>(out) + j0;
+  for (int64_t j = 0; j < len; ++j) o[j] = Element<D>::store(Element<D>::load(w[j]) * scale[j]);
+}
+
+// out[j0 + j] = weight[j0 + j] * scale[j] for j < len, in fp32, rounded to the storage type.
+inline void scale_by_weight(const void* weight, Dtype dtype, int64_t j0, int64_t len, const float* scale, void* out) {
+  switch (dtype) {
+    case Dtype::f32: return scale_by_weight<Dtype::f32>(weight, j0, len, scale, out);
+    case Dtype::f16: return scale_by_weight<Dtype::f16>(weight, j0, len, scale, out);
+    case Dtype::bf16: return scale_by_weight<Dtype::bf16>(weight, j0, len, scale, out);
+  }
+}
+
+template <Dtype D>
+inline void load_as_float(const void* src, int64_t j0, int64_t len, float* dst) {
+  using T = typename Element<D>::type;
+  const T* s = static_cast<const T*>(src) + j0;
+  for (int64_t j = 0; j < len; ++j) dst[j] = Element<D>::load(s[j]);
+}
+
+// dst[j] = src[j0 + j] as fp32 for j < len.
+inline void load_as_float(const void* src, Dtype dtype, int64_t j0, int64_t len, float* dst) {
+  switch (dtype) {
+    case Dtype::f32: return load_as_float<Dtype::f32>(src, j0, len, dst);
+    case Dtype::f16: return load_as_float<Dtype::f16>(src, j0, len, dst);
+    case Dtype::bf16: return load_as_float<Dtype::bf16>(src, j0, len, dst);
+  }
+}
+
 }  // namespace impresslearn::cpu
