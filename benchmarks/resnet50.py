@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import resource
@@ -217,6 +218,9 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="write the rows here too")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: "backend:K" in a subprocess
     args = p.parse_args()
+    # ResNet-50's last stage is size/32 per side; training-mode BatchNorm needs >1 value per channel.
+    if args.batch * math.ceil(args.size / 32) ** 2 < 2:
+        p.error("training BatchNorm needs more than one value per channel: --batch >= 2 or --size >= 33")
     if args.device is None:
         import torch
 
