@@ -162,9 +162,10 @@ def learner_task_bytes(learner, name: str) -> TaskBytes:
                       fingerprint=fingerprint_bytes(learner, name), num_columns=rec.coefficients.shape[1])  # fmt: skip
 
 
-def storage_report(learner) -> dict:
+def storage_report(learner, new_task_granularity="layer") -> dict:
     """Bytes of everything a learner stores (banks, coefficients, BN statistics, fingerprints) vs
-    SupSup for the same tasks.
+    SupSup for the same tasks; ``new_task_bytes`` is what one more new task would add, its
+    coefficients at ``new_task_granularity``.
 
     ``bank_bytes`` is the banks' size in memory (byte planes, random masks included);
     ``stored_bank_bytes`` what the checkpoint stores of them (random masks as their seeds,
@@ -196,6 +197,7 @@ def storage_report(learner) -> dict:
         # without a bank share; with a fingerprint like the stored ones' when the learner keeps them
         new_task_bytes=task_bytes("new", learner.num_masks, sizes, features,
                                   coefficient_dtype=learner.coefficient_dtype,
+                                  num_columns=learner.coefficient_width(new_task_granularity),
                                   fingerprint=max((fp.nbytes for fp in getattr(learner, "fingerprints", {}).values()),
                                                   default=0)).total,
         supsup_total_bytes=supsup * t,

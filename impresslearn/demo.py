@@ -61,6 +61,10 @@ def _fmt_bytes(n: float) -> str:
     return f"{n / 1024:.2f} KiB" if n >= 1024 else f"{n:.0f} B"
 
 
+
+def _granularity_words(granularity) -> str:
+    return {"layer": "layer", "channel": "channel"}.get(granularity, f"{granularity} channels")
+
 def main(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .learner import ImpressLearner
@@ -113,7 +117,8 @@ def main(args: argparse.Namespace) -> int:
     tests = [BatchLoader(sc.task(t).test, batch_size=500) for t in range(num_tasks)]
     names = [sc.task(t).name for t in range(num_tasks)]
     recipe = (f"preset {preset.name} ({preset.alpha.optimizer} lr {preset.alpha.lr:g}, {args.alpha_epochs} epochs, "
-              f"{preset.coefficient_dtype} coefficients)" if preset else f"no preset (adam lr {args.alpha_lr:g})")
+              f"{preset.coefficient_dtype} coefficients per {_granularity_words(preset.granularity)})"
+              if preset else f"no preset (adam lr {args.alpha_lr:g})")  # fmt: skip
     print(f"Permuted Fashion-MNIST, LeNet-300-100, density {args.density}: {args.basis_tasks} basis tasks, "
           f"{args.random_masks} random masks, {args.new_tasks} new tasks; "
           f"{len(sc.task(0).train)} train / {len(sc.task(0).test)} test images per task; new tasks: {recipe}")  # fmt: skip
@@ -127,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
         learner.add_random_masks(args.random_masks, seed=args.seed)
     start = time.perf_counter()
     for t in range(args.basis_tasks, num_tasks):
-        learner.learn_alpha(names[t], train(t), alpha_cfg)
+        learner.learn_alpha(names[t], train(t), alpha_cfg, granularity=preset.granularity if preset else "layer")
     timings["alpha tasks"] = time.perf_counter() - start
 
     # -- evaluation -------------------------------------------------------------------------
@@ -158,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
             f"| {name:<20} | {kind:<5} | {acc:>11.3f} | {wrong:>14.3f} | {gn:>13.1%} | "
             f"{_fmt_bytes(nbytes):>11} | {_fmt_bytes(supsup):>10} |"
         )
-    report = learner.storage_report()
+    report = learner.storage_report(new_task_granularity=preset.granularity if preset else "layer")
     print()
     print(f"task inference without labels (input fingerprints, over all {learner.num_tasks} tasks, batches of 128): "
           f"{gn_hits}/{gn_total} = {gn_hits / gn_total:.1%}")  # fmt: skip

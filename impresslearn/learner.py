@@ -396,9 +396,10 @@ class ImpressLearner:
         """What task ``name`` stores, in bytes, next to SupSup's one mask per task (see accounting)."""
         return accounting.learner_task_bytes(self, name)
 
-    def storage_report(self) -> dict:
-        """Bytes of everything stored (banks, coefficients, BN statistics) vs SupSup for the same tasks."""
-        return accounting.storage_report(self)
+    def storage_report(self, new_task_granularity="layer") -> dict:
+        """Bytes of everything stored (banks, coefficients, BN statistics) vs SupSup for the same tasks
+        (:func:`impresslearn.accounting.storage_report`)."""
+        return accounting.storage_report(self, new_task_granularity)
 
     # -- identity and checkpoints: impresslearn.learner_io ---------------------------------
     def backbone_spec(self) -> dict:

@@ -43,21 +43,38 @@ def test_the_preset_meets_the_byte_budget_and_builds_its_learner():
     assert frontier.task_bytes("supsup", 1, "fp32")["task"] == 33_275 >= 10 * 3_056
 
 
+def test_the_per_channel_preset_meets_the_byte_budget_and_learns_per_block():
+    preset = get_preset("random10-per4ch-fp16")
+    full = preset.make_learner(create_model("lenet300", num_classes=10, seed=0), seed=1)
+    full.register_task("t", torch.rand(10, full.coefficient_width(4)), granularity=4)
+    assert full.bytes_per_task("t").total <= 33_275 / 10  # 2,116 B: alpha[10, 103] in fp16 + the seed record
+    # what one more such task adds (the demo's summary line) counts its 103 columns, not one per layer
+    assert full.storage_report(new_task_granularity=4)["new_task_bytes"] == full.bytes_per_task("t").coefficients
+    assert full.storage_report()["new_task_bytes"] == 10 * 3 * 2
+    small = preset.make_learner(create_model("lenet300", num_classes=10, seed=0, hidden=[32, 16]), seed=1)
+    sc = create_scenario("synthetic", num_tasks=1, train_size=64, test_size=32, seed=0)
+    preset.learn_alpha(small, "new", BatchLoader(sc.task(0).train, batch_size=32), preset.alpha.replace(epochs=1))
+    assert small.tasks["new"].granularity == 4
+    assert small.tasks["new"].coefficients.shape == (10, small.coefficient_width(4))
+
+
 def test_unknown_presets_and_bad_fields_are_refused_by_name():
-    with pytest.raises(KeyError, match=r"no preset named 'fast'; known presets: \['random500-fp16'\]"):
+    with pytest.raises(KeyError, match=r"no preset named 'fast'; known presets: \['random10-per4ch-fp16', 'random500-fp16'\]"):
         get_preset("fast")
     with pytest.raises(ConfigError, match="coefficient_dtype"):
         Preset("p", 0.1, 10, "fp8", TrainConfig(), "")
     with pytest.raises(ConfigError, match="random_masks: must be >= 1"):
         Preset("p", 0.1, 0, "fp16", TrainConfig(), "")
-    assert set(PRESETS) == {"random500-fp16"}
+    with pytest.raises(ValueError, match="granularity"):
+        Preset("p", 0.1, 10, "fp16", TrainConfig(), "", granularity=0)
+    assert set(PRESETS) == {"random500-fp16", "random10-per4ch-fp16"}
 
 
 def test_the_demo_runs_with_the_preset_by_default(tmp_path, capsys):
     out = run_demo(tmp_path, capsys, "--basis-tasks", "1", "--new-tasks", "1",
                    "--train-subset", "300", "--test-subset", "128", "--mask-epochs", "1", "--alpha-epochs", "1")  # fmt: skip
     assert "1 basis tasks, 500 random masks, 1 new tasks" in out
-    assert "new tasks: preset random500-fp16 (rmsprop lr 0.0005, 1 epochs, fp16 coefficients)" in out
+    assert "new tasks: preset random500-fp16 (rmsprop lr 0.0005, 1 epochs, fp16 coefficients per layer)" in out
     # alpha[501, 3] in fp16 = 3,006 B (+ its task-inference fingerprint): a tenth of SupSup's mask at most
     new_task = re.search(r"a new task adds ([0-9.]+) KiB vs SupSup's 32.50 KiB", out)
     assert new_task and 10 * float(new_task.group(1)) <= 32.50
