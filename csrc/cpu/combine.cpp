@@ -22,7 +22,8 @@
 // unpacks by shifts and vpblendw (ALU pipes) and one plane per accumulator pass
 // measured slower in one-off probes (1.17x and 1.06x).
 // Work is split into fixed blocks of the weight axis; a block's fp32 accumulator
-// (8 KB) stays in L1 while the G planes stream past it, and every weight is
+// (kFwdBlock floats, 64 KB: in L2, see combine_kernels.h) stays in cache while the
+// G planes stream past it, and every weight is
 // computed by one thread in one fixed order: results do not depend on threads.
 //
 // Alpha gradient. grad_alpha[8g+b] = sum_j u_j bit_b(bank[g, j]) with u = grad * W.
