@@ -115,12 +115,9 @@ def _register_triton(_triton_combine):
         return _triton_combine.combine_masks_rows_alpha_grad(grad, weight, bank, num_masks, group_len)
 
     fwd, bwd = _combine_masks_triton, _combine_masks_alpha_grad_triton
-    torch.library.register_autograd(fwd, _make_backward(fwd, bwd), setup_context=_setup_context)
     rows_fwd, rows_bwd = _combine_masks_rows_triton, _combine_masks_rows_alpha_grad_triton
-    # the rows autograd is defined further down this module; this runs at first use, after import
-    torch.library.register_autograd(
-        rows_fwd, _make_rows_backward(rows_fwd, rows_bwd), setup_context=_rows_setup_context
-    )
+    for f, b in ((fwd, bwd), (rows_fwd, rows_bwd)):
+        torch.library.register_autograd(f, _make_backward(f, b), setup_context=_setup_context)
     return {"fwd": fwd, "bwd": bwd, "rows_fwd": rows_fwd, "rows_bwd": rows_bwd}
 
 
@@ -130,9 +127,14 @@ _triton = triton_ops("combine", _register_triton)
 # ----------------------------------------------------------------------------- autograd
 
 
+# One autograd for the per-layer ops (weight, bank, alpha) and the rows ops (the same plus
+# group_len): the non-tensor arguments after alpha are handed on to fwd and bwd unchanged.
+
+
 def _setup_context(ctx, inputs, output):
-    weight, bank, alpha = inputs
+    weight, bank, alpha, *extra = inputs
     ctx.save_for_backward(weight, bank, alpha)
+    ctx.extra = tuple(extra)
 
 
 def _make_backward(fwd, bwd):
@@ -141,10 +143,10 @@ def _make_backward(fwd, bwd):
         grad = grad.contiguous()
         grad_weight = grad_alpha = None
         if ctx.needs_input_grad[0]:
-            grad_weight = fwd(grad, bank, alpha)  # elementwise: grad * coeff
+            grad_weight = fwd(grad, bank, alpha, *ctx.extra)  # elementwise: grad * coeff
         if ctx.needs_input_grad[2]:
-            grad_alpha = bwd(grad, weight, bank, alpha.shape[0]).to(alpha.dtype)
-        return grad_weight, None, grad_alpha
+            grad_alpha = bwd(grad, weight, bank, alpha.shape[0], *ctx.extra).to(alpha.dtype)
+        return (grad_weight, None, grad_alpha) + (None,) * len(ctx.extra)
 
     return backward
 
@@ -280,30 +282,8 @@ if compiled_op("combine_masks_rows_cpp") is not None:
     _ROWS_BWD["cpp"] = torch.ops.impresslearn.combine_masks_rows_alpha_grad_cpp.default
 
 
-def _rows_setup_context(ctx, inputs, output):
-    weight, bank, alpha, group_len = inputs
-    ctx.save_for_backward(weight, bank, alpha)
-    ctx.group_len = group_len
-
-
-def _make_rows_backward(fwd, bwd):
-    def backward(ctx, grad):
-        weight, bank, alpha = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_weight = grad_alpha = None
-        if ctx.needs_input_grad[0]:
-            grad_weight = fwd(grad, bank, alpha, ctx.group_len)  # elementwise: grad * coeff
-        if ctx.needs_input_grad[2]:
-            grad_alpha = bwd(grad, weight, bank, alpha.shape[0], ctx.group_len).to(alpha.dtype)
-        return grad_weight, None, grad_alpha, None
-
-    return backward
-
-
 for _name, _fwd in _ROWS_FWD.items():
-    torch.library.register_autograd(
-        _fwd, _make_rows_backward(_fwd, _ROWS_BWD[_name]), setup_context=_rows_setup_context
-    )
+    torch.library.register_autograd(_fwd, _make_backward(_fwd, _ROWS_BWD[_name]), setup_context=_setup_context)
 
 if _triton is not None:  # registered (autograd included) at first use, with the per-layer Triton ops
     _ROWS_FWD["triton"] = _triton.impl("rows_fwd")
