@@ -146,6 +146,15 @@ def _check_flat(name: str, t: torch.Tensor, bank: torch.Tensor) -> None:
     _checks.check_bank(bank, n=t.shape[0])
 
 
+def _check_alpha_grad_args(grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int) -> tuple:
+    """The alpha-gradient launchers' checks (per layer and rows); returns the bank's (planes, n)."""
+    _check_flat("grad", grad, bank)
+    _check_flat("weight", weight, bank)
+    _checks.check_bank(bank, num_masks)
+    check_interpretable(grad=grad, weight=weight)
+    return bank.shape
+
+
 def coefficient_table(alpha: torch.Tensor, num_planes: int) -> torch.Tensor:
     """fp32[G, 256]: the partial sum of each plane's 8 coefficients for every byte value.
 
@@ -179,11 +188,7 @@ def combine_masks_alpha_grad(
     grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int
 ) -> torch.Tensor:
     """fp32[K]: grad_alpha[k] = sum_j grad_j weight_j bit_k(j)."""
-    _check_flat("grad", grad, bank)
-    _check_flat("weight", weight, bank)
-    _checks.check_bank(bank, num_masks)
-    check_interpretable(grad=grad, weight=weight)
-    planes, n = bank.shape
+    planes, n = _check_alpha_grad_args(grad, weight, bank, num_masks)
     if n == 0:
         return torch.zeros((num_masks,), dtype=torch.float32, device=weight.device)
     programs = triton.cdiv(n, _BWD_BLOCK)
@@ -269,11 +274,7 @@ def combine_masks_rows_alpha_grad(
     grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int, group_len: int
 ) -> torch.Tensor:
     """fp32[K, R]: grad_alpha[k, r] = sum over group r of grad_j weight_j bit_k(j)."""
-    _check_flat("grad", grad, bank)
-    _check_flat("weight", weight, bank)
-    _checks.check_bank(bank, num_masks)
-    check_interpretable(grad=grad, weight=weight)
-    planes, n = bank.shape
+    planes, n = _check_alpha_grad_args(grad, weight, bank, num_masks)
     groups = _rows_groups(n, group_len)
     if n == 0:
         return torch.zeros((num_masks, groups), dtype=torch.float32, device=weight.device)
