@@ -54,7 +54,7 @@ from safetensors.torch import load_file, save_file
 
 from impresslearn import ImpressLearner, accounting
 from impresslearn.banks import COEFFICIENT_DTYPES, round_coefficients, stored_bank_bytes
-from impresslearn.config import ConfigError, TrainConfig, check_integer, check_real
+from impresslearn.config import ConfigError, TrainConfig, check_integer, check_known_keys, check_real
 from impresslearn.models import create_model
 from impresslearn.scenarios import BatchLoader, create_scenario
 from impresslearn.validation import (ALPHA_CANDIDATES, MASK_CANDIDATES, VALIDATION_IMAGES, candidate_name, choose,
@@ -183,10 +183,7 @@ class FrontierConfig:
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: must be a mapping of fields, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_known_keys(data, {f.name for f in dataclasses.fields(cls)}, str(path))
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**data)

@@ -48,6 +48,14 @@ def check_integer(value: Any, key: str, *, minimum: int | None = None, maximum: 
     return value
 
 
+def check_known_keys(data: Mapping[str, Any], known: set[str], where: str = "") -> None:
+    """ConfigError naming the keys of ``data`` outside ``known`` (``where``: prefix, e.g. a section)."""
+    unknown = sorted(set(map(str, data)) - known)
+    if unknown:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}unknown key(s) {unknown}; known keys: {sorted(known)}")
+
+
 def check_real(value: Any, key: str, *, minimum: float | None = None, maximum: float | None = None,
                exclusive_minimum: bool = False, exclusive_maximum: bool = False) -> float:
     """``value`` as a finite ``float`` within bounds (not a bool); else ConfigError."""
@@ -113,9 +121,7 @@ class TrainConfig:
         """Build from a plain mapping (a YAML section); unknown keys are refused by name."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"must be a mapping of {sorted(cls.field_names())}, got {data!r}")
-        unknown = sorted(set(map(str, data)) - cls.field_names())
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown}; known keys: {sorted(cls.field_names())}")
+        check_known_keys(data, cls.field_names())
         return cls(**data)
 
     @classmethod
@@ -142,4 +148,4 @@ class TrainConfig:
         return torch.optim.RMSprop(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
 
-__all__ = ["ConfigError", "OPTIMIZERS", "TrainConfig", "check_integer", "check_real"]
+__all__ = ["ConfigError", "OPTIMIZERS", "TrainConfig", "check_integer", "check_known_keys", "check_real"]

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import yaml
 
 from .._integers import is_count
-from ..config import ConfigError, TrainConfig, check_integer, check_real
+from ..config import ConfigError, TrainConfig, check_integer, check_known_keys, check_real
 from ..validation import candidate_name
 
 BASIS_KINDS = ("heterogeneous", "homogeneous", "random", "mixture")
@@ -387,10 +387,7 @@ _TOP_LEVEL = {f.name for f in dataclasses.fields(ExperimentConfig)} | {"quick"}
 def _build(cls: type, data: Any, key: str):
     if not isinstance(data, Mapping):
         raise ConfigError(f"{key}: must be a mapping, got {data!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{key}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    check_known_keys(data, {f.name for f in dataclasses.fields(cls)}, key)
     try:
         return cls(**data)
     except ConfigError as exc:
