@@ -104,4 +104,4 @@ def test_combine_cpp_autograd_runs_in_cpp_and_matches_the_reference():
         results.append((weight.grad, alpha.grad))
     (w_cpp, a_cpp), (w_ref, a_ref) = results
     torch.testing.assert_close(w_cpp, w_ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(a_cpp, a_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a_cpp, a_ref, rtol=1e-5, atol=1e-5)  # measured: 1.7e-5 off at |a| = 68
