@@ -155,19 +155,20 @@ def check_bank(bank: torch.Tensor, num_masks: int | None = None, n: int | None =
         raise ValueError(f"bank covers {bank.shape[1]} weights but the weight has {n} elements")
 
 
-def check_alpha(alpha: torch.Tensor, bank: torch.Tensor) -> int:
-    """Coefficients alpha[K] of one layer against its bank, on metadata only; returns K.
+def check_alpha(alpha: torch.Tensor, bank: torch.Tensor, *, ndim: int = 1) -> int:
+    """Coefficients alpha[K] of one layer (``ndim=2``: alpha[K, R], one column per block of
+    channels) against its bank, on metadata only; returns K.
 
     A bank of G planes holds between 8(G-1)+1 and 8G masks, so alpha of K
     coefficients matches it exactly when ceil(K/8) == G.
     """
-    check_tensor("alpha", alpha, dtypes=FLOAT_DTYPES, ndim=1)
+    check_tensor("alpha", alpha, dtypes=FLOAT_DTYPES, ndim=ndim)
     k = alpha.shape[0]
     if k < 1:
         raise ValueError("alpha must have at least one coefficient")
     if num_planes(k) != bank.shape[0]:
         raise ValueError(
-            f"bank and alpha disagree on K: alpha has {k} coefficients (ceil(K/8) = "
+            f"bank and alpha disagree on K: alpha has {k} {'coefficients' if ndim == 1 else 'rows'} (ceil(K/8) = "
             f"{num_planes(k)} planes) but the bank has {bank.shape[0]} byte planes"
         )
     return k

@@ -303,13 +303,7 @@ def _check_rows(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, b
         raise ValueError(f"weight must have at least one element, got shape {tuple(weight.shape)}")
     block = _checks.check_int("block", block, minimum=1)
     _checks.check_bank(bank, n=weight.numel())
-    _checks.check_tensor("alpha", alpha, dtypes=_checks.FLOAT_DTYPES, ndim=2)
-    k = alpha.shape[0]
-    if k < 1 or _checks.num_planes(k) != bank.shape[0]:
-        raise ValueError(
-            f"bank and alpha disagree on K: alpha has {k} rows (ceil(K/8) = {_checks.num_planes(k)} planes) "
-            f"but the bank has {bank.shape[0]} byte planes"
-        )
+    _checks.check_alpha(alpha, bank, ndim=2)
     channels, _, columns = _rows_layout(weight, block)
     if alpha.shape[1] != columns:
         raise ValueError(
