@@ -671,8 +671,15 @@ def bind_coefficients(
     _check_coefficients("alpha", alpha, 2)
     block = channels_per_column(granularity)
     if block is not None:
-        _bind_coefficient_blocks(layers, alpha, block, granularity, last_layer_extra is not None or skip_last)
-        return
+        sources = _block_sources(layers, alpha, block, granularity, last_layer_extra is not None or skip_last)
+    else:
+        sources = _layer_sources(layers, alpha, last_layer_extra, skip_last)
+    for layer, source in sources:  # every source was built (and so validated) first: a failure leaves
+        layer.source = source  # the old binding intact
+
+
+def _layer_sources(layers, alpha: torch.Tensor, last_layer_extra: torch.Tensor | None, skip_last: bool) -> list:
+    """(layer, source) for each layer bound at granularity 'layer' (:func:`bind_coefficients`)."""
     d = len(layers)
     last_elsewhere = skip_last or last_layer_extra is not None
     if skip_last and last_layer_extra is not None:
@@ -685,18 +692,18 @@ def bind_coefficients(
         )
     if last_layer_extra is not None:
         _check_coefficients("last_layer_extra", last_layer_extra, 1)
-    sources = []  # build (and so validate) every source first: a failure leaves the old binding intact
+    sources = []
     for i, layer in enumerate(layers):
         if i == d - 1 and last_elsewhere:
             if last_layer_extra is not None:
                 sources.append((layer, layer._coefficient_source(None, last_layer_extra)))
         else:
             sources.append((layer, layer._coefficient_source(alpha[:, i])))
-    for layer, source in sources:
-        layer.source = source
+    return sources
 
 
-def _bind_coefficient_blocks(layers, alpha: torch.Tensor, block: int, granularity, hybrid: bool) -> None:
+def _block_sources(layers, alpha: torch.Tensor, block: int, granularity, hybrid: bool) -> list:
+    """(layer, source) for each layer bound with one column per block of output channels."""
     if hybrid:
         raise ValueError(f"granularity {granularity!r}: a hybrid task (last_layer_extra, skip_last) has per-layer "
                          "coefficients only; use granularity='layer'")  # fmt: skip
@@ -710,8 +717,7 @@ def _bind_coefficient_blocks(layers, alpha: torch.Tensor, block: int, granularit
     for layer, count in zip(layers, columns):
         sources.append((layer, layer._coefficient_source(alpha[:, start : start + count], block=block)))
         start += count
-    for layer, source in sources:
-        layer.source = source
+    return sources
 
 
 def one_hot_coefficients(model: nn.Module, index: int) -> torch.Tensor:
