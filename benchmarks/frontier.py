@@ -455,7 +455,7 @@ def summarise(rows: list[dict], group_keys=("method", "K", "density", "trained")
     table = []
     for values in groups:
         group = dict(zip(group_keys, values))
-        mine = [r for r in rows if all(r.get(key) == value for key, value in group.items())]
+        mine = matching(rows, **group)
         first = min(r["seed"] for r in mine)
         best = max((r for r in mine if r["seed"] == first), key=lambda r: r["validation"]["fp32"])["candidate"]
         runs = [r for r in mine if r["candidate"] == best]

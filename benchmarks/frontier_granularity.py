@@ -86,7 +86,7 @@ def report(ks, dtypes, out: Path = OUT, layer_rows: Path = LAYER_ROWS) -> list[d
                               else (0 if e["granularity"] == "layer" else 2, 0)))  # fmt: skip
     supsup_rows = [r for r in frontier.load_rows(layer_rows) if r["method"] == "supsup" and r["density"] == DENSITY]
     (supsup,) = frontier.summarise(supsup_rows)
-    sizes, features = accounting.model_sizes(create_model("lenet300", seed=0))
+    sizes, features = frontier.lenet_sizes()
     supsup_bytes = accounting.supsup_bytes_per_task(sizes, features)
     print("| granularity | K | coefficients | bytes per task | x fewer than SupSup | lr (chosen on validation) "
           "| test accuracy % (mean +- sd) | vs SupSup (points) | seeds |")
