@@ -119,6 +119,13 @@ class TaskFingerprint:
         """Bytes it adds to a stored task: the two fp16 vectors and the fp32 entropy."""
         return self.mean.numel() * self.mean.element_size() + self.var.numel() * self.var.element_size() + 4
 
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        """Its tensors as a checkpoint stores them (and ``state_sha256`` hashes them): fp16 ``mean``
+        and ``var`` on the CPU, the fp32 ``entropy`` as a ``[1]`` tensor."""
+        return dict(mean=self.mean.detach().to("cpu", torch.float16).contiguous(),
+                    var=self.var.detach().to("cpu", torch.float16).contiguous(),
+                    entropy=torch.tensor([self.entropy], dtype=torch.float32))  # fmt: skip
+
     def same_sketch(self, other: "TaskFingerprint") -> bool:
         return (self.input_size, self.sketch_dim, self.seed) == (other.input_size, other.sketch_dim, other.seed)
 

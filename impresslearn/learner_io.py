@@ -57,9 +57,8 @@ def learner_tensors_and_metadata(learner) -> tuple[dict, dict]:
         fp = learner.fingerprints.get(name)
         if fp is None:
             continue
-        tensors[f"fingerprints.{j}.mean"] = fp.mean.detach().to("cpu", torch.float16).contiguous()
-        tensors[f"fingerprints.{j}.var"] = fp.var.detach().to("cpu", torch.float16).contiguous()
-        tensors[f"fingerprints.{j}.entropy"] = torch.tensor([fp.entropy], dtype=torch.float32)
+        for part, t in fp.stored_tensors().items():
+            tensors[f"fingerprints.{j}.{part}"] = t
         sketch = dict(input_size=fp.input_size, sketch_dim=fp.sketch_dim, seed=fp.seed)
     for b, bn in enumerate(learner.bns):
         tensors[f"bns.{b}.running_mean"] = bn.running_mean.detach().cpu().contiguous()

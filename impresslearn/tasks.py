@@ -197,8 +197,8 @@ def state_sha256(layers, tasks: Mapping[str, TaskRecord], bns, fingerprints: Map
     for name in [n for n in tasks if n in (fingerprints or {})]:  # none: hashes as before fingerprints
         fp = fingerprints[name]
         h.update(f"fingerprint {name} {fp.input_size} {fp.sketch_dim} {fp.seed}".encode())
-        for t in (fp.mean.half(), fp.var.half(), torch.tensor([fp.entropy], dtype=torch.float32)):  # as saved
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for t in fp.stored_tensors().values():  # as saved: mean, var, entropy
+            h.update(t.numpy().tobytes())
     return h.hexdigest()
 
 
