@@ -61,9 +61,9 @@ def _fmt_bytes(n: float) -> str:
     return f"{n / 1024:.2f} KiB" if n >= 1024 else f"{n:.0f} B"
 
 
-
 def _granularity_words(granularity) -> str:
     return {"layer": "layer", "channel": "channel"}.get(granularity, f"{granularity} channels")
+
 
 def main(args: argparse.Namespace) -> int:
     from .config import TrainConfig
@@ -105,6 +105,7 @@ def main(args: argparse.Namespace) -> int:
     learner = ImpressLearner(model, density=args.density, backend=args.backend, progress=not args.no_progress,
                              coefficient_dtype=preset.coefficient_dtype if preset else "fp32")  # fmt: skip
     mask_cfg = TrainConfig(epochs=args.mask_epochs, lr=args.mask_lr, optimizer="adam", momentum=0.9, seed=args.seed)
+    granularity = preset.granularity if preset else "layer"  # of the new tasks' coefficients
     if preset is not None:
         alpha_cfg = preset.alpha.replace(epochs=args.alpha_epochs, lam=args.lam, seed=args.seed)
     else:
@@ -117,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
     tests = [BatchLoader(sc.task(t).test, batch_size=500) for t in range(num_tasks)]
     names = [sc.task(t).name for t in range(num_tasks)]
     recipe = (f"preset {preset.name} ({preset.alpha.optimizer} lr {preset.alpha.lr:g}, {args.alpha_epochs} epochs, "
-              f"{preset.coefficient_dtype} coefficients per {_granularity_words(preset.granularity)})"
+              f"{preset.coefficient_dtype} coefficients per {_granularity_words(granularity)})"
               if preset else f"no preset (adam lr {args.alpha_lr:g})")  # fmt: skip
     print(f"Permuted Fashion-MNIST, LeNet-300-100, density {args.density}: {args.basis_tasks} basis tasks, "
           f"{args.random_masks} random masks, {args.new_tasks} new tasks; "
@@ -132,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
         learner.add_random_masks(args.random_masks, seed=args.seed)
     start = time.perf_counter()
     for t in range(args.basis_tasks, num_tasks):
-        learner.learn_alpha(names[t], train(t), alpha_cfg, granularity=preset.granularity if preset else "layer")
+        learner.learn_alpha(names[t], train(t), alpha_cfg, granularity=granularity)
     timings["alpha tasks"] = time.perf_counter() - start
 
     # -- evaluation -------------------------------------------------------------------------
@@ -163,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
             f"| {name:<20} | {kind:<5} | {acc:>11.3f} | {wrong:>14.3f} | {gn:>13.1%} | "
             f"{_fmt_bytes(nbytes):>11} | {_fmt_bytes(supsup):>10} |"
         )
-    report = learner.storage_report(new_task_granularity=preset.granularity if preset else "layer")
+    report = learner.storage_report(new_task_granularity=granularity)
     print()
     print(f"task inference without labels (input fingerprints, over all {learner.num_tasks} tasks, batches of 128): "
           f"{gn_hits}/{gn_total} = {gn_hits / gn_total:.1%}")  # fmt: skip
