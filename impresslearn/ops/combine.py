@@ -195,17 +195,25 @@ def combine_masks(
     return out.view_as(weight)
 
 
-def combine_masks_alpha_grad(
-    grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int, *, backend: str | None = None
-) -> torch.Tensor:
-    """``grad_alpha[k] = sum_j grad_j * weight_j * mask_k[j]`` as fp32 ``[K]`` (float64 on the reference)."""
+def _check_alpha_grad(
+    grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int, *, min_ndim: int | None = None
+) -> int:
+    """Checks an alpha-grad op's inputs (per layer, or rows with ``min_ndim=1``); returns ``num_masks`` as an int."""
     _checks.check_tensor("grad", grad, dtypes=_checks.FLOAT_DTYPES)
-    _checks.check_tensor("weight", weight, dtypes=_checks.FLOAT_DTYPES)
+    _checks.check_tensor("weight", weight, dtypes=_checks.FLOAT_DTYPES, min_ndim=min_ndim)
     if grad.shape != weight.shape:
         raise ValueError(f"grad has shape {tuple(grad.shape)} but weight has {tuple(weight.shape)}")
     num_masks = _checks.check_int("num_masks", num_masks, minimum=1)
     _checks.check_bank(bank, num_masks, n=weight.numel())
     _checks.check_same_device(grad=grad, weight=weight, bank=bank)
+    return num_masks
+
+
+def combine_masks_alpha_grad(
+    grad: torch.Tensor, weight: torch.Tensor, bank: torch.Tensor, num_masks: int, *, backend: str | None = None
+) -> torch.Tensor:
+    """``grad_alpha[k] = sum_j grad_j * weight_j * mask_k[j]`` as fp32 ``[K]`` (float64 on the reference)."""
+    num_masks = _check_alpha_grad(grad, weight, bank, num_masks)
     dtype = torch.float64 if torch.float64 in (weight.dtype, grad.dtype) else weight.dtype
     impl = _backends.dispatch("combine_masks_alpha_grad", weight.device, backend, dtype)
     return impl(grad.reshape(-1), weight.reshape(-1), bank, num_masks)
@@ -343,14 +351,8 @@ def combine_masks_rows_alpha_grad(
     backend: str | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """``grad_alpha[k, r] = sum over the weights j of channel block r: grad_j weight_j mask_k[j]``, fp32 ``[K, R]``."""
-    _checks.check_tensor("grad", grad, dtypes=_checks.FLOAT_DTYPES)
-    _checks.check_tensor("weight", weight, dtypes=_checks.FLOAT_DTYPES, min_ndim=1)
-    if grad.shape != weight.shape:
-        raise ValueError(f"grad has shape {tuple(grad.shape)} but weight has {tuple(weight.shape)}")
-    num_masks = _checks.check_int("num_masks", num_masks, minimum=1)
+    num_masks = _check_alpha_grad(grad, weight, bank, num_masks, min_ndim=1)
     block = _checks.check_int("block", block, minimum=1)
-    _checks.check_bank(bank, num_masks, n=weight.numel())
-    _checks.check_same_device(grad=grad, weight=weight, bank=bank)
     dtype = torch.float64 if torch.float64 in (weight.dtype, grad.dtype) else weight.dtype
     name = _backends.select("combine_masks_rows_alpha_grad", weight.device, backend, dtype)
     if name == "reference":
