@@ -378,7 +378,7 @@ def _supsup_on_validation(run, ctx: RunContext) -> dict:
         val_accs.append(accs)
     choice = choose_on_validation(p["mask_train"], candidates, val_accs, provenance)
     chosen = learners[choice["chosen"]]
-    accs = [_accuracy(lr.evaluate(f"mask/{t}", ctx.new_task_loaders(p, t, 128, seed=run.seed)[2]))
+    accs = [_accuracy(lr.evaluate(f"mask/{t}", ctx.loaders(p, t, 128, seed=run.seed)[2]))
             for lr, t in zip(chosen, p["new_tasks"])]  # fmt: skip
     sizes, features = model_sizes(chosen[0].model)
     return {
