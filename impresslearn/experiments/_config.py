@@ -233,8 +233,7 @@ def _candidates(value: Any, key: str, base: TrainConfig) -> tuple:
         where = f"{key}[{i}]"
         _require(isinstance(candidate, Mapping) and len(candidate) > 0, where,
                  f"must be a non-empty mapping of training keys (e.g. {{optimizer: adam, lr: 0.01}}), got {candidate!r}")
-        unknown = sorted(set(map(str, candidate)) - TrainConfig.field_names())
-        _require(not unknown, where, f"unknown key(s) {unknown}; known keys: {sorted(TrainConfig.field_names())}")
+        check_known_keys(candidate, TrainConfig.field_names(), where)
         try:
             base.replace(**candidate)
         except ConfigError as exc:
