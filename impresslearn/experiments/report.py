@@ -7,6 +7,7 @@ Plots are (re)drawn and copied next to the markdown (``--assets``) and linked re
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -156,9 +157,7 @@ def frontier_table(points: list[dict]) -> str:
         nbytes = statistics.fmean(p["bytes"])
         acc = statistics.fmean(p["accuracies"])
         sd = f" ± {statistics.stdev(p['accuracies']):.1f}" if len(p["accuracies"]) > 1 else ""
-        chosen: dict[str, int] = {}
-        for c in p["chosen"]:
-            chosen[_override_label(c)] = chosen.get(_override_label(c), 0) + 1
+        chosen = collections.Counter(_override_label(c) for c in p["chosen"])
         owned = p.get("basis_owned_bank_bytes")
         rows.append([
             "SupSup" if p["basis_kind"] == "supsup" else p["label"], p["count"] if p["count"] else "-", p["dtype"],
