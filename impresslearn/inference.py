@@ -655,7 +655,7 @@ def _refuse_finer_coefficients(learner, names: Sequence[str], method: str) -> No
     per block) would be read wrongly, so it is refused by name rather than scored."""
     if method == "fingerprint":
         return
-    finer = [n for n in names if getattr(learner.tasks[n], "granularity", "layer") != "layer"]
+    finer = [n for n in names if learner.tasks[n].granularity != "layer"]
     if finer:
         raise ValueError(
             f"task inference by {method!r} combines one coefficient column per layer, but task(s) {finer[:5]} have "
