@@ -5,6 +5,8 @@
 
 #include <torch/extension.h>
 
+#include <utility>
+
 #ifdef WITH_CPU
 #include "cpu/bank.h"
 #include "cpu/combine.h"
@@ -65,15 +67,24 @@ at::Tensor combine_masks_cpp(const at::Tensor& weight, const at::Tensor& bank, c
   return out;
 }
 
+// grad and weight flat of one length, the bank covering them with ceil(num_masks / 8)
+// planes: the memory-safety checks of both alpha-gradient ops (per layer and rows).
+// Returns the element types of grad and weight.
+std::pair<cpu::Dtype, cpu::Dtype> check_alpha_grad_args(const at::Tensor& grad, const at::Tensor& weight,
+                                                         const at::Tensor& bank, int64_t num_masks, const char* op) {
+  TORCH_CHECK(is_flat_cpu(grad) && is_flat_cpu(weight) && grad.size(0) == weight.size(0), "impresslearn: ", op,
+              " takes contiguous 1-D CPU grad and weight of one length");
+  const cpu::Dtype grad_dtype = element_type(grad, op), weight_dtype = element_type(weight, op);
+  TORCH_CHECK(is_bank_for(bank, weight.size(0)), "impresslearn: ", op,
+              " takes a contiguous CPU uint8[G, n] bank covering the weight");
+  expect(num_masks >= 1 && (num_masks + 7) / 8 == bank.size(0), "num_masks does not match the bank's planes");
+  return {grad_dtype, weight_dtype};
+}
+
 at::Tensor combine_masks_alpha_grad_cpp(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& bank,
                                         int64_t num_masks) {
-  expect(is_flat_cpu(grad) && is_flat_cpu(weight) && grad.size(0) == weight.size(0),
-         "combine_masks_alpha_grad_cpp takes contiguous 1-D CPU grad and weight of one length");
-  const cpu::Dtype grad_dtype = element_type(grad, "combine_masks_alpha_grad_cpp");
-  const cpu::Dtype weight_dtype = element_type(weight, "combine_masks_alpha_grad_cpp");
+  const auto [grad_dtype, weight_dtype] = check_alpha_grad_args(grad, weight, bank, num_masks, "combine_masks_alpha_grad_cpp");
   const int64_t n = weight.size(0);
-  expect(is_bank_for(bank, n), "combine_masks_alpha_grad_cpp takes a contiguous CPU uint8[G, n] bank covering the weight");
-  expect(num_masks >= 1 && (num_masks + 7) / 8 == bank.size(0), "num_masks does not match the bank's planes");
   auto out = at::empty({num_masks}, weight.options().dtype(at::kFloat));
   cpu::combine_masks_alpha_grad(grad.data_ptr(), grad_dtype, weight.data_ptr(), weight_dtype, bank.data_ptr<uint8_t>(),
                                 num_masks, n, out.data_ptr<float>(), threads(), kernel_isa());
@@ -147,13 +158,8 @@ at::Tensor combine_masks_rows_cpp(const at::Tensor& weight, const at::Tensor& ba
 
 at::Tensor combine_masks_rows_alpha_grad_cpp(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& bank,
                                              int64_t num_masks, int64_t group_len) {
-  expect(is_flat_cpu(grad) && is_flat_cpu(weight) && grad.size(0) == weight.size(0),
-         "combine_masks_rows_alpha_grad_cpp takes contiguous 1-D CPU grad and weight of one length");
-  const cpu::Dtype grad_dtype = element_type(grad, "combine_masks_rows_alpha_grad_cpp");
-  const cpu::Dtype weight_dtype = element_type(weight, "combine_masks_rows_alpha_grad_cpp");
+  const auto [grad_dtype, weight_dtype] = check_alpha_grad_args(grad, weight, bank, num_masks, "combine_masks_rows_alpha_grad_cpp");
   const int64_t n = weight.size(0);
-  expect(is_bank_for(bank, n), "combine_masks_rows_alpha_grad_cpp takes a contiguous CPU uint8[G, n] bank covering the weight");
-  expect(num_masks >= 1 && (num_masks + 7) / 8 == bank.size(0), "num_masks does not match the bank's planes");
   expect(group_len >= 1, "combine_masks_rows_alpha_grad_cpp needs group_len >= 1");
   auto out = at::empty({num_masks, cpu::num_groups(n, group_len)}, weight.options().dtype(at::kFloat));
   cpu::combine_masks_rows_alpha_grad(grad.data_ptr(), grad_dtype, weight.data_ptr(), weight_dtype,
