@@ -21,7 +21,9 @@ At ``density`` only (the paper's three kinds of bank, and their mixture):
 
 Rotated: per spacing ``d`` (degrees), K basis masks trained on tasks at ``0, d, ..., (K-1) d``
 (heterogeneous impressions) and, for seed ``s``, a new task at ``(s + 0.5) d``, half-way between
-two basis tasks, against SupSup's dedicated mask on that new task.
+two basis tasks, against SupSup's dedicated mask on that new task; on the same new tasks, alpha
+over random banks (``random_ks``; ``finer``: at a finer coefficient granularity) and over mixed
+banks (the first T basis masks plus K - T random ones).
 
 Every task's training set is cut by :func:`impresslearn.validation.validation_split`: the last
 10,000 images validate, the first ``train_images`` train. The learning rate is chosen on
@@ -57,6 +59,7 @@ from impresslearn.banks import COEFFICIENT_DTYPES, round_coefficients, stored_ba
 from impresslearn.config import ConfigError, TrainConfig, check_integer, check_known_keys, check_real
 from impresslearn.models import create_model
 from impresslearn.scenarios import BatchLoader, create_scenario
+from impresslearn.tasks import check_granularity
 from impresslearn.validation import (ALPHA_CANDIDATES, MASK_CANDIDATES, VALIDATION_IMAGES, candidate_name, choose,
                                      validation_split)  # fmt: skip
 
@@ -65,7 +68,7 @@ MASK_CACHE = ROOT / "runs" / "frontier_masks"
 BASIS_FIRST_TASK = 10  # Permuted: trained banks use tasks 10, 11, ...; new tasks are 1 + seed < 10
 METHODS = {
     "permuted": ("supsup", "random", "heterogeneous", "homogeneous", "mixed"),
-    "rotated": ("supsup", "heterogeneous"),
+    "rotated": ("supsup", "heterogeneous", "random", "mixed"),
 }
 BANK_LABELS = {
     "supsup": "SupSup (one mask per task)",
@@ -97,9 +100,12 @@ class FrontierConfig:
 
     ``densities``: SupSup and random banks at each; ``density``: the trained (heterogeneous,
     homogeneous, mixed) banks and Rotated. ``random_ks`` maps a density to its random-bank sizes
-    (``default`` for densities not listed). ``trained_ks``: heterogeneous and homogeneous bank
-    sizes (Rotated: heterogeneous). ``mixed``: ``[trained, K]`` pairs. ``spacings``: Rotated only.
-    ``only``: the methods to run (all of the scenario's by default).
+    (``default`` for densities not listed; Rotated: the one at ``density``). ``trained_ks``:
+    heterogeneous and homogeneous bank sizes (Rotated: heterogeneous). ``mixed``: ``[trained, K]``
+    pairs. ``spacings``: Rotated only. ``finer`` (Rotated only; Permuted has
+    ``benchmarks/frontier_granularity.py``): ``[K, granularity]`` pairs, random banks of K masks
+    with alpha per ``"channel"`` or per block of that many output channels. ``only``: the methods
+    to run (all of the scenario's by default).
     """
 
     scenario: str = "permuted"
@@ -113,6 +119,7 @@ class FrontierConfig:
     trained_ks: tuple[int, ...] = ()
     mixed: tuple[tuple[int, int], ...] = ()
     spacings: tuple[float, ...] = ()
+    finer: tuple[tuple[int, str | int], ...] = ()
     only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -152,6 +159,23 @@ class FrontierConfig:
             k = check_integer(pair[1], f"mixed[{i}][1] (K)", minimum=trained + 1)
             pairs.append((trained, k))
         put("mixed", tuple(pairs))
+        if not isinstance(self.finer, (list, tuple)):
+            raise ConfigError(f"finer: must be a list of [K, granularity] pairs, got {self.finer!r}")
+        finer = []
+        for i, pair in enumerate(self.finer):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ConfigError(f"finer[{i}]: must be [K, granularity], got {pair!r}")
+            k = check_integer(pair[0], f"finer[{i}][0] (K)", minimum=1)
+            try:
+                granularity = check_granularity(pair[1])
+            except ValueError as exc:
+                raise ConfigError(f"finer[{i}][1]: {exc}") from None
+            if granularity == "layer":
+                raise ConfigError(f"finer[{i}][1]: per-layer random banks are random_ks; give 'channel' or a block")
+            finer.append((k, granularity))
+        put("finer", tuple(finer))
+        if self.finer and self.scenario != "rotated":
+            raise ConfigError("finer: Rotated only (Permuted: benchmarks/frontier_granularity.py)")
         put("spacings", _reals(self.spacings, "spacings", minimum=0, maximum=360, exclusive_minimum=True,
                                exclusive_maximum=True) if self.spacings else ())  # fmt: skip
         if self.scenario == "rotated":
@@ -376,8 +400,10 @@ def rotated_angles(spacing: float, k: int, seeds) -> tuple[list[float], dict[int
 def run_rotated(config: FrontierConfig, choices_from: str | None = None) -> None:
     """Per spacing, K basis masks trained with edge-popup on tasks at ``0, spacing, ...``
     (heterogeneous impressions), alpha over the first K of them on new tasks half-way between
-    two basis angles, against SupSup's dedicated mask on the same new tasks. The basis masks are
-    trained with the candidate SupSup chose on validation at that spacing."""
+    two basis angles, against SupSup's dedicated mask on the same new tasks; then, on the same new
+    tasks, random banks of K masks drawn from seed ``s`` (per layer, and ``finer``) and mixed
+    banks (the first T basis masks and K - T random ones). The basis masks are trained with the
+    candidate SupSup chose on validation at that spacing."""
     out = ROOT / config.out
     density = config.density
     settings = dict(scenario="rotated_fmnist", train_images=config.train_images, validation_images=VALIDATION_IMAGES,
@@ -385,8 +411,9 @@ def run_rotated(config: FrontierConfig, choices_from: str | None = None) -> None
     rows = load_rows(out)
     record = recorder(out, rows, settings)
     earlier = load_rows(Path(choices_from)) if choices_from else None
+    basis_tasks = max(config.trained_ks + tuple(t for t, _ in config.mixed))
     for spacing in config.spacings:
-        basis, new = rotated_angles(spacing, max(config.trained_ks), config.seeds)
+        basis, new = rotated_angles(spacing, basis_tasks, config.seeds)
         angles = basis + [new[seed] for seed in config.seeds]
         sc = create_scenario("rotated_fmnist", num_tasks=len(angles), angles=angles, seed=0)
         new_task = {seed: len(basis) + i for i, seed in enumerate(config.seeds)}
@@ -398,22 +425,46 @@ def run_rotated(config: FrontierConfig, choices_from: str | None = None) -> None
         if config.runs("supsup"):
             for seed, cfg in plan_runs(rows, config.seeds, earlier=earlier, candidates=MASK_CANDIDATES, **group):
                 record(supsup_row(loaders(new_task[seed], seed), cfg, seed, angle=new[seed], **group))
-        if not config.runs("heterogeneous"):
-            continue
-        for k in sorted(config.trained_ks):
-            kgroup = dict(method="heterogeneous", K=k, spacing=spacing, density=density)
+
+        def basis_learner(k: int) -> ImpressLearner:
+            """A learner whose bank holds the masks of the first k basis tasks (trained once, cached)."""
+            mask_cfg = chosen(rows, MASK_CANDIDATES, **group)
+            if mask_cfg is None:
+                raise SystemExit(f"no SupSup choice at spacing {spacing:g} yet: run 'supsup' first")
+            masks = []
+            for t, angle in enumerate(basis[:k]):
+                key = (f"rotated-{angle:g}deg-s{density:g}-{candidate_name(mask_cfg).replace(' ', '_')}-seed{t}"
+                       f"-n{config.train_images}")  # fmt: skip
+                masks.append(train_mask(key, density, lambda: loaders(t, 0)[0], mask_cfg.replace(seed=t)))
+            learner = new_learner(density)
+            learner.add_masks([torch.stack([m[i] for m in masks]) for i in range(learner.num_layers)])
+            return learner
+
+        def random_learner(k: int, seed: int) -> ImpressLearner:
+            learner = new_learner(density)
+            learner.add_random_masks(k, seed=seed)
+            return learner
+
+        # (group, bank of a seed) per bank; random rows name their granularity, so per-layer and finer rows differ
+        banks = []
+        if config.runs("heterogeneous"):
+            banks += [(dict(method="heterogeneous", K=k), lambda seed, k=k: basis_learner(k))
+                      for k in sorted(config.trained_ks)]  # fmt: skip
+        if config.runs("random"):
+            banks += [(dict(method="random", K=k, granularity=granularity), lambda seed, k=k: random_learner(k, seed))
+                      for k, granularity in [(k, "layer") for k in config.ks_at(density)] + list(config.finer)]  # fmt: skip
+        if config.runs("mixed"):
+            def mixed_learner(seed, trained, k):
+                learner = basis_learner(trained)
+                learner.add_random_masks(k - trained, seed=seed)  # the first K - T masks of seed s's random bank
+                return learner
+
+            banks += [(dict(method="mixed", K=k, trained=trained), lambda seed, t=trained, k=k: mixed_learner(seed, t, k))
+                      for trained, k in config.mixed]  # fmt: skip
+        for bank, make_learner in banks:
+            kgroup = dict(bank, spacing=spacing, density=density)
             for seed, cfg in plan_runs(rows, config.seeds, earlier=earlier, candidates=ALPHA_CANDIDATES, **kgroup):
-                mask_cfg = chosen(rows, MASK_CANDIDATES, **group)
-                if mask_cfg is None:
-                    raise SystemExit(f"no SupSup choice at spacing {spacing:g} yet: run 'supsup' first")
-                masks = []
-                for t, angle in enumerate(basis[:k]):
-                    key = (f"rotated-{angle:g}deg-s{density:g}-{candidate_name(mask_cfg).replace(' ', '_')}-seed{t}"
-                           f"-n{config.train_images}")  # fmt: skip
-                    masks.append(train_mask(key, density, lambda: loaders(t, 0)[0], mask_cfg.replace(seed=t)))
-                learner = new_learner(density)
-                learner.add_masks([torch.stack([m[i] for m in masks]) for i in range(learner.num_layers)])
-                record(alpha_row(learner, loaders(new_task[seed], seed), cfg, seed, angle=new[seed], **kgroup))
+                record(alpha_row(make_learner(seed), loaders(new_task[seed], seed), cfg, seed, angle=new[seed], **kgroup))
 
 
 # ----------------------------------------------------------------------------- report
@@ -423,10 +474,16 @@ def lenet_sizes() -> tuple[list[int], list[int]]:
     return accounting.model_sizes(create_model("lenet300", seed=0))
 
 
-def task_bytes(method: str, k: int, dtype: str, trained: int = 0) -> dict:
+def lenet_channels() -> list[int]:
+    """Output channels of LeNet-300-100's masked layers (what a finer granularity splits)."""
+    return [layer.weight.shape[0] for layer in new_learner(0.1).layers]
+
+
+def task_bytes(method: str, k: int, dtype: str, trained: int = 0, granularity="layer") -> dict:
     """Bytes of one new task (LeNet-300-100, no BN) by the one accounting function.
 
-    ``task``: what the new task stores, alpha[K, 3] in ``dtype`` plus its share of the bank
+    ``task``: what the new task stores, alpha[K, 3] in ``dtype`` (at a finer ``granularity``,
+    alpha[K, columns], ``accounting.coefficient_width``) plus its share of the bank
     masks that no basis task owns, counted in full (a bank shared by one task: the worst case;
     with T tasks it is 1/T of that, the paper's Phi): a random draw is its record and a hash
     (56 B); a homogeneous bank's K - 1 extra masks of one task cost 1 bit per weight each.
@@ -435,13 +492,15 @@ def task_bytes(method: str, k: int, dtype: str, trained: int = 0) -> dict:
     """
     sizes, features = lenet_sizes()
     mask = accounting.mask_bytes(sizes)
+    columns = accounting.coefficient_width(lenet_channels(), granularity)
     if method == "supsup":
         return dict(task=accounting.supsup_bytes_per_task(sizes, features), basis=0)
     trained_masks = {"random": 0, "mixed": trained}.get(method, k)
     owned = {"heterogeneous": k, "homogeneous": 1, "mixed": trained}.get(method, 0)
     draws = [dict(first=trained_masks, count=k - trained_masks, seed=0)] if k > trained_masks else []
     shared = stored_bank_bytes(sizes, k, draws) - owned * mask
-    total = accounting.task_bytes("new", k, sizes, features, coefficient_dtype=dtype, bank_share=shared).total
+    total = accounting.task_bytes("new", k, sizes, features, coefficient_dtype=dtype, bank_share=shared,
+                                  num_columns=columns).total
     return dict(task=int(total), basis=owned * mask)
 
 
@@ -531,22 +590,47 @@ def report_permuted(config: FrontierConfig, figure: Path | None) -> list[dict]:
     return table
 
 
+# Rotated rows are shown with these coefficients: the heterogeneous rows of three spacings were
+# scored in fp32 only (fp16 scores the same where both ran); random and mixed banks in fp16.
+ROTATED_DTYPES = {"supsup": "fp32", "heterogeneous": "fp32", "random": "fp16", "mixed": "fp16"}
+
+
+def coefficients_label(dtype: str, granularity) -> str:
+    where = {"layer": "per layer", "channel": "per channel"}.get(str(granularity), f"per {granularity} channels")
+    return f"{dtype}, {where}"
+
+
+def bank_label(e: dict) -> str:
+    """How a Rotated row's bank reads in the table and the figure."""
+    if e["method"] == "mixed":
+        return f"mixed ({e['trained']} basis + {e['K'] - e['trained']} random)"
+    return {"supsup": "SupSup", "heterogeneous": "heterogeneous impressions",
+            "random": "random (stored as its seed)"}[e["method"]]  # fmt: skip
+
+
 def report_rotated(config: FrontierConfig, figure: Path | None) -> list[dict]:
     rows = load_rows(ROOT / config.out)
     if not rows:
         raise SystemExit(f"{config.out}: no rows yet; run without --report first")
-    table = [e for e in summarise(rows, ("spacing", "method", "K")) if e["dtype"] == "fp32"]
-    table.sort(key=lambda e: (e["spacing"], e["method"] != "supsup", e["K"]))
-    print("| spacing (degrees) | method | K | lr (chosen on validation) | bytes per new task | bank (stored by the "
-          "K basis tasks) | test accuracy % (mean +- sd) | seeds | vs SupSup (points) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    # summarise sorts the groups, so it sees granularities as strings ("4", "channel", "layer")
+    rows = [dict(r, granularity=str(r.get("granularity", "layer"))) for r in rows]
+    table = [e for e in summarise(rows, ("spacing", "method", "K", "trained", "granularity"))
+             if e["dtype"] == ROTATED_DTYPES[e["method"]]]  # fmt: skip
     for e in table:
-        e.update(task_bytes(e["method"], e["K"], "fp32"))
+        e["granularity"] = int(e["granularity"]) if e["granularity"].isdigit() else e["granularity"]
+        e.update(task_bytes(e["method"], e["K"], e["dtype"], e.get("trained") or 0, e["granularity"]))
+    order = list(METHODS["rotated"])
+    table.sort(key=lambda e: (e["spacing"], order.index(e["method"]), e["K"], e["task"]))
+    print("| spacing (degrees) | bank | K | coefficients | lr (chosen on validation) | bytes per new task | bank "
+          "(stored by the basis tasks) | test accuracy % (mean +- sd) | seeds | vs SupSup (points) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for e in table:
         ref = next((s for s in table if s["method"] == "supsup" and s["spacing"] == e["spacing"]), None)
         gap = "-" if ref is None or e["method"] == "supsup" else f"{e['mean'] - ref['mean']:+.1f}"
-        label = "SupSup" if e["method"] == "supsup" else "heterogeneous impressions"
+        supsup = e["method"] == "supsup"
         bank = f"{e['basis']:,}" if e["basis"] else "-"
-        print(f"| {e['spacing']:g} | {label} | {'-' if e['method'] == 'supsup' else e['K']} | {e['candidate']} | "
+        print(f"| {e['spacing']:g} | {bank_label(e)} | {'-' if supsup else e['K']} | "
+              f"{'-' if supsup else coefficients_label(e['dtype'], e['granularity'])} | {e['candidate']} | "
               f"{e['task']:,} | {bank} | {e['mean']:.1f} +- {e['sd']:.1f} | {e['n']} | {gap} |")
     if figure:
         draw_rotated(table, figure)
@@ -616,24 +700,33 @@ def draw_permuted(table: list[dict], density: float, path: Path) -> None:
 
 
 def draw_rotated(table: list[dict], path: Path) -> None:
-    """Accuracy against the spacing of the basis tasks (log x): SupSup and each K."""
+    """Accuracy against the spacing of the basis tasks (log x): SupSup and each bank (solid:
+    heterogeneous impressions, dashed: random, dotted: mixed)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, (method, k) in enumerate(sorted({(e["method"], e["K"]) for e in table}, key=lambda m: (m[0] != "supsup", m[1]))):
-        points = sorted((dict(e, x=e["spacing"]) for e in table if e["method"] == method and e["K"] == k),
+    fig, ax = plt.subplots(figsize=(7.6, 5.0))
+    lines = {"heterogeneous": "-", "random": "--", "mixed": ":"}
+    banks = sorted({(e["method"], e["K"], e.get("trained") or 0, str(e["granularity"])) for e in table},
+                   key=lambda b: (list(METHODS["rotated"]).index(b[0]), b[1], b[3]))  # fmt: skip
+    for i, (method, k, trained, granularity) in enumerate(banks):
+        points = sorted((dict(e, x=e["spacing"]) for e in table if (e["method"], e["K"], e.get("trained") or 0,
+                                                                     str(e["granularity"])) == (method, k, trained, granularity)),
                         key=lambda e: e["x"])  # fmt: skip
-        label = "SupSup (dedicated mask, 33,275 B)" if method == "supsup" else (
-            f"K = {k} heterogeneous impressions ({points[0]['task']:,} B)")
-        _errorbar(ax, points, marker="*" if method == "supsup" else "o", color="k" if method == "supsup" else f"C{i}",
-                  label=label)  # fmt: skip
+        first = points[0]
+        if method == "supsup":
+            label, style = f"SupSup (dedicated mask, {first['task']:,} B)", dict(marker="*", color="k")
+        else:
+            label = (f"{bank_label(first)}, K = {k}, {coefficients_label(first['dtype'], first['granularity'])} "
+                     f"({first['task']:,} B)")  # fmt: skip
+            style = dict(marker="o", color=f"C{i % 10}", linestyle=lines[method])
+        _errorbar(ax, points, label=label, **style)
     ax.set_xscale("log")
     spacings = sorted({e["spacing"] for e in table})
     ax.set_xticks(spacings, [f"{d:g}" for d in spacings])
     ax.minorticks_off()
     ax.set_xlabel("spacing between basis tasks (degrees, log scale); new task half-way between two")
     ax.set_ylabel("test accuracy on the new task (%)")
-    ax.set_title("Rotated Fashion-MNIST, LeNet-300-100, density 0.1", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("Rotated Fashion-MNIST, LeNet-300-100, density 0.1 (bytes per new task in brackets)", fontsize=10)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

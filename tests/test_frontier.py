@@ -185,28 +185,37 @@ def test_the_rotated_frontier_trains_impressions_between_new_tasks_chooses_on_va
     out = tmp_path / "rotated.json"
     config = tmp_path / "rotated.yaml"
     config.write_text(f"scenario: rotated\nout: {out}\ntrain_images: 40\nseeds: [0, 1]\nspacings: [3]\n"
-                      "trained_ks: [3, 4]\n")  # fmt: skip
+                      "trained_ks: [3, 4]\nrandom_ks: {default: [3]}\nmixed: [[2, 5]]\nfiner: [[3, 100]]\n")  # fmt: skip
     frontier.main([str(config)])
     # basis tasks at 0, 3, 6, 9 degrees; the new tasks of seeds 0 and 1 half-way between them
     assert _TinyScenario.requests == [("rotated_fmnist", 6, [0.0, 3.0, 6.0, 9.0, 1.5, 4.5])]
     rows = json.loads(out.read_text())["rows"]
-    for method, k in (("supsup", 1), ("heterogeneous", 3), ("heterogeneous", 4)):
-        mine = [r for r in rows if r["method"] == method and r["K"] == k and r["spacing"] == 3.0]
+    banks = (("supsup", 1, None), ("heterogeneous", 3, None), ("heterogeneous", 4, None), ("random", 3, "layer"),
+             ("random", 3, 100), ("mixed", 5, None))  # fmt: skip
+    for method, k, granularity in banks:
+        mine = [r for r in rows if r["method"] == method and r["K"] == k and r.get("granularity") == granularity]
         assert sorted(r["angle"] for r in mine) == [1.5, 1.5, 4.5]  # both candidates on seed 0, one on seed 1
         seed0 = [r for r in mine if r["seed"] == 0]
         (seed1,) = [r for r in mine if r["seed"] == 1]
         assert seed1["candidate"] == max(seed0, key=lambda r: r["validation"]["fp32"])["candidate"]
-    # 3 SupSup masks, then the 4 basis masks once (cached on disk for K = 3 and 4 and every seed)
+        assert all(r["spacing"] == 3.0 for r in mine)
+    assert {r["trained"] for r in rows if r["method"] == "mixed"} == {2}
+    # 3 SupSup masks, then the 4 basis masks once (cached on disk for K = 3 and 4, every seed and the mixed bank)
     assert frontier.trained == [0, 0, 1, 0, 1, 2, 3]
     # a rerun finds every row done: nothing is trained again
     frontier.main([str(config)])
-    assert len(json.loads(out.read_text())["rows"]) == len(rows) == 9 and len(frontier.trained) == 7
+    assert len(json.loads(out.read_text())["rows"]) == len(rows) == 18 and len(frontier.trained) == 7
     capsys.readouterr()
     frontier.main([str(config), "--report", "--figure", str(tmp_path / "r.png")])
     table = capsys.readouterr().out
-    assert "| 3 | SupSup | - |" in table and "| 33,275 | - |" in table
-    # a new task stores alpha[K, 3] in fp32 only; the K trained masks are the basis tasks' own
-    assert "| 3 | heterogeneous impressions | 3 |" in table and "| 36 | 99,825 |" in table
+    assert "| 3 | SupSup | - | - |" in table and "| 33,275 | - |" in table
+    # a new task stores alpha[K, 3] in fp32; the K trained masks are the basis tasks' own
+    assert "| 3 | heterogeneous impressions | 3 | fp32, per layer |" in table and "| 36 | 99,825 |" in table
+    # random banks in fp16: alpha[3, 3] + the seed record; per 100 channels alpha[3, 3 + 1 + 1] (300, 100, 10 outputs)
+    assert "| 3 | random (stored as its seed) | 3 | fp16, per layer |" in table and "| 74 | - |" in table
+    assert "| 3 | random (stored as its seed) | 3 | fp16, per 100 channels |" in table and "| 86 | - |" in table
+    # mixed: alpha[5, 3] in fp16 + the 3 random masks' seed record; the 2 trained masks are basis tasks' own
+    assert "| 3 | mixed (2 basis + 3 random) | 5 | fp16, per layer |" in table and "| 86 | 66,550 |" in table
     assert (tmp_path / "r.png").stat().st_size > 1000
     # a seed's new task must lie between two basis tasks of the bank
     with pytest.raises(SystemExit):
@@ -269,6 +278,10 @@ def test_the_frontier_config_refuses_unknown_keys_and_bad_values_by_name(tmp_pat
         ("only: [random, rotations]\n", "only: 'rotations' is not a permuted method"),
         ("scenario: rotated\nspacings: [0]\ntrained_ks: [5]\n", r"spacings\[0\]: must be > 0"),
         ("train_images: 1.5\n", "train_images: must be an integer"),
+        ("scenario: rotated\nspacings: [3]\ntrained_ks: [5]\nfiner: [[10, 0]]\n", r"finer\[0\]\[1\]: granularity must"),
+        ("scenario: rotated\nspacings: [3]\ntrained_ks: [5]\nfiner: [[10, layer]]\n", r"finer\[0\]\[1\]: per-layer"),
+        ("scenario: rotated\nspacings: [3]\ntrained_ks: [5]\nfiner: [10]\n", r"finer\[0\]: must be \[K, granularity\]"),
+        ("finer: [[10, 4]]\n", "finer: Rotated only"),
     ]:
         with pytest.raises(ConfigError, match=message):
             _config(frontier, tmp_path, text)
