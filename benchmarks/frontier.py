@@ -59,7 +59,7 @@ from impresslearn.banks import COEFFICIENT_DTYPES, round_coefficients, stored_ba
 from impresslearn.config import ConfigError, TrainConfig, check_integer, check_known_keys, check_real
 from impresslearn.models import create_model
 from impresslearn.scenarios import BatchLoader, create_scenario
-from impresslearn.tasks import check_granularity
+from impresslearn.tasks import check_granularity, granularity_words
 from impresslearn.validation import (ALPHA_CANDIDATES, MASK_CANDIDATES, VALIDATION_IMAGES, candidate_name, choose,
                                      validation_split)  # fmt: skip
 
@@ -596,8 +596,7 @@ ROTATED_DTYPES = {"supsup": "fp32", "heterogeneous": "fp32", "random": "fp16", "
 
 
 def coefficients_label(dtype: str, granularity) -> str:
-    where = {"layer": "per layer", "channel": "per channel"}.get(str(granularity), f"per {granularity} channels")
-    return f"{dtype}, {where}"
+    return f"{dtype}, {granularity_words(granularity)}"
 
 
 def bank_label(e: dict) -> str:

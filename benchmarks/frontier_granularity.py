@@ -28,10 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import frontier  # noqa: E402  (benchmarks/ is not a package)
 
 from impresslearn import accounting  # noqa: E402
-from impresslearn.banks import stored_bank_bytes  # noqa: E402
-from impresslearn.models import create_model  # noqa: E402
 from impresslearn.scenarios import create_scenario  # noqa: E402
-from impresslearn.tasks import check_granularity  # noqa: E402
+from impresslearn.tasks import check_granularity, granularity_words  # noqa: E402
 from impresslearn.validation import ALPHA_CANDIDATES, VALIDATION_IMAGES  # noqa: E402
 
 ROOT = frontier.ROOT
@@ -62,13 +60,7 @@ def run(granularities, ks, seeds, out: Path = OUT, train_images: int = TRAIN_IMA
 
 def task_bytes(k: int, dtype: str, granularity) -> int:
     """One new task over a random bank of K (LeNet-300-100): its coefficients plus the bank's seed record."""
-    model = create_model("lenet300", seed=0)
-    sizes, features = accounting.model_sizes(model)
-    channels = [layer.weight.shape[0] for layer in frontier.ImpressLearner(model).layers]
-    shared = stored_bank_bytes(sizes, k, [dict(first=0, count=k, seed=0)])
-    columns = accounting.coefficient_width(channels, granularity)
-    return int(accounting.task_bytes("new", k, sizes, features, coefficient_dtype=dtype, bank_share=shared,
-                                     num_columns=columns).total)  # fmt: skip
+    return frontier.task_bytes("random", k, dtype, granularity=granularity)["task"]
 
 
 def report(ks, dtypes, out: Path = OUT, layer_rows: Path = LAYER_ROWS) -> list[dict]:
@@ -97,8 +89,7 @@ def report(ks, dtypes, out: Path = OUT, layer_rows: Path = LAYER_ROWS) -> list[d
         e["bytes"] = task_bytes(e["K"], e["dtype"], e["granularity"])
         if e["dtype"] not in dtypes:
             continue
-        label = f"per {e['granularity']}" if isinstance(e["granularity"], str) else f"per {e['granularity']} channels"
-        print(f"| {label} | {e['K']} | {e['dtype']} | {e['bytes']:,} | {supsup_bytes / e['bytes']:.1f} | "
+        print(f"| {granularity_words(e['granularity'])} | {e['K']} | {e['dtype']} | {e['bytes']:,} | {supsup_bytes / e['bytes']:.1f} | "
               f"{e['candidate']} | {e['mean']:.1f} +- {e['sd']:.1f} | {e['mean'] - supsup['mean']:+.1f} | {e['n']} |")
     return table
 

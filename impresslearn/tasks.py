@@ -49,6 +49,12 @@ def channels_per_column(granularity) -> int | None:
     return 1 if granularity == "channel" else granularity
 
 
+def granularity_words(granularity) -> str:
+    """How tables and logs name a granularity: "per layer", "per channel", "per 4 channels"."""
+    granularity = check_granularity(granularity)
+    return f"per {granularity}" if isinstance(granularity, str) else f"per {granularity} channels"
+
+
 def columns_per_layer(out_channels: Sequence[int], granularity) -> list[int]:
     """Coefficient columns of each layer: 1 per layer, or ceil(C_i / block) for C_i output channels."""
     block = channels_per_column(granularity)
@@ -204,5 +210,6 @@ def state_sha256(layers, tasks: Mapping[str, TaskRecord], bns, fingerprints: Map
 
 __all__ = [
     "GRANULARITIES", "TASK_KINDS", "TaskRecord", "TaskRegistry", "bank_sha256", "bn_slot_statistics",
-    "channels_per_column", "check_granularity", "columns_per_layer", "load_bn_slot_statistics_", "state_sha256",
+    "channels_per_column", "check_granularity", "columns_per_layer", "granularity_words", "load_bn_slot_statistics_",
+    "state_sha256",
 ]  # fmt: skip
