@@ -1,8 +1,8 @@
 """Experiment configuration: frozen dataclasses validated in ``__post_init__``, loaded from YAML.
 
 A config names the scenario, the model, the densities, seeds and basis kinds/counts to sweep,
-one optimiser per phase (paper Table 3: mask learning by edge-popup, alpha learning by Eq. 1-2)
-and which evaluations to run. ``load_config(path, overrides=..., quick=...)`` reads the YAML,
+one optimiser per phase (paper Table 3: mask learning by edge-popup, alpha learning by Eq. 1-2),
+the new tasks' coefficient granularity (``alpha_granularity``) and which evaluations to run. ``load_config(path, overrides=..., quick=...)`` reads the YAML,
 applies the file's own ``quick:`` section when asked, then ``--set key=value`` overrides
 (dotted keys, values parsed as YAML), and builds the dataclasses; any unknown key or bad value
 raises ``ConfigError`` naming the key, before anything is trained.
@@ -284,6 +284,9 @@ class ExperimentConfig:
     num_new_tasks: int = 10
     mask_train: TrainConfig = field(default_factory=TrainConfig)
     alpha_train: TrainConfig = field(default_factory=TrainConfig)
+    # The new tasks' alpha (ImpressLearner.learn_alpha's granularity): "layer" (A_t[K, d], the
+    # paper's), "channel" or a block of that many output channels (A_t[K, sum_i ceil(C_i / b)]).
+    alpha_granularity: str | int = "layer"
     evaluate: EvalSpec = field(default_factory=EvalSpec)
     validation: ValidationSpec | None = None  # None: train on all of a new task's training set, no choice
     description: str = ""
@@ -326,6 +329,20 @@ class ExperimentConfig:
                          f"{self.validation.images} validation images leave none of scenario.train_subset="
                          f"{self.scenario.train_subset} to train on")
         ev = self.evaluate
+        from ..tasks import check_granularity
+
+        try:
+            object.__setattr__(self, "alpha_granularity", check_granularity(self.alpha_granularity))
+        except ValueError as exc:
+            raise ConfigError(f"alpha_granularity: {exc}") from None
+        if self.alpha_granularity != "layer":
+            # these fit or read one coefficient column per layer (impresslearn.inference refuses finer tasks)
+            for name, what in (("hybrid", "a hybrid task has per-layer coefficients only"),
+                               ("label_free_matrix", "its task inference (GN) reads one column per layer"),
+                               ("gn", "GN task inference reads one column per layer"),
+                               ("basis_gn", "basis-GN fits alpha per layer")):  # fmt: skip
+                _require(not getattr(ev, name), f"evaluate.{name}",
+                         f"must be false with alpha_granularity {self.alpha_granularity!r} ({what})")
         if ev.frontier:
             _require(ev.new_tasks or ev.supsup, "evaluate.frontier", "needs evaluate.new_tasks or evaluate.supsup")
         if ev.gn:

@@ -13,9 +13,11 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
+from ..banks import COEFFICIENT_DTYPES
+from ..tasks import granularity_words
+
 KIND_MARK = {"heterogeneous": "{n}", "homogeneous": "{n}^", "random": "r{n}", "mixture": "m{n}"}
 KIND_ORDER = ("heterogeneous", "homogeneous", "random", "mixture")
-DTYPE_ORDER = ("fp32", "fp16", "bf16")  # impresslearn.banks.COEFFICIENT_DTYPES, widest first
 
 
 def category(spec: dict) -> str | None:
@@ -62,6 +64,7 @@ def frontier_points(records: list[dict]) -> list[dict]:
     """The accuracy-per-byte frontier of a sweep: one point per (impression set, coefficient dtype)
     and SupSup's, each with the bytes per new task, test accuracies (%) of its runs (one per seed
     and density: the run's mean over its new tasks) and the candidates chosen on validation.
+    ``coefficients`` names the dtype and, when alpha is finer than per layer, the granularity.
     Empty unless the sweep ran with ``evaluate.frontier``."""
     if not any("frontier" in r["result"] for r in records):
         return []
@@ -73,15 +76,18 @@ def frontier_points(records: list[dict]) -> list[dict]:
         if spec["run_kind"] == "supsup" and res.get("mean_accuracy") is not None:
             entries = [("fp32", res["mean_accuracy"], res["bytes_per_task"])]
         elif "frontier" in res:
-            dtypes = res["frontier"]["dtypes"]  # stored with sorted keys: list them in DTYPE_ORDER
+            dtypes = res["frontier"]["dtypes"]  # stored with sorted keys: list them widest first, as banks does
             entries = [(dtype, dtypes[dtype]["mean_accuracy"], dtypes[dtype]["bytes_per_task"]["total"])
-                       for dtype in sorted(dtypes, key=DTYPE_ORDER.index)]  # fmt: skip
+                       for dtype in sorted(dtypes, key=list(COEFFICIENT_DTYPES).index)]  # fmt: skip
         else:
             continue
+        granularity = spec.get("alpha_granularity", "layer")  # in a run's spec only when finer
         for dtype, accuracy, nbytes in entries:
-            point = points.setdefault((cat, dtype), {
+            coefficients = dtype if granularity == "layer" else f"{dtype}, {granularity_words(granularity)}"
+            point = points.setdefault((cat, coefficients), {
                 "label": cat, "basis_kind": spec.get("basis_kind") or "supsup", "count": spec.get("count"),
-                "hybrid": bool(spec.get("hybrid")), "dtype": dtype, "bytes": [], "accuracies": [], "chosen": [],
+                "hybrid": bool(spec.get("hybrid")), "dtype": dtype, "coefficients": coefficients,
+                "bytes": [], "accuracies": [], "chosen": [],
                 "basis_owned_bank_bytes": (res.get("frontier") or {}).get("basis_owned_bank_bytes")})
             point["bytes"].append(nbytes)
             point["accuracies"].append(100.0 * accuracy)
@@ -104,13 +110,13 @@ def plot_frontier(points: list[dict], path: Path, title: str) -> Path:
     series: OrderedDict[tuple, list] = OrderedDict()
     for p in points:
         if p["basis_kind"] != "supsup":
-            series.setdefault((p["basis_kind"], p["hybrid"], p["dtype"]), []).append(p)
+            series.setdefault((p["basis_kind"], p["hybrid"], p["dtype"], p["coefficients"]), []).append(p)
     markers = {"fp32": "o", "fp16": "s", "bf16": "^"}
-    for (kind, hybrid, dtype), pts in series.items():
+    for (kind, hybrid, dtype, coefficients), pts in series.items():
         pts = sorted(pts, key=lambda p: stats(p)[0])
         xs, ys, sds = zip(*(stats(p) for p in pts))
         ax.errorbar(xs, ys, yerr=sds, marker=markers[dtype], capsize=3, linestyle="-" if dtype == "fp32" else ":",
-                    label=f"{kind}{' hybrid' if hybrid else ''}, alpha in {dtype}")
+                    label=f"{kind}{' hybrid' if hybrid else ''}, alpha in {coefficients}")
         if dtype == "fp32":
             for p, x, y in zip(pts, xs, ys):
                 ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)

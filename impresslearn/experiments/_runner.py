@@ -259,6 +259,12 @@ def read_mask_entry(path: Path, key: str) -> dict:
             "popup_seed": meta["popup_seed"]}
 
 
+def alpha_granularity(params: dict):
+    """The new tasks' coefficient granularity of a run (a run's parameters name it only when it is
+    not the paper's per layer, so runs of configs without it keep their ids)."""
+    return params.get("alpha_granularity", "layer")
+
+
 def train_config(phase: dict, seed: int):
     """The TrainConfig of a phase for one run: the run's seed is added to the phase's own seed."""
     from ..config import TrainConfig
@@ -478,7 +484,7 @@ def _alpha_on_validation(run, ctx: RunContext, names: list[str]):
         t0 = time.perf_counter()
         for t, name in zip(p["new_tasks"], names):
             train, val, _ = ctx.new_task_loaders(p, t, cfg.batch_size, seed=run.seed)
-            learner.learn_alpha(name, train, cfg, hybrid=run.hybrid)
+            learner.learn_alpha(name, train, cfg, hybrid=run.hybrid, granularity=alpha_granularity(p))
             accs.append(_accuracy(learner.evaluate(name, val)))
         seconds += time.perf_counter() - t0
         val_accs.append(accs)
@@ -512,7 +518,8 @@ def run_impress(run, ctx: RunContext) -> dict:
         for i, (t, name) in enumerate(zip(tasks, names)):
             _, train, test = ctx.loaders(p, t, p["alpha_train"]["batch_size"], seed=run.seed)
             test_loaders[name] = test
-            learner.learn_alpha(name, train, train_config(p["alpha_train"], run.seed), hybrid=run.hybrid)
+            learner.learn_alpha(name, train, train_config(p["alpha_train"], run.seed), hybrid=run.hybrid,
+                                granularity=alpha_granularity(p))
             cols = range(i + 1) if p.get("full_matrix") else [i]
             for j in cols:
                 matrix[i][j] = _accuracy(learner.evaluate(names[j], test_loaders[names[j]]))

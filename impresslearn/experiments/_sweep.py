@@ -97,6 +97,7 @@ def expand(config: ExperimentConfig) -> list[RunSpec]:
     validation = {} if config.validation is None else {
         "validation": {**dataclasses.asdict(config.validation), "choice_seed": config.seeds[0]}}
     frontier = {"coefficient_dtypes": list(ev.coefficient_dtypes)} if ev.frontier else {}
+    granularity = {} if config.alpha_granularity == "layer" else {"alpha_granularity": config.alpha_granularity}
 
     def shared(*parts: dict) -> tuple:
         merged: dict = {}
@@ -121,7 +122,7 @@ def expand(config: ExperimentConfig) -> list[RunSpec]:
                         for hybrid in ((False, True) if ev.hybrid else (False,)):
                             runs.append(RunSpec(run_kind="impress", basis_kind=kind, count=count, hybrid=hybrid,
                                                 shared=shared(common, alpha, new_tasks, extra, validation,
-                                                              frontier), **base))
+                                                              frontier, granularity), **base))
             if ev.basis_gn:
                 for kind in ev.basis_gn_kinds:
                     extra = mixture if kind == "mixture" else {}

@@ -16,6 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from ..tasks import granularity_words
 from ._plots import KIND_MARK, basis_gn_groups, category, frontier_points, grouped_accuracies, plot_experiment
 
 
@@ -55,7 +56,9 @@ def _scale(config: dict) -> str:
         f"model `{config['model']['name']}` {config['model'].get('kwargs') or ''}".rstrip(),
         f"densities {config['densities']}", f"seeds {config['seeds']}",
         f"masks: {mt['optimizer']} lr {mt['lr']}, {mt['epochs']} epoch(s), batch {mt['batch_size']}",
-        f"alpha: {at['optimizer']} lr {at['lr']} lam {at['lam']}, {at['epochs']} epoch(s), batch {at['batch_size']}",
+        f"alpha: {at['optimizer']} lr {at['lr']} lam {at['lam']}, {at['epochs']} epoch(s), batch {at['batch_size']}"
+        + ("" if config.get("alpha_granularity", "layer") == "layer"  # opt-in: older reports read as before
+           else f", coefficients {granularity_words(config['alpha_granularity'])}"),
         f"{config['num_new_tasks']} new tasks",
     ]
     validation = config.get("validation")
@@ -160,7 +163,8 @@ def frontier_table(points: list[dict]) -> str:
         chosen = collections.Counter(_override_label(c) for c in p["chosen"])
         owned = p.get("basis_owned_bank_bytes")
         rows.append([
-            "SupSup" if p["basis_kind"] == "supsup" else p["label"], p["count"] if p["count"] else "-", p["dtype"],
+            "SupSup" if p["basis_kind"] == "supsup" else p["label"], p["count"] if p["count"] else "-",
+            p["coefficients"],
             f"{nbytes:,.0f}", f"{supsup_bytes / nbytes:.1f}" if supsup_bytes else "",
             f"{owned:,}" if owned else "-", f"{acc:.1f}{sd}", len(p["accuracies"]),
             f"{acc - supsup_acc:+.1f}" if supsup_acc is not None and p is not supsup else "-",
