@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -52,10 +51,11 @@ from pathlib import Path
 import torch
 import yaml
 from filelock import FileLock
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from impresslearn import ImpressLearner, accounting
 from impresslearn.banks import COEFFICIENT_DTYPES, round_coefficients, stored_bank_bytes
+from impresslearn.checkpoint import atomic_write
 from impresslearn.config import ConfigError, TrainConfig, check_integer, check_known_keys, check_real
 from impresslearn.models import create_model
 from impresslearn.scenarios import BatchLoader, create_scenario
@@ -230,14 +230,13 @@ def locked(path: Path) -> FileLock:
 
 def recorder(path: Path, rows: list[dict], settings: dict):
     """``record(row)``: under the lock, re-read the file (another run may have added rows), append
-    the row, write the file whole (a temporary file renamed over it) and refresh ``rows``."""
+    the row, write the file whole (``atomic_write``: a reader sees the old file or the new one) and
+    refresh ``rows``."""
 
     def record(row):
         with locked(path):
             rows[:] = load_rows(path) + [row]
-            temporary = path.with_name(path.name + ".tmp")
-            temporary.write_text(json.dumps(dict(settings=settings, rows=rows), indent=1))
-            os.replace(temporary, path)
+            atomic_write(path, json.dumps(dict(settings=settings, rows=rows), indent=1))
         print(json.dumps(row), flush=True)
 
     return record
@@ -294,10 +293,7 @@ def train_mask(key: str, density: float, make_loader, cfg: TrainConfig) -> list[
     learner = new_learner(density)
     learner.learn_basis_mask("task", make_loader(), cfg)
     masks = [layer.masks()[0] for layer in learner.layers]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    save_file({str(i): m.contiguous() for i, m in enumerate(masks)}, str(temporary))
-    os.replace(temporary, path)
+    atomic_write(path, save({str(i): m.contiguous() for i, m in enumerate(masks)}), make_parents=True)
     return masks
 
 
