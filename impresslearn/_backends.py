@@ -210,11 +210,16 @@ def _dtype_reason(spec: OpSpec, kernel: str, dtype: torch.dtype | None) -> str |
 
 
 # (op, device, requested backend, dtype) -> (the op's spec, the kernel chosen). Every op call
-# selects, and deciding anew cost ~10 us a call (device parsing, extension and Triton
-# probes); what the decision depends on beyond the key is fixed once loaded: the spec
-# (checked by identity, so re-registering an op invalidates), the extension, the Triton
-# mode and the GPU's architecture. The requested backend is in the key, read from the
-# argument or IMPRESSLEARN_BACKEND on every call, so setting either takes effect at once.
+# selects, and deciding anew costs 15-19 us a call (device parsing, extension and Triton
+# probes) against 1-3.4 us cached; what the decision depends on beyond the key is fixed once
+# loaded: the spec (checked by identity, so re-registering an op invalidates), the extension,
+# the Triton mode and the GPU's architecture. The requested backend is in the key, read from
+# the argument or IMPRESSLEARN_BACKEND on every call, so setting either takes effect at once.
+# That read is most of a cached select: 2.4 of its 3.4 us with the variable unset (os.environ.get
+# raises and catches a KeyError), 1.2 us set; but a whole combine_masks call on 64 weights costs
+# 80-90 us, so the read is 2-3% of the smallest op call (scripts/dispatch_overhead.py, 2-core
+# Zen 1 at load 0.6-1.1; at load 4.3: 4.8 of 7.4 us, 2.2%). It stays: the standard library has no
+# public test that os.environ changed that is cheaper than reading the variable.
 # Refusals are not cached: they raise the same way each time.
 _selected: dict[tuple, tuple[OpSpec, str]] = {}
 

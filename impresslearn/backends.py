@@ -9,7 +9,15 @@ private module.
 from __future__ import annotations
 
 from . import _extension
-from ._backends import BACKENDS, ENV_VAR, BackendUnavailable, backend_reason, clear_selection_cache, select
+from ._backends import (
+    BACKENDS,
+    ENV_VAR,
+    BackendUnavailable,
+    backend_reason,
+    clear_selection_cache,
+    requested_backend,
+    select,
+)
 from ._extension import cuda_archs, has_cpu_kernels, has_cuda_kernels
 
 
@@ -38,5 +46,6 @@ __all__ = [
     "cuda_archs",
     "has_cpu_kernels",
     "has_cuda_kernels",
+    "requested_backend",
     "select",
 ]
