@@ -28,10 +28,16 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build the registered model ``name`` (see :func:`list_models`) with its keyword arguments."""
+def model_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder registered as ``name``; its signature lists the keyword arguments
+    :func:`create_model` accepts for it (e.g. to size a model's input to a data set)."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
-    model = _MODELS[name](**kwargs)
+    return _MODELS[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` (see :func:`list_models`) with its keyword arguments."""
+    model = model_builder(name)(**kwargs)
     model.impress_spec = {"kind": "registry", "name": name, "kwargs": dict(kwargs)}
     return model

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from impresslearn.layers import ImpressConv2d, ImpressLinear, MultitaskNonAffineBN, impress_layers, multitask_bns
-from impresslearn.models import convert, create_model, init_backbone_, list_models
+from impresslearn.models import convert, create_model, init_backbone_, list_models, model_builder
 
 
 def _bind_first_mask(model):
@@ -24,6 +24,18 @@ def test_registry():
     assert {"lenet300", "resnet18_cifar", "resnet18", "resnet50"} <= set(list_models())
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         create_model("vgg")
+    with pytest.raises(ValueError, match="unknown model 'vgg'; registered: lenet300, "):
+        model_builder("vgg")
+
+
+def test_model_builder_tells_which_keywords_a_model_takes():
+    import inspect
+
+    from impresslearn.models.lenet import lenet300
+
+    assert model_builder("lenet300") is lenet300
+    assert {"num_classes", "seed", "init", "in_features"} <= set(inspect.signature(model_builder("lenet300")).parameters)
+    assert "in_features" not in inspect.signature(model_builder("resnet18_cifar")).parameters
 
 
 def test_lenet300_shapes_spec_and_seed():
