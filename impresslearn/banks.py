@@ -14,7 +14,7 @@ so what it evaluates is exactly what it saves and loads (2 bytes per coefficient
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -92,6 +92,14 @@ def stored_bank_bytes(layer_sizes: Sequence[int], num_masks: int, draws: Sequenc
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def _copy_masks(source: torch.Tensor, target: torch.Tensor, pairs: Iterable[tuple[int, int]]) -> None:
+    """For each ``(s, t)``, set mask ``t`` of the byte-plane bank ``target`` (all zeros there) to
+    mask ``s`` of ``source``: the bit loop behind saving a bank without its random masks and
+    putting the stored ones back in place."""
+    for s, t in pairs:
+        target[t // 8] |= ((source[s // 8] >> (s % 8)) & 1) << (t % 8)
+
+
 def select_masks(bank: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
     """A byte-plane bank holding only masks ``indices`` of ``bank`` (in that order), re-packed."""
     count = len(indices)
@@ -101,9 +109,7 @@ def select_masks(bank: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
             out[-1] &= (1 << (count % 8)) - 1
         return out
     out = bank.new_zeros((ops.num_planes(count), bank.shape[1]))
-    for new, old in enumerate(indices):
-        bit = (bank[old // 8] >> (old % 8)) & 1
-        out[new // 8] |= bit << (new % 8)
+    _copy_masks(bank, out, ((old, new) for new, old in enumerate(indices)))
     return out
 
 
@@ -155,8 +161,7 @@ def install_stored_banks(learner, tensors: dict, metadata: dict, need) -> None:
         if kept == list(range(len(kept))):  # trained masks first: their planes as stored
             bank[: stored.shape[0]] = stored
         else:
-            for j, index in enumerate(kept):
-                bank[index // 8] |= ((stored[j // 8] >> (j % 8)) & 1) << (index % 8)
+            _copy_masks(stored, bank, enumerate(kept))
         full.append(bank.to(layer.weight.device))
     for d in sorted(draws, key=lambda d: d["first"]):
         for m, scores in enumerate(random_mask_scores(shapes, d["count"], d["seed"])):
