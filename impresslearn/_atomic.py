@@ -74,7 +74,7 @@ def _pid_alive(pid: int) -> bool:
 def stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Temp files of ``path`` left by writers on this host that no longer run (see the module doc)."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent  # "." for a bare file name
     pattern, host, me = _temp_pattern(path.name), _host(), os.getpid()
     stale = []
     try:
@@ -116,7 +116,7 @@ def _create_temp(folder: Path, target: str) -> tuple[int, Path]:
 def atomic_write(path: str | os.PathLike, data: bytes | str, *, make_parents: bool = False) -> None:
     """Replace ``path`` with ``data`` atomically (text is written as UTF-8)."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent  # "." for a bare file name
     if make_parents:
         folder.mkdir(parents=True, exist_ok=True)
     elif not folder.is_dir():

@@ -4,6 +4,7 @@ import json
 import os
 import struct
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -264,6 +265,19 @@ def test_only_dead_writers_temporaries_of_the_same_target_are_removed(tmp_path):
         (tmp_path / name).write_bytes(b"partial")
     save_checkpoint(tmp_path / "a.ckpt", {"x": torch.ones(2)}, {})
     assert sorted(os.listdir(tmp_path)) == sorted(keep + ["a.ckpt"])
+
+
+def test_a_bare_file_name_is_written_in_the_working_folder_and_its_dead_temporaries_removed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dead = f".a.json.{_atomic._host()}-{2**22 + 1}.0123456789ab.tmp"  # past Linux's pid_max: no such writer
+    (tmp_path / dead).write_bytes(b"partial")
+    assert _atomic.stale_temporaries("a.json") == [Path(dead)]
+    _atomic.atomic_write("a.json", "{}")
+    assert os.listdir(tmp_path) == ["a.json"] and (tmp_path / "a.json").read_text() == "{}"
+    with pytest.raises(FileNotFoundError, match="cannot write missing/a.json: folder missing does not exist"):
+        _atomic.atomic_write("missing/a.json", "{}")
+    _atomic.atomic_write("made/a.json", "{}", make_parents=True)
+    assert (tmp_path / "made" / "a.json").read_text() == "{}"
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
