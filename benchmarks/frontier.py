@@ -599,8 +599,7 @@ def bank_label(e: dict) -> str:
     """How a Rotated row's bank reads in the table and the figure."""
     if e["method"] == "mixed":
         return f"mixed ({e['trained']} basis + {e['K'] - e['trained']} random)"
-    return {"supsup": "SupSup", "heterogeneous": "heterogeneous impressions",
-            "random": "random (stored as its seed)"}[e["method"]]  # fmt: skip
+    return {"supsup": "SupSup", "heterogeneous": "heterogeneous impressions"}.get(e["method"], BANK_LABELS[e["method"]])
 
 
 def report_rotated(config: FrontierConfig, figure: Path | None) -> list[dict]:
@@ -698,7 +697,7 @@ def draw_rotated(table: list[dict], path: Path) -> None:
     """Accuracy against the spacing of the basis tasks (log x): SupSup and each bank (solid:
     heterogeneous impressions, dashed: random, dotted: mixed)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.6, 5.0))
+    fig, ax = plt.subplots(figsize=(8.0, 6.4))
     lines = {"heterogeneous": "-", "random": "--", "mixed": ":"}
     banks = sorted({(e["method"], e["K"], e.get("trained") or 0, str(e["granularity"])) for e in table},
                    key=lambda b: (list(METHODS["rotated"]).index(b[0]), b[1], b[3]))  # fmt: skip
@@ -721,7 +720,7 @@ def draw_rotated(table: list[dict], path: Path) -> None:
     ax.set_xlabel("spacing between basis tasks (degrees, log scale); new task half-way between two")
     ax.set_ylabel("test accuracy on the new task (%)")
     ax.set_title("Rotated Fashion-MNIST, LeNet-300-100, density 0.1 (bytes per new task in brackets)", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)  # below: the points fill the axes
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
