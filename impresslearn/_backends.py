@@ -122,16 +122,14 @@ def family_reason(backend: str, device: torch.device | str) -> str | None:
     """None if the family ``backend`` runs on ``device`` at all, else why not."""
     family = canonical(backend)
     device = torch.device(device)
+    if family == "cpp":  # one kernel source: the family runs where its kernel does
+        return kernel_reason("cpp", device)
     if not family_kernels(family, device):
-        if family == "cpp":
-            return f"the cpp kernels run on CPU tensors, got {device.type}"
         return f"the {family} kernels do not run on {device.type} tensors"
     if family == "gpu" and device.type == "cpu":
         # Triton is the family's only kernel source on CPU tensors (interpreted)
         reason = _triton_reason(device)
         return None if reason is None else f"on CPU tensors the gpu kernels need the Triton interpreter: {reason}"
-    if family == "cpp":
-        return kernel_reason("cpp", device)
     return None
 
 

@@ -167,6 +167,7 @@ def test_unknown_and_misplaced_backends_say_why():
     with pytest.raises(BackendUnavailable, match=r"impress_linear has no kernel in backend cpp"):
         _backends.select("impress_linear", "cpu", "cpp")  # composed there: combine_masks on cpp + GEMM
     assert _backends.backend_reason("gpu", "meta") == "the gpu kernels do not run on meta tensors"
+    assert _backends.backend_reason("cpp", "cuda") == "cpp kernels run on CPU tensors, got cuda"  # its kernel's rule
     assert _backends.backend_reason("reference", "meta") is None
     assert _backends.backend_reason("cpp", "cpu", op="combine_masks") is None
 
