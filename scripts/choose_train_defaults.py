@@ -40,11 +40,15 @@ CANDIDATES = [
 ]
 
 
-def main() -> None:
+def _row(what: str, cfg: TrainConfig, accuracy: float, seconds: float) -> None:
+    print(f"| {what} | {cfg.optimizer} | {cfg.lr} | {cfg.epochs} | {accuracy:.4f} | {seconds:.1f} |", flush=True)
+
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="5,000 training images per task (a smoke run)")
     p.add_argument("--batch-size", type=int, default=128)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.manual_seed(0)
     sc = create_scenario("permuted_fmnist", num_tasks=4, seed=0)
     data = [validation_split(sc.task(t).train, VALIDATION_IMAGES, 5000 if args.quick else None) for t in range(4)]
@@ -64,24 +68,23 @@ def main() -> None:
         t0 = time.perf_counter()
         learner.learn_basis_mask("t0", train, cfg)
         acc = learner.evaluate("t0", val)
-        print(f"| mask | {cfg.optimizer} | {cfg.lr} | {cfg.epochs} | {acc:.4f} | {time.perf_counter() - t0:.1f} |", flush=True)
+        _row("mask", cfg, acc, time.perf_counter() - t0)
         if acc > best_mask:
             best_mask, best_cfg = acc, cfg
     bank = ImpressLearner(create_model("lenet300", seed=0), density=0.1)
     for t in range(3):
         bank.learn_basis_mask(f"t{t}", loaders(t)[0], best_cfg)
     bank.add_random_masks(20, seed=0)
-    folder = tempfile.TemporaryDirectory()
-    bank_path = Path(folder.name) / "bank.safetensors"
-    bank.save(bank_path)  # every alpha candidate starts from the same bank
-    for cfg in CANDIDATES:
-        learner = ImpressLearner.load(bank_path)
-        train, val = loaders(3)
-        t0 = time.perf_counter()
-        learner.learn_alpha("t3", train, cfg)
-        acc = learner.evaluate("t3", val)
-        print(f"| alpha (K={learner.num_masks}) | {cfg.optimizer} | {cfg.lr} | {cfg.epochs} | {acc:.4f} | "
-              f"{time.perf_counter() - t0:.1f} |", flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        bank_path = Path(folder) / "bank.safetensors"
+        bank.save(bank_path)  # every alpha candidate starts from the same bank
+        for cfg in CANDIDATES:
+            learner = ImpressLearner.load(bank_path)
+            train, val = loaders(3)
+            t0 = time.perf_counter()
+            learner.learn_alpha("t3", train, cfg)
+            acc = learner.evaluate("t3", val)
+            _row(f"alpha (K={learner.num_masks})", cfg, acc, time.perf_counter() - t0)
 
 
 if __name__ == "__main__":
