@@ -50,14 +50,14 @@ FilterFn = Callable[[nn.Module, str], bool]
 _IMPRESS_TYPES = (ImpressLinear, ImpressConv2d, MultitaskNonAffineBN, ImpressMultiheadAttention)
 _BASES = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.MultiheadAttention)
 
-def _qualname(module: nn.Module) -> str:
-    cls = type(module)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
 
 def _class_names(module: nn.Module) -> list[str]:
     """Qualified names of the module's class and its bases (checked without importing their packages)."""
     return [f"{c.__module__}.{c.__qualname__}" for c in type(module).__mro__]
+
+
+def _qualname(module: nn.Module) -> str:
+    return _class_names(module)[0]
 
 
 def init_backbone_(model: nn.Module, seed: int, init: str = "signed_constant") -> nn.Module:
@@ -191,16 +191,13 @@ class _WholeSwap:
 # swapping the child would mask a weight the forward never multiplies through the child. So
 # they are swapped whole (the children are then part of the replacement, not swapped on their
 # own), and refused when module_filter_fn keeps a child but not the module itself.
+_SWIN_READS = "its forward passes qkv.weight and proj.weight straight to shifted_window_attention"
 _WHOLE_SWAPS: dict[str, _WholeSwap] = {
     "torch.nn.modules.activation.MultiheadAttention": _WholeSwap(
         _attention, "its forward passes in_proj_weight and out_proj.weight straight to F.multi_head_attention_forward"
     ),
-    "torchvision.models.swin_transformer.ShiftedWindowAttention": _WholeSwap(
-        _swin_attention, "its forward passes qkv.weight and proj.weight straight to shifted_window_attention"
-    ),
-    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": _WholeSwap(
-        _swin_attention, "its forward passes qkv.weight and proj.weight straight to shifted_window_attention"
-    ),
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": _WholeSwap(_swin_attention, _SWIN_READS),
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": _WholeSwap(_swin_attention, _SWIN_READS),
 }
 
 
@@ -208,7 +205,9 @@ def _swap_function(module: nn.Module, fqn: str) -> Callable | None:
     """How to swap ``module``: a function, None (not a swappable layer), or a ValueError."""
     if isinstance(module, _IMPRESS_TYPES):
         return None
-    if isinstance(module, nn.MultiheadAttention) and (not module._qkv_same_embed_dim or module.bias_k is not None):
+    if isinstance(module, nn.MultiheadAttention) and (
+        module.kdim != module.embed_dim or module.vdim != module.embed_dim or module.bias_k is not None
+    ):
         raise ValueError(
             f"convert cannot mask {fqn or 'the model'} (MultiheadAttention): only kdim == vdim == embed_dim without "
             f"add_bias_kv is supported. Keep it as it is with module_filter_fn=lambda module, fqn: not "

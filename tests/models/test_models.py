@@ -167,8 +167,10 @@ def test_convert_refuses_subclasses_with_their_own_forward_and_weights_read_else
     assert isinstance(attention[0], ImpressLinear) and type(attention[1].out_proj) is not ImpressLinear
     root = convert(nn.MultiheadAttention(8, 2, bias=False), seed=0)  # the root module itself is swapped
     assert len(impress_layers(root)) == 2
-    with pytest.raises(ValueError, match=r"cannot mask 0 \(MultiheadAttention\): only kdim == vdim"):
-        convert(nn.Sequential(nn.MultiheadAttention(8, 2, kdim=4)), seed=0)
+    for unsupported in (dict(kdim=4), dict(vdim=4), dict(add_bias_kv=True)):
+        with pytest.raises(ValueError, match=r"cannot mask 0 \(MultiheadAttention\): only kdim == vdim"):
+            convert(nn.Sequential(nn.MultiheadAttention(8, 2, **unsupported)), seed=0)
+    convert(nn.Sequential(nn.MultiheadAttention(8, 2, kdim=8, vdim=8, bias=False)), seed=0)  # equal dims: supported
     swin = pytest.importorskip("torchvision.models.swin_transformer")
     with pytest.raises(ValueError, match=r"cannot mask 0 \(ShiftedWindowAttention\).*qkv.weight"):
         convert(nn.Sequential(swin.ShiftedWindowAttention(8, [2, 2], [1, 1], 2)), seed=0,
