@@ -60,23 +60,23 @@ def resnet18_cifar(
     return init_backbone_(ReducedResNet18(num_classes, in_channels, width, tuple(blocks)), seed, init)
 
 
-def _without_fc_bias(model: nn.Module) -> nn.Module:
-    """torchvision's classifier has a bias; the ImpressLearn backbone has none (convert would warn)."""
+def _converted_torchvision_resnet(name: str, num_classes: int, seed: int, init: str) -> nn.Module:
+    """torchvision's ResNet ``name``, every conv and linear masked. Its classifier is rebuilt without
+    the bias torchvision gives it: the ImpressLearn backbone has none (convert would warn)."""
+    import torchvision
+
+    model = getattr(torchvision.models, name)(num_classes=num_classes)
     model.fc = nn.Linear(model.fc.in_features, model.fc.out_features, bias=False)
-    return model
+    return convert(model, seed=seed, init=init)
 
 
 @register_model
 def resnet18(*, num_classes: int = 1000, seed: int = 0, init: str = "signed_constant") -> nn.Module:
     """torchvision's ResNet-18, every conv and linear masked."""
-    import torchvision
-
-    return convert(_without_fc_bias(torchvision.models.resnet18(num_classes=num_classes)), seed=seed, init=init)
+    return _converted_torchvision_resnet("resnet18", num_classes, seed, init)
 
 
 @register_model
 def resnet50(*, num_classes: int = 1000, seed: int = 0, init: str = "signed_constant") -> nn.Module:
     """torchvision's ResNet-50, every conv and linear masked."""
-    import torchvision
-
-    return convert(_without_fc_bias(torchvision.models.resnet50(num_classes=num_classes)), seed=seed, init=init)
+    return _converted_torchvision_resnet("resnet50", num_classes, seed, init)

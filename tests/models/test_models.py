@@ -28,6 +28,20 @@ def test_registry():
         model_builder("vgg")
 
 
+@pytest.mark.parametrize("name, layers", [("resnet18", 21), ("resnet50", 54)])
+def test_torchvision_resnets_are_converted_without_a_bias_and_without_a_warning(name, layers):
+    pytest.importorskip("torchvision")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # convert warns when it drops a bias: there is none to drop
+        model = create_model(name, num_classes=7, seed=1)
+    masked = impress_layers(model)
+    assert len(masked) == layers and masked[-1] is model.fc and model.fc.bias is None
+    assert model.fc.weight.shape == (7, 2048 if name == "resnet50" else 512)
+    assert model.impress_spec == {"kind": "registry", "name": name, "kwargs": {"num_classes": 7, "seed": 1}}
+
+
 def test_model_builder_tells_which_keywords_a_model_takes():
     import inspect
 
