@@ -48,7 +48,8 @@ from ..layers import (
 FilterFn = Callable[[nn.Module, str], bool]
 
 _IMPRESS_TYPES = (ImpressLinear, ImpressConv2d, MultitaskNonAffineBN, ImpressMultiheadAttention)
-_BASES = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.MultiheadAttention)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)  # the batch norms convert swaps (and their subclasses)
+_BASES = (nn.Linear, nn.Conv2d, *_BATCH_NORMS, nn.MultiheadAttention)
 
 
 def _class_names(module: nn.Module) -> list[str]:
@@ -123,7 +124,7 @@ def _copy_bias(old: nn.Module, new: ImpressLinear | ImpressConv2d):
     return new
 
 
-def _batch_norm(module: nn.modules.batchnorm._BatchNorm, keep_bias: bool) -> MultitaskNonAffineBN:
+def _batch_norm(module: nn.BatchNorm1d | nn.BatchNorm2d, keep_bias: bool) -> MultitaskNonAffineBN:
     device = module.running_mean.device if module.running_mean is not None else None
     return MultitaskNonAffineBN(module.num_features, eps=module.eps, momentum=module.momentum or 0.1, device=device)
 
@@ -316,7 +317,8 @@ def _has_bias(module: nn.Module) -> bool:
         return module.in_proj_bias is not None
     if _qualname(module) in _WHOLE_SWAPS:
         return any(m.bias is not None for m in module.modules() if isinstance(m, nn.Linear))
-    return not isinstance(module, nn.modules.batchnorm._BatchNorm) and getattr(module, "bias", None) is not None
+    # a batch norm's bias is its affine shift, which the swap to a non-affine BN drops by design
+    return not isinstance(module, _BATCH_NORMS) and getattr(module, "bias", None) is not None
 
 
 def _refuse_weights_read_elsewhere(model, names, modules, plan) -> None:
