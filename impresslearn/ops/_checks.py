@@ -49,6 +49,8 @@ def num_planes(num_masks: int) -> int:
 
 
 def check_tensor(name: str, t, *, dtypes=None, ndim=None, min_ndim=None, contiguous=True) -> None:
+    """``t`` is a tensor of one of ``dtypes``, with ``ndim`` (or at least ``min_ndim``) dimensions,
+    contiguous unless ``contiguous=False``; metadata only, so it holds on fake tensors too."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if dtypes is not None and t.dtype not in dtypes:
@@ -128,6 +130,7 @@ def check_finite(name: str, t: torch.Tensor) -> None:
 
 
 def check_same_device(**tensors: torch.Tensor) -> None:
+    """All ``tensors`` (by argument name) on one device; the message lists each one's."""
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
