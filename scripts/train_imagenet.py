@@ -108,9 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    args.model_kwargs = json.loads(args.model_kwargs)
+    try:
+        args.model_kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--model-kwargs is not valid JSON ({exc}): {args.model_kwargs!r}") from None
     if not isinstance(args.model_kwargs, dict):
-        raise SystemExit("--model-kwargs must be a JSON object")
+        raise SystemExit(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
     for name in ("num_basis", "mask_epochs", "alpha_epochs", "batch_size", "classes_per_task", "image_size"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")

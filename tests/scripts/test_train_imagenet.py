@@ -137,8 +137,10 @@ def test_task_index_of_learner_names():
 
 
 def test_bad_model_kwargs_are_refused():
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"--model-kwargs must be a JSON object, got \[1, 2\]"):
         script.parse_args(["--data-root", "x", "--out", "y", "--model-kwargs", "[1, 2]"])
+    with pytest.raises(SystemExit, match=r"--model-kwargs is not valid JSON .*: \"\{'width': 8\}\""):
+        script.parse_args(["--data-root", "x", "--out", "y", "--model-kwargs", "{'width': 8}"])
 
 
 def test_resnet50_bank_bytes_at_250_masks():
