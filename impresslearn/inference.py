@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -111,8 +112,10 @@ class TaskFingerprint:
         for name, t in (("mean", self.mean), ("var", self.var)):
             if not isinstance(t, torch.Tensor) or t.shape != (m,):
                 raise ValueError(f"fingerprint {name} must be a tensor of shape [{m}], got {getattr(t, 'shape', t)}")
-        if not bool((self.var > 0).all()) or not bool(torch.isfinite(self.mean).all()):
-            raise ValueError("fingerprint var must be > 0 and mean finite")
+        # var finite too: a checkpoint refuses an infinite one, so it must not exist in memory either
+        if not bool((self.var > 0).all()) or not bool(torch.isfinite(self.var).all()) or not bool(
+                torch.isfinite(self.mean).all()):  # fmt: skip
+            raise ValueError("fingerprint var must be finite and > 0 and mean finite")
 
     @property
     def nbytes(self) -> int:
@@ -512,7 +515,9 @@ def task_fingerprint(
     entropy on those inputs (for the ``calibrated`` method). ``4 * sketch_dim + 4`` bytes.
     ``bind`` instead of ``name``: a callable that makes ``learner.model`` compute a task not yet
     stored (its coefficients and BN slot), so that a commit can measure the fingerprint before
-    it changes the learner.
+    it changes the learner. The moments are stored in fp16: inputs whose sketch does not fit
+    (a mean above 65504, a variance below fp16's smallest) are refused with a ``ValueError``
+    asking to normalise them, never stored as infinities or zeros.
 
     Distributed training: the statistics are those of the inputs this process reads, so under
     DDP (a ``DistributedSampler``) each rank would fingerprint only its shard, and the ranks'
@@ -520,66 +525,126 @@ def task_fingerprint(
     to sum the moments over its ranks: every rank of the group must then call this with its
     shard (a collective; ``max_examples`` counts per rank) and gets the same fingerprint.
     It is never done implicitly, since a call made on one rank alone would wait forever.
+    A rank that fails to read its shard (no inputs, a NaN, a model that refuses them) still
+    joins the collectives, so every rank raises (that rank its own error, the others a
+    ``RuntimeError`` saying another rank failed) instead of the others waiting forever; so do
+    ranks whose inputs differ in size or that ask for different sketches (``sketch_dim``, ``seed``).
     """
     if sketch_dim is not None and not is_count(sketch_dim, 1):
         raise ValueError(f"sketch_dim must be an int >= 1 or None, got {sketch_dim!r}")
     sketch_dim = None if sketch_dim is None else int(sketch_dim)  # numpy's too; stored as JSON
+    if not is_count(seed, 0) or seed >= 2**63:  # torch.Generator's seed range
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    seed = int(seed)
+    if max_examples is not None and not is_count(max_examples, 2):  # x[:max_examples - total] reads any int
+        raise ValueError(f"max_examples must be an int >= 2 or None, got {max_examples!r}")
     if (learner is None) != (name is None and bind is None) or (name is not None and bind is not None):
         raise ValueError("give learner with name or bind (to measure the entropy baseline), or none of them")
     total = 0
     s1 = s2 = None
     entropy_sum = 0.0
     input_size = None
-    with contextlib.ExitStack() as stack:
-        if learner is not None:
-            if name is not None:
-                _candidate_names(learner, [name])
-            stack.enter_context(_restored_sources(learner))
-            stack.enter_context(torch.no_grad())
-            if name is not None:
-                learner.bind_task(name)
-            else:
-                bind()
-            learner.model.eval()
-        for x in _batches(inputs):
-            if max_examples is not None:
-                x = x[: max_examples - total]
-            _check_batch(x)
-            if input_size is None:
-                input_size = x[0].numel()
-            z = _sketch(x, input_size, sketch_dim, seed).double()
-            s1 = z.sum(0) if s1 is None else s1 + z.sum(0)
-            s2 = (z * z).sum(0) if s2 is None else s2 + (z * z).sum(0)
-            total += x.shape[0]
+    try:
+        with contextlib.ExitStack() as stack:
             if learner is not None:
-                entropy_sum += float(_entropy(learner.model(x.to(learner.device))).sum())
-            if max_examples is not None and total >= max_examples:
-                break  # before the loader draws (and perhaps loads) another batch
+                if name is not None:
+                    _candidate_names(learner, [name])
+                stack.enter_context(_restored_sources(learner))
+                stack.enter_context(torch.no_grad())
+                if name is not None:
+                    learner.bind_task(name)
+                else:
+                    bind()
+                learner.model.eval()
+            for x in _batches(inputs):
+                if max_examples is not None:
+                    x = x[: max_examples - total]
+                _check_batch(x)
+                if input_size is None:
+                    input_size = x[0].numel()
+                z = _sketch(x, input_size, sketch_dim, seed).double()
+                s1 = z.sum(0) if s1 is None else s1 + z.sum(0)
+                s2 = (z * z).sum(0) if s2 is None else s2 + (z * z).sum(0)
+                total += x.shape[0]
+                if learner is not None:
+                    entropy_sum += float(_entropy(learner.model(x.to(learner.device))).sum())
+                if max_examples is not None and total >= max_examples:
+                    break  # before the loader draws (and perhaps loads) another batch
+    except Exception as exc:
+        if process_group is None:
+            raise
+        _check_ranks_agree(exc, total, input_size, sketch_dim, seed, process_group)  # raises on every rank
     if process_group is not None:
-        if s1 is None:  # the other ranks are waiting in the all-reduce: say so rather than hang silently
-            raise ValueError("this rank read no inputs; every rank of process_group needs at least one batch")
+        _check_ranks_agree(None, total, input_size, sketch_dim, seed, process_group)
         s1, s2, total, entropy_sum = _sum_over_ranks(s1, s2, total, entropy_sum, process_group)
     if total < 2:
         raise ValueError(f"a fingerprint needs at least 2 examples, got {total}")
     mean = s1 / total
     var = (s2 / total - mean * mean).clamp_min(0.0)
     var = var.clamp_min(_VAR_FLOOR * float(var.mean()) + 1e-12)
+    mean16, var16 = mean.to(torch.float16).cpu(), var.to(torch.float16).cpu()
+    if not bool(torch.isfinite(mean16).all() and torch.isfinite(var16).all() and (var16 > 0).all()):
+        raise ValueError(
+            f"the inputs' sketch moments do not fit the fingerprint's fp16 (largest |mean| {float(mean.abs().max()):.3g}, "
+            f"variances {float(var.min()):.3g} to {float(var.max()):.3g}; fp16 holds 6e-8 to 65504): normalise the "
+            "inputs (e.g. to mean 0 and standard deviation 1, as the scenarios do)"
+        )
     return TaskFingerprint(
-        mean=mean.to(torch.float16).cpu(), var=var.to(torch.float16).cpu(), input_size=input_size,
-        sketch_dim=sketch_dim, seed=seed, entropy=entropy_sum / total if learner is not None else float("nan"),
+        mean=mean16, var=var16, input_size=input_size, sketch_dim=sketch_dim, seed=seed,
+        entropy=entropy_sum / total if learner is not None else float("nan"),
     )  # fmt: skip
+
+
+def _collective_device(group) -> torch.device:
+    """Where a collective's tensor must live: NCCL reduces CUDA tensors only, gloo and the others CPU ones."""
+    import torch.distributed as dist
+
+    nccl = dist.get_backend(group) == "nccl"
+    return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
+
+def _check_ranks_agree(error: Exception | None, total: int, input_size: int | None, sketch_dim: int | None, seed: int,
+                       group) -> None:  # fmt: skip
+    """Raise on every rank of ``group`` (the same decision everywhere, from one all-reduce) when a rank
+    failed to read its shard (``error``) or read nothing, or the ranks' input sizes or sketches differ.
+
+    Each value goes in as ``v`` and ``-v`` under MAX, giving the largest and the smallest of the
+    ranks' values at once (int64: a seed is exact, where float64 would round it above 2**53).
+    """
+    import torch.distributed as dist
+
+    unknown = torch.iinfo(torch.int64).min  # a failed rank's input size: below every real one, never negated
+
+    def both(value):
+        return [value, -value] if value is not None else [unknown, unknown]
+
+    failed, empty = error is not None, error is None and total == 0
+    size = None if failed or empty else input_size
+    local = torch.tensor([int(failed), int(empty), *both(size), *both(-1 if sketch_dim is None else sketch_dim),
+                          *both(seed)], dtype=torch.int64, device=_collective_device(group))  # fmt: skip
+    dist.all_reduce(local, op=dist.ReduceOp.MAX, group=group)
+    any_failed, any_empty, size_max, size_min, sketch_max, sketch_min, seed_max, seed_min = local.cpu().tolist()
+    if failed:
+        raise error
+    if any_failed:
+        raise RuntimeError("another rank of process_group failed to read its inputs (its own error says why); "
+                           "no fingerprint was made on any rank")  # fmt: skip
+    if any_empty:
+        raise ValueError("a rank of process_group read no inputs; every rank needs at least one batch")
+    if size_max != -size_min:
+        raise ValueError(f"the ranks of process_group read inputs of different sizes ({-size_min} to {size_max} "
+                         "features per example): their moments cannot be summed")  # fmt: skip
+    if sketch_max != -sketch_min or seed_max != -seed_min:
+        raise ValueError("the ranks of process_group asked for different sketches (sketch_dim or seed differ)")
 
 
 def _sum_over_ranks(s1: torch.Tensor, s2: torch.Tensor, total: int, entropy_sum: float, group):
     """The sums of every rank of ``group``, in one all-reduce (float64: exact counts up to 2**53)."""
     import torch.distributed as dist
 
-    # NCCL reduces CUDA tensors only; gloo and the others take CPU ones
-    nccl = dist.get_backend(group) == "nccl"
-    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     m = s1.numel()
     packed = torch.cat([s1.double(), s2.double(), torch.tensor([float(total), entropy_sum], dtype=torch.float64,
-                                                               device=s1.device)]).to(device)  # fmt: skip
+                                                               device=s1.device)]).to(_collective_device(group))  # fmt: skip
     dist.all_reduce(packed, group=group)
     packed = packed.to(s1.device)
     return packed[:m], packed[m : 2 * m], int(packed[2 * m].item()), float(packed[2 * m + 1])
@@ -602,6 +667,9 @@ def _stacked_fingerprints(fingerprints: tuple, device) -> tuple[torch.Tensor, to
 
 def fingerprint_log_likelihoods(x: torch.Tensor, fingerprints: Sequence[TaskFingerprint]) -> torch.Tensor:
     """Per-example log-likelihood ``[T, N]`` of the batch's sketch under each task's diagonal Gaussian."""
+    if len(fingerprints) == 0:
+        raise ValueError("no fingerprints to score the batch against")
+    _check_batch(x)
     first = fingerprints[0]
     for fp in fingerprints[1:]:
         if not fp.same_sketch(first):
@@ -640,13 +708,25 @@ def _auto_method(learner, names, fingerprints) -> str:
     else ``exhaustive`` when every candidate is a basis task (Rotated: 85-100%, binary 45-65%);
     else ``binary``: an alpha task is more confident than a basis task on the basis task's own
     data, so exhaustive found 0% of basis batches once alpha tasks were candidates, binary 100%.
+
+    When some candidates have a fingerprint and others not, the fallback is not silent: a
+    ``UserWarning`` names the tasks without one (the user believes fingerprints are used, and GN
+    misses alpha tasks' batches), once per call site and set of tasks (Python's warning filter).
     """
     source = fingerprints if fingerprints is not None else getattr(learner, "fingerprints", None)
-    if source is not None and all(n in source for n in names):
+    have = [n for n in names if source is not None and n in source]
+    if len(have) == len(names):
         return "fingerprint"
-    if all(learner.tasks[n].kind == "basis" for n in names):
-        return "exhaustive"
-    return "binary"
+    method = "exhaustive" if all(learner.tasks[n].kind == "basis" for n in names) else "binary"
+    if have:
+        missing = [n for n in names if n not in have]
+        warnings.warn(
+            f"task inference 'auto': {len(missing)} of {len(names)} candidates have no fingerprint ({missing[:5]}), "
+            f"so {method!r} scores all of them instead of the fingerprints (it misses alpha tasks' batches: "
+            "docs/results.md); add theirs with learner.add_fingerprint, or pass candidates or method explicitly",
+            stacklevel=3,  # the caller of infer_task
+        )  # fmt: skip
+    return method
 
 
 def _refuse_finer_coefficients(learner, names: Sequence[str], method: str) -> None:
@@ -683,7 +763,15 @@ def infer_task(
     gradient steps of ``iterative``.
 
     Raises ``ValueError`` for an empty batch, NaN or inf in it, an empty or duplicated
-    candidate list; ``KeyError`` for an unknown candidate.
+    candidate list, a batch whose example size differs from the fingerprints'; ``KeyError`` for
+    an unknown candidate. ``'auto'`` warns when it falls back to GN because only some candidates
+    have a fingerprint (:func:`_auto_method`).
+
+    The batch is taken to come from ONE task: a batch that mixes tasks still gets one pick (the
+    task its examples favour on average) and a ``confidence`` below 1 (the share of its examples
+    that prefer the pick to the runner-up, near 0.5 for an even mix of two), so a low confidence
+    is the sign to look at; examples whose tasks may differ are inferred one at a time (a batch
+    of 1; with fingerprints on Permuted Fashion-MNIST ~98% of single images, ``FINGERPRINT_EXAMPLES``).
 
     Measured (``benchmarks/task_inference.py``; Fashion-MNIST, LeNet-300-100, K = 100, batches
     of 128; docs/results.md has the tables). Batches identified: ``fingerprint`` 100% everywhere

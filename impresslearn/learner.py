@@ -53,6 +53,15 @@ class ImpressLearner:
     coefficients are rounded to it when stored, and saved in it (``impresslearn.banks``).
     ``fingerprint_examples``: how many training inputs of a task ``learn_*`` read into its
     fingerprint (``fingerprints``, :meth:`add_fingerprint`); 0 stores none.
+
+    Fingerprint failures refuse, everywhere: ``learn_*`` and an objective's
+    ``commit(name, fingerprint_inputs=...)`` measure the fingerprint before they store anything,
+    and when it cannot be measured (fewer than 2 inputs, NaN, inputs the model cannot read, a
+    sketch or input size other than the stored fingerprints') they raise and leave the learner
+    as it was: no mask, no task, no fingerprint. A task stored without its fingerprint would make
+    the default task inference fall back to GN for every candidate set holding it, which misses
+    new tasks' batches, without a word. ``learn_*`` raise after training (the pass follows it):
+    a learner built with ``fingerprint_examples=0`` stores tasks without fingerprints on purpose.
     """
 
     def __init__(self, model: nn.Module, density: float = 0.1, device: str | torch.device = "cpu",
@@ -167,16 +176,16 @@ class ImpressLearner:
         The task is stored as a basis task (one-hot ``A_t``) with its own BN slot; the returned
         history's ``task.mask_index`` is the mask's place in the bank. Homogeneous masks: call
         again on the same data under other names with other ``cfg.seed``. Its fingerprint is
-        read from the first ``fingerprint_examples`` inputs of ``loader`` (one more pass).
+        read from the first ``fingerprint_examples`` inputs of ``loader`` (one more pass) before
+        the task is stored: inputs it cannot read refuse the task (below).
         """
         self.tasks.check_new_name(name)
         objective = EdgePopupObjective(self, seed=cfg.seed)
         try:
             history = fit(objective, loader, cfg, val_loader=val_loader, progress=self.progress, desc=f"mask {name}")
-            rec = objective.commit(name, config=cfg)
+            rec = objective.commit(name, config=cfg, fingerprint_inputs=self._fingerprint_inputs(loader))
         finally:
             objective.discard()  # a no-op after commit; else gives the BN slot back
-        self._fingerprint_learned_task(name, loader)
         return replace(history, task=rec)
 
     def add_random_masks(self, count: int, seed: int | None = None) -> list[int]:
@@ -239,16 +248,16 @@ class ImpressLearner:
         ``granularity``: ``"layer"`` (the paper's), ``"channel"`` or a block size of output
         channels: one column of alpha per block of each layer's channels
         (:class:`~impresslearn.objectives.AlphaObjective`; bytes: ``bytes_per_task``).
-        Its fingerprint is read from the first ``fingerprint_examples`` inputs of ``loader``.
+        Its fingerprint is read from the first ``fingerprint_examples`` inputs of ``loader`` before
+        the task is stored: inputs it cannot read refuse the task (the class docstring).
         """
         self.tasks.check_new_name(name)
         objective = AlphaObjective(self, lam=cfg.lam, hybrid=hybrid, seed=cfg.seed, granularity=granularity)
         try:
             history = fit(objective, loader, cfg, val_loader=val_loader, progress=self.progress, desc=f"alpha {name}")
-            rec = objective.commit(name, config=cfg)
+            rec = objective.commit(name, config=cfg, fingerprint_inputs=self._fingerprint_inputs(loader))
         finally:
             objective.discard()
-        self._fingerprint_learned_task(name, loader)
         return replace(history, task=rec)
 
     def register_task(self, name: str, coefficients: torch.Tensor, kind: str = "new", *,
@@ -280,7 +289,8 @@ class ImpressLearner:
         return self.store_task(rec)
 
     # -- fingerprints (what task inference reads by default) ------------------------------
-    def add_fingerprint(self, name: str, inputs, *, max_examples: int | None = None) -> inference.TaskFingerprint:
+    def add_fingerprint(self, name: str, inputs, *, max_examples: int | None = None,
+                        process_group=None) -> inference.TaskFingerprint:  # fmt: skip
         """Compute and keep the fingerprint of stored task ``name`` from its training inputs.
 
         For tasks committed from your own loop (``objective.commit(name, fingerprint_inputs=...)``
@@ -289,29 +299,38 @@ class ImpressLearner:
         :class:`~impresslearn.inference.TaskFingerprint`. At most ``max_examples`` inputs are read
         (default ``fingerprint_examples``, or ``FINGERPRINT_EXAMPLES`` when that is 0); besides
         their sketch it measures the task's mean output entropy on them (the ``calibrated``
-        method's baseline). Replaces any earlier one.
+        method's baseline). Replaces any earlier one; a refused one changes nothing.
+
+        Under DDP, pass ``process_group`` (e.g. ``torch.distributed.group.WORLD``) with each
+        rank's shard as ``inputs``: the moments are summed over the group's ranks
+        (:func:`~impresslearn.inference.task_fingerprint`), so every rank keeps the same
+        fingerprint; ``max_examples`` then counts per rank. Every rank of the group must call it.
         """
         rec = self.tasks[name]  # KeyError naming the stored tasks
-        fingerprint = self.measure_fingerprint(inputs, name=rec.name, max_examples=max_examples)
+        fingerprint = self.measure_fingerprint(inputs, name=rec.name, max_examples=max_examples,
+                                               process_group=process_group)  # fmt: skip
         self.fingerprints[name] = fingerprint
         return fingerprint
 
-    def measure_fingerprint(self, inputs, *, name: str | None = None, bind=None,
-                            max_examples: int | None = None) -> inference.TaskFingerprint:  # fmt: skip
+    def measure_fingerprint(self, inputs, *, name: str | None = None, bind=None, max_examples: int | None = None,
+                            process_group=None) -> inference.TaskFingerprint:  # fmt: skip
         """The fingerprint :meth:`add_fingerprint` keeps, checked against the stored ones, not kept.
 
         The task is the stored ``name``, or the one ``bind()`` makes the model compute (a task
         not stored yet: an objective's commit measures first, so that inputs it cannot read
-        refuse the commit before anything is stored).
+        refuse the commit before anything is stored). ``process_group``: as in :meth:`add_fingerprint`.
         """
         if isinstance(inputs, inference.TaskFingerprint):
+            if process_group is not None:  # nothing to sum: a rank that skipped the collective would hang the rest
+                raise ValueError("process_group sums the moments of inputs being read; a ready TaskFingerprint "
+                                 "has none to sum (pass the inputs, or the fingerprint without process_group)")  # fmt: skip
             fingerprint = inputs
         else:
             if max_examples is None:  # learners that fingerprint nothing themselves still read the default
                 max_examples = self.fingerprint_examples or FINGERPRINT_EXAMPLES
             max_examples = check_integer(max_examples, "max_examples", minimum=2)
             fingerprint = inference.task_fingerprint(inputs, learner=self, name=name, bind=bind,
-                                                     max_examples=max_examples)  # fmt: skip
+                                                     max_examples=max_examples, process_group=process_group)  # fmt: skip
         others = [fp for n, fp in self.fingerprints.items() if n != name]
         if others and not fingerprint.same_sketch(others[0]):
             first = others[0]
@@ -322,13 +341,10 @@ class ImpressLearner:
             )
         return fingerprint
 
-    def _fingerprint_learned_task(self, name: str, loader) -> None:
-        if self.fingerprint_examples == 0:
-            return
-        try:
-            self.add_fingerprint(name, loader)
-        except ValueError as exc:  # the task is stored either way; inference then falls back to GN
-            warnings.warn(f"task {name!r} was stored without a fingerprint: {exc}", stacklevel=3)
+    def _fingerprint_inputs(self, loader):
+        """What ``learn_*`` commit with: the training loader (its first ``fingerprint_examples``
+        inputs are read), or None when this learner stores no fingerprints."""
+        return loader if self.fingerprint_examples else None
 
     # -- evaluation -----------------------------------------------------------------------
     def _accuracy(self, loader) -> float:

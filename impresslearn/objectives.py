@@ -12,7 +12,8 @@ callbacks; when it is done, ``objective.commit(name)`` stores the task in the le
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = ddp(x, y)
         loss.backward(); optimizer.step(); optimizer.zero_grad()
-    objective.commit("task 7", fingerprint_inputs=loader)  # the inputs task inference will match
+    objective.commit("task 7", fingerprint_inputs=loader,   # the inputs task inference will match,
+                     process_group=torch.distributed.group.WORLD)  # summed over every rank's shard
 
 The learner's model is deliberately *not* a submodule: DDP would otherwise broadcast its
 buffers (the banks: 0.8 GB for ResNet-50 at K = 250) and the frozen backbone. A new objective
@@ -128,11 +129,12 @@ class TaskObjective(nn.Module):
                 "lower the learning rate. Nothing was stored."
             )
 
-    def _fingerprint(self, fingerprint_inputs):
+    def _fingerprint(self, fingerprint_inputs, process_group=None):
         """The task's fingerprint, measured with this objective bound before commit changes anything:
         inputs it cannot read refuse the commit and leave the learner as it was. (The same masks;
         alpha before its rounding to a 16-bit ``coefficient_dtype``, a last-digit difference in the
-        entropy baseline.)"""
+        entropy baseline.) ``process_group``: each rank passes its shard and the moments are summed
+        over the group (``learner.add_fingerprint``), so every rank stores the same fingerprint."""
         if fingerprint_inputs is None:
             return None
 
@@ -140,7 +142,7 @@ class TaskObjective(nn.Module):
             self.bind()
             set_bn_slot(self.learner.model, self.bn_slot)
 
-        return self.learner.measure_fingerprint(fingerprint_inputs, bind=bind)
+        return self.learner.measure_fingerprint(fingerprint_inputs, bind=bind, process_group=process_group)
 
     def _store(self, record: TaskRecord, fingerprint=None) -> TaskRecord:
         rec = self.learner.store_task(record, owner=self)
@@ -167,12 +169,13 @@ class EdgePopupObjective(TaskObjective):
     def bind(self) -> None:
         bind_scores(self.learner.model, list(self.scores), self.learner.density)
 
-    def commit(self, name: str, *, config: TrainConfig | dict | None = None, fingerprint_inputs=None) -> TaskRecord:
+    def commit(self, name: str, *, config: TrainConfig | dict | None = None, fingerprint_inputs=None,
+               process_group=None) -> TaskRecord:  # fmt: skip
         self._check_open()
         self.learner.tasks.check_new_name(name)
         for i, s in enumerate(self.scores):
             self._check_finite(name, f"scores of layer {i}", s)
-        fingerprint = self._fingerprint(fingerprint_inputs)
+        fingerprint = self._fingerprint(fingerprint_inputs, process_group)
         index = self.learner.append_masks_from_scores([s.detach() for s in self.scores], owner=name)
         a = one_hot_coefficients(self.learner.model, index)
         record = TaskRecord(name, "basis", a, self.bn_slot, mask_index=index, config=_config_dict(config))
@@ -234,7 +237,8 @@ class AlphaObjective(TaskObjective):
             a[:, -1] = 0.0
         return a
 
-    def commit(self, name: str, *, config: TrainConfig | dict | None = None, fingerprint_inputs=None) -> TaskRecord:
+    def commit(self, name: str, *, config: TrainConfig | dict | None = None, fingerprint_inputs=None,
+               process_group=None) -> TaskRecord:  # fmt: skip
         self._check_open()
         self.learner.tasks.check_new_name(name)
         a = self.coefficients()
@@ -242,7 +246,7 @@ class AlphaObjective(TaskObjective):
         extra_index = None
         if self.hybrid:
             self._check_finite(name, "last-layer scores", self.last_scores)
-        fingerprint = self._fingerprint(fingerprint_inputs)
+        fingerprint = self._fingerprint(fingerprint_inputs, process_group)
         if self.hybrid:
             extra_index = self.learner.append_extra_mask_from_scores(self.last_scores.detach())
         kind = "hybrid" if self.hybrid else "new"

@@ -436,3 +436,72 @@ def test_default_train_config_trains_a_mask_and_alpha_on_fashion_mnist():
     learner.learn_alpha("t1", splits[1][0])
     mask, alpha = learner.evaluate("t0", splits[0][1]), learner.evaluate("t1", splits[1][1])
     assert mask > 0.7 and alpha > 0.48, (mask, alpha)
+
+
+# ----------------------------------------------------------------------------- fingerprint failures
+
+
+def _learn_basis_mask(learner, name, loader):
+    return learner.learn_basis_mask(name, loader, MASK_CFG)
+
+
+def _learn_alpha(learner, name, loader):
+    return learner.learn_alpha(name, loader, ALPHA_CFG)
+
+
+def _commit(learner, name, loader):
+    """A user's own loop: train alpha, then commit with the training loader's inputs."""
+    from impresslearn.objectives import AlphaObjective, fit
+
+    objective = AlphaObjective(learner)
+    try:
+        fit(objective, loader, ALPHA_CFG)
+        return objective.commit(name, fingerprint_inputs=loader)
+    finally:
+        objective.discard()
+
+
+@pytest.mark.parametrize("store", [_learn_basis_mask, _learn_alpha, _commit], ids=["learn_basis_mask", "learn_alpha",
+                                                                                   "commit"])  # fmt: skip
+def test_a_task_whose_fingerprint_fails_is_refused_by_every_path(store):
+    """One policy: learn_* and an objective's commit refuse a task whose fingerprint cannot be made
+    and leave the learner as it was (learn_* used to store it, warn, and let inference fall back to GN)."""
+    from impresslearn.inference import task_fingerprint
+
+    sc = _synthetic(2)
+    learner = ImpressLearner(_tiny_lenet(), density=0.3)
+    learner.add_random_masks(4, seed=0)
+    learner.register_task("first", torch.full((4, 3), 0.25))
+    # the stored fingerprint has another sketch: the new task's could never be compared with it
+    learner.add_fingerprint("first", task_fingerprint(sc.task(0).train.inputs, sketch_dim=16))
+    before = (learner.num_masks, list(learner.tasks), dict(learner.fingerprints), learner.state_sha256())
+    with pytest.raises(ValueError, match="could not be compared"):
+        store(learner, "second", _loader(sc.task(1).train, shuffle=True))
+    assert (learner.num_masks, list(learner.tasks), dict(learner.fingerprints), learner.state_sha256()) == before
+    # with a matching sketch the same call stores the task and its fingerprint
+    learner.add_fingerprint("first", sc.task(0).train.inputs)
+    store(learner, "second", _loader(sc.task(1).train, shuffle=True))
+    assert list(learner.tasks) == ["first", "second"] and set(learner.fingerprints) == {"first", "second"}
+
+
+def test_a_learner_built_without_fingerprints_stores_tasks_without_them():
+    """fingerprint_examples=0 is the one way to store learned tasks without a fingerprint, on purpose."""
+    sc = _synthetic(1)
+    learner = ImpressLearner(_tiny_lenet(), density=0.3, fingerprint_examples=0)
+    learner.add_random_masks(4, seed=0)
+    learner.learn_alpha("a", _loader(sc.task(0).train), ALPHA_CFG)
+    assert list(learner.tasks) == ["a"] and learner.fingerprints == {}
+
+
+def test_a_ready_fingerprint_is_not_summed_over_ranks():
+    """process_group sums the moments of inputs being read: with a ready fingerprint it is refused
+    before any collective (a rank that skipped it would leave the others waiting)."""
+    from impresslearn.inference import task_fingerprint
+
+    learner = ImpressLearner(_tiny_lenet(), density=0.3)
+    learner.add_random_masks(2, seed=0)
+    learner.register_task("a", torch.full((2, 3), 0.5))
+    ready = task_fingerprint(torch.randn(8, 1, 28, 28))
+    with pytest.raises(ValueError, match="ready TaskFingerprint"):
+        learner.add_fingerprint("a", ready, process_group=object())
+    assert learner.fingerprints == {}
