@@ -265,6 +265,41 @@ void plane_bit_sums_avx2(const uint8_t* p, const float* u, int64_t len, int bits
   }
 }
 
+namespace {
+
+// acc[j] += table256[256 g + byte] plane by plane, in plane order: the same fp32 adds as
+// the vector loops. G planes per pass over 8 weights: the 8 sums stay in registers
+// across the G look-ups, and each 8-byte load of a plane is split by shifts. (The
+// previous loop, one plane per pass, took 2.75x as long: n = 1M, K = 256, 1 thread.)
+template <int G>
+void table_pass(const uint8_t* bank, int64_t n, int64_t g, const float* table256, int64_t j0, int64_t len, float* acc) {
+  const uint8_t* p[G];
+  const float* t[G];
+  for (int i = 0; i < G; ++i) p[i] = bank + (g + i) * n + j0, t[i] = table256 + 256 * (g + i);
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    float a[8];
+    for (int w = 0; w < 8; ++w) a[w] = acc[j + w];
+    for (int i = 0; i < G; ++i) {
+      uint64_t x;
+      std::memcpy(&x, p[i] + j, 8);  // little-endian: byte w is weight j + w
+      for (int w = 0; w < 8; ++w) a[w] += t[i][(x >> (8 * w)) & 0xFF];
+    }
+    for (int w = 0; w < 8; ++w) acc[j + w] = a[w];
+  }
+  for (; j < len; ++j)
+    for (int i = 0; i < G; ++i) acc[j] += t[i][p[i][j]];
+}
+
+}  // namespace
+
+void accumulate_planes_table(const uint8_t* bank, int64_t n, int64_t planes, const float* table256, int64_t j0,
+                             int64_t len, float* acc) {
+  int64_t g = 0;
+  for (; g + 4 <= planes; g += 4) table_pass<4>(bank, n, g, table256, j0, len, acc);
+  for (; g < planes; ++g) table_pass<1>(bank, n, g, table256, j0, len, acc);
+}
+
 }  // namespace detail
 
 namespace {
@@ -279,15 +314,6 @@ using detail::plane_value;
 namespace {
 
 using detail::plane_tables;
-
-void accumulate_planes_portable(const uint8_t* bank, int64_t n, int64_t planes, const float* table256, int64_t j0,
-                                int64_t len, float* acc) {
-  for (int64_t g = 0; g < planes; ++g) {
-    const float* t = table256 + 256 * g;
-    const uint8_t* p = bank + g * n + j0;
-    for (int64_t j = 0; j < len; ++j) acc[j] += t[p[j]];
-  }
-}
 
 // u[0, len) = grad[j0 + j] * weight[j0 + j] in fp32.
 struct Products {
@@ -360,7 +386,7 @@ void combine_masks(const void* weight, Dtype dtype, const uint8_t* bank, const f
     switch (isa) {
       case Isa::avx512: detail::accumulate_planes_avx512(bank, n, planes, tables.data(), j0, len, acc); break;
       case Isa::avx2: detail::accumulate_planes_avx2(bank, n, planes, tables.data(), j0, len, acc); break;
-      case Isa::portable: accumulate_planes_portable(bank, n, planes, table256.data(), j0, len, acc); break;
+      case Isa::portable: detail::accumulate_planes_table(bank, n, planes, table256.data(), j0, len, acc); break;
     }
     scale_by_weight(weight, dtype, j0, len, acc, out);
   }

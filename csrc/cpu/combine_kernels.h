@@ -44,6 +44,11 @@ void accumulate_planes_avx2(const uint8_t* bank, int64_t n, int64_t planes, cons
 void accumulate_planes_avx512(const uint8_t* bank, int64_t n, int64_t planes, const PlaneTables* tables, int64_t j0,
                               int64_t len, float* acc);
 
+// The same sums from 256-entry tables, table256[256 g + v] = plane_value(tables[g], v):
+// plain C++ (scalar look-ups), the portable loop.
+void accumulate_planes_table(const uint8_t* bank, int64_t n, int64_t planes, const float* table256, int64_t j0,
+                             int64_t len, float* acc);
+
 // sums[b] = sum_j u[j] bit_b(p[j]) for b < bits (1..8: the last plane of a bank may
 // hold fewer than 8 masks; sums[b >= bits] are not written), one plane of one block,
 // in the canonical order: lane i (0..7) sums, in fp32 and in index order, u[j] over

@@ -196,11 +196,12 @@ static void test_alpha_grad(const Case& c) {
 // acc[0, len) += plane_value(tables[g], byte) for every plane, planes two at a time as
 // ((acc + v_g) + v_g+1), on an accumulator that is not zero (the vector loops keep it
 // in their lookup order while they run and must give it back in weight order), for
-// lengths around the 32- and 64-weight chunks and odd plane counts, bit for bit.
+// lengths around the 8-, 32- and 64-weight chunks and plane counts around the portable
+// loop's passes of 4, bit for bit.
 static void test_accumulate_planes_contract() {
   std::mt19937 gen(7);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  for (int64_t planes : {1, 2, 3, 5}) {
+  for (int64_t planes : {1, 2, 3, 4, 5, 9}) {
     const int64_t k = 8 * planes - 3;  // the last plane's top bits are past K: they must count as alpha = 0
     std::vector<float> alpha(k);
     for (auto& a : alpha) a = dist(gen);
@@ -228,10 +229,13 @@ static void test_accumulate_planes_contract() {
                     cpu::detail::plane_value(tables[g + 1], bank[(g + 1) * n + j0 + j]);
         for (; g < planes; ++g) want[j] += cpu::detail::plane_value(tables[g], bank[g * n + j0 + j]);
       }
+      std::vector<float> table256(256 * planes);  // the portable loop's tables
+      for (int64_t g = 0; g < planes; ++g)
+        for (unsigned v = 0; v < 256; ++v) table256[256 * g + v] = cpu::detail::plane_value(tables[g], v);
       for (Isa isa : runnable_isas_cached()) {
-        if (isa == Isa::portable) continue;
         std::vector<float> acc = start;
-        if (isa == Isa::avx2) cpu::detail::accumulate_planes_avx2(bank.data(), n, planes, tables.data(), j0, len, acc.data());
+        if (isa == Isa::portable) cpu::detail::accumulate_planes_table(bank.data(), n, planes, table256.data(), j0, len, acc.data());
+        else if (isa == Isa::avx2) cpu::detail::accumulate_planes_avx2(bank.data(), n, planes, tables.data(), j0, len, acc.data());
         else cpu::detail::accumulate_planes_avx512(bank.data(), n, planes, tables.data(), j0, len, acc.data());
         CHECK(std::memcmp(acc.data(), want.data(), 4 * len) == 0);
       }
