@@ -51,6 +51,20 @@
 // u looked up by the bits movemask gathers (subset256 in the benchmark), measured
 // 1.96 cycles: 1.31x faster, still short of the target, and it would replace the
 // AVX-512 masked-add loop on every ISA; left as a candidate.
+// Probed later on the same Zen 1 (one-off variants of bench_combine_loops, 1 thread,
+// n = 1M, K = 256, cycles per (weight, plane); none shipped):
+//   forward   the portable loop's scalar 256-entry look-ups, 0.90-0.98 against 1.03,
+//             but no faster at n = 4M on 2 threads (58-62 ms CPU time for both, load 4):
+//             two planes by vpshufb and two by look-ups in one pass, 1.55 (the look-ups
+//             read what the vector stores just wrote); 32 weights by vpshufb and 16 by
+//             look-ups, 0.97; vgatherdps, 2.77.
+//   gradient  256-bin histograms with 4 or 8 copies (one per weight mod 8), 2.5-2.7 for
+//             the updates alone; subset sums of 64-weight sub-blocks kept in L1, 2.0 (the
+//             same as subset256: the L2-resident table was not the limit); the blend loop
+//             on 128-bit registers, 2.71; two planes sharing each u load, 2.63; FMA with
+//             0.0/1.0 factors, 4.5.
+// With the summation orders fixed, the targets need another formulation (e.g. exact
+// integer sums, which any order reproduces), a change of the op's contract.
 #include "cpu/combine.h"
 
 #include <immintrin.h>
