@@ -25,6 +25,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def list_models() -> list[str]:
+    """The names :func:`create_model` accepts, sorted."""
     return sorted(_MODELS)
 
 
