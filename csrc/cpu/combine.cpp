@@ -185,6 +185,11 @@ __attribute__((target("avx2,fma"))) void accumulate_planes_avx2(const uint8_t* b
 
 std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks, int64_t planes) {
   std::vector<PlaneTables> tables(planes);
+  plane_tables(alpha, num_masks, planes, tables.data());
+  return tables;
+}
+
+void plane_tables(const float* alpha, int64_t num_masks, int64_t planes, PlaneTables* tables) {
   for (int64_t g = 0; g < planes; ++g) {
     for (int half = 0; half < 2; ++half) {
       float* entries = half == 0 ? tables[g].lo : tables[g].hi;
@@ -203,7 +208,6 @@ std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks, int
         for (int v = 0; v < 16; ++v) bytes[q][v] = uint8_t(std::bit_cast<uint32_t>(entries[v]) >> (8 * q));
     }
   }
-  return tables;
 }
 
 // The 8 lane sums of every bit, then fp64 (combine_kernels.h). "If the bit is set,
@@ -314,6 +318,25 @@ void accumulate_planes_table(const uint8_t* bank, int64_t n, int64_t planes, con
   for (; g < planes; ++g) table_pass<1>(bank, n, g, table256, j0, len, acc);
 }
 
+void load_products(const void* grad, Dtype grad_dtype, const void* weight, Dtype weight_dtype, int64_t j0,
+                   int64_t len, float* u) {
+  alignas(64) float w[kGradBlock];
+  load_as_float(grad, grad_dtype, j0, len, u);
+  load_as_float(weight, weight_dtype, j0, len, w);
+  for (int64_t j = 0; j < len; ++j) u[j] *= w[j];
+}
+
+void block_bit_sums(const uint8_t* bank, int64_t n, int64_t num_masks, int64_t j0, int64_t len, const float* u,
+                    Isa isa, double* out) {
+  const int64_t planes = (num_masks + 7) / 8;
+  for (int64_t g = 0; g < planes; ++g) {
+    const uint8_t* p = bank + g * n + j0;
+    const int bits = int(std::min<int64_t>(8, num_masks - 8 * g));
+    if (isa == Isa::portable) plane_bit_sums_portable(p, u, len, bits, out + 8 * g);
+    else plane_bit_sums_avx2(p, u, len, bits, out + 8 * g);
+  }
+}
+
 }  // namespace detail
 
 namespace {
@@ -329,7 +352,7 @@ namespace {
 
 using detail::plane_tables;
 
-// u[0, len) = grad[j0 + j] * weight[j0 + j] in fp32.
+// The gradient's and weight's pointers, bound for load_products.
 struct Products {
   const void* grad;
   Dtype grad_dtype;
@@ -337,26 +360,17 @@ struct Products {
   Dtype weight_dtype;
 
   void operator()(int64_t j0, int64_t len, float* u) const {
-    alignas(64) float w[kGradBlock];
-    load_as_float(grad, grad_dtype, j0, len, u);
-    load_as_float(weight, weight_dtype, j0, len, w);
-    for (int64_t j = 0; j < len; ++j) u[j] *= w[j];
+    detail::load_products(grad, grad_dtype, weight, weight_dtype, j0, len, u);
   }
 };
 
 // One block's sums of every plane into out[8 * plane + bit].
 void block_bit_sums(const Products& products, const uint8_t* bank, int64_t n, int64_t num_masks, int64_t blk, Isa isa,
                     double* out) {
-  const int64_t planes = (num_masks + 7) / 8;
   alignas(64) float u[kGradBlock];
   const int64_t j0 = blk * kGradBlock, len = std::min(kGradBlock, n - j0);
   products(j0, len, u);
-  for (int64_t g = 0; g < planes; ++g) {
-    const uint8_t* p = bank + g * n + j0;
-    const int bits = int(std::min<int64_t>(8, num_masks - 8 * g));
-    if (isa == Isa::portable) detail::plane_bit_sums_portable(p, u, len, bits, out + 8 * g);
-    else detail::plane_bit_sums_avx2(p, u, len, bits, out + 8 * g);
-  }
+  detail::block_bit_sums(bank, n, num_masks, j0, len, u, isa, out);
 }
 
 // Two full blocks a, a + 1 at once on AVX-512 (combine_kernels.h).

@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/convert.h"
+#include "cpu/isa.h"
+
 namespace impresslearn::cpu::detail {
 
 // Forward blocks: an fp32 accumulator of kFwdBlock floats (64 KB, in L2) that every
@@ -34,7 +37,9 @@ struct alignas(16) PlaneTables {
 inline float plane_value(const PlaneTables& t, unsigned v) { return t.lo[v & 15] + t.hi[v >> 4]; }
 
 // The tables of planes [0, planes), planes = ceil(num_masks / 8); masks >= num_masks
-// count as alpha = 0 (combine.cpp; combine_rows.cpp builds each row block's with it).
+// count as alpha = 0 (combine.cpp; combine_rows.cpp builds each row block's with it,
+// into a buffer of its thread).
+void plane_tables(const float* alpha, int64_t num_masks, int64_t planes, PlaneTables* tables);
 std::vector<PlaneTables> plane_tables(const float* alpha, int64_t num_masks, int64_t planes);
 
 // acc[0, len) += plane_value(tables[g], bank[g * n + j0 + j]) for every plane g, planes
@@ -57,6 +62,17 @@ void accumulate_planes_table(const uint8_t* bank, int64_t n, int64_t planes, con
 // j >= len - len % 8 in index order, in fp64.
 void plane_bit_sums_portable(const uint8_t* p, const float* u, int64_t len, int bits, double* sums);
 void plane_bit_sums_avx2(const uint8_t* p, const float* u, int64_t len, int bits, double* sums);
+
+// u[0, len) = grad[j0 + j] * weight[j0 + j] in fp32 (len <= kGradBlock): the products
+// every alpha gradient sums, per layer (combine.cpp) or per channel block (combine_rows.cpp).
+void load_products(const void* grad, Dtype grad_dtype, const void* weight, Dtype weight_dtype, int64_t j0,
+                   int64_t len, float* u);
+
+// out[8 g + b] = the plane_bit_sums of every plane g of one block [j0, j0 + len) (len <=
+// kGradBlock) from its products u: the portable loop, else the AVX2 one (also for the
+// AVX-512 ISA, whose pair loop needs two full blocks; the bits are the same).
+void block_bit_sums(const uint8_t* bank, int64_t n, int64_t num_masks, int64_t j0, int64_t len, const float* u,
+                    Isa isa, double* out);
 
 // The same for two full blocks (kGradBlock weights each) at once, one per half of a
 // zmm register: pa, pb their bytes of one plane; u_pair their products interleaved

@@ -74,21 +74,24 @@ void combine_masks_rows(const void* weight, Dtype dtype, const uint8_t* bank, co
   const std::vector<float> columns = columns_by_group(alpha, num_masks, groups);
   const int64_t chunks_per_group = (group_len + kFwdBlock - 1) / kFwdBlock;
   const int64_t items = groups * chunks_per_group;
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 8) if (items > 1)
-  for (int64_t item = 0; item < items; ++item) {
-    const Chunk ch = chunk_of(item, chunks_per_group, kFwdBlock, group_len, n);
-    if (ch.len == 0) continue;  // past the end of a last, shorter group
-    const std::vector<PlaneTables> tables =
-        detail::plane_tables(columns.data() + (item / chunks_per_group) * num_masks, num_masks, planes);
-    const PlaneTables* t = tables.data();
-    alignas(64) float acc[kFwdBlock];
-    std::fill(acc, acc + ch.len, 0.0f);
-    switch (isa) {
-      case Isa::avx512: detail::accumulate_planes_avx512(bank, n, planes, t, ch.j0, ch.len, acc); break;
-      case Isa::avx2: detail::accumulate_planes_avx2(bank, n, planes, t, ch.j0, ch.len, acc); break;
-      case Isa::portable: accumulate_planes_portable(bank, n, planes, t, ch.j0, ch.len, acc); break;
+#pragma omp parallel num_threads(num_threads) if (items > 1)
+  {
+    std::vector<PlaneTables> tables(planes);  // each chunk's group's tables, rebuilt per chunk
+    PlaneTables* t = tables.data();
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t item = 0; item < items; ++item) {
+      const Chunk ch = chunk_of(item, chunks_per_group, kFwdBlock, group_len, n);
+      if (ch.len == 0) continue;  // past the end of a last, shorter group
+      detail::plane_tables(columns.data() + (item / chunks_per_group) * num_masks, num_masks, planes, t);
+      alignas(64) float acc[kFwdBlock];
+      std::fill(acc, acc + ch.len, 0.0f);
+      switch (isa) {
+        case Isa::avx512: detail::accumulate_planes_avx512(bank, n, planes, t, ch.j0, ch.len, acc); break;
+        case Isa::avx2: detail::accumulate_planes_avx2(bank, n, planes, t, ch.j0, ch.len, acc); break;
+        case Isa::portable: accumulate_planes_portable(bank, n, planes, t, ch.j0, ch.len, acc); break;
+      }
+      scale_by_weight(weight, dtype, ch.j0, ch.len, acc, out);
     }
-    scale_by_weight(weight, dtype, ch.j0, ch.len, acc, out);
   }
 }
 
@@ -106,18 +109,8 @@ void combine_masks_rows_alpha_grad(const void* grad, Dtype grad_dtype, const voi
     const Chunk ch = chunk_of(item, blocks_per_group, kGradBlock, group_len, n);
     if (ch.len == 0) continue;  // an empty block adds 0.0: its partial stays zero
     alignas(64) float u[kGradBlock];
-    alignas(64) float w[kGradBlock];
-    // u = grad * W in fp32, as combine.cpp's Products computes it
-    load_as_float(grad, grad_dtype, ch.j0, ch.len, u);
-    load_as_float(weight, weight_dtype, ch.j0, ch.len, w);
-    for (int64_t j = 0; j < ch.len; ++j) u[j] *= w[j];
-    double* out = partial.data() + item * slots;
-    for (int64_t g = 0; g < planes; ++g) {
-      const uint8_t* p = bank + g * n + ch.j0;
-      const int bits = int(std::min<int64_t>(8, num_masks - 8 * g));
-      if (isa == Isa::portable) detail::plane_bit_sums_portable(p, u, ch.len, bits, out + 8 * g);
-      else detail::plane_bit_sums_avx2(p, u, ch.len, bits, out + 8 * g);
-    }
+    detail::load_products(grad, grad_dtype, weight, weight_dtype, ch.j0, ch.len, u);
+    detail::block_bit_sums(bank, n, num_masks, ch.j0, ch.len, u, isa, partial.data() + item * slots);
   }
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (groups * num_masks > (1 << 16))
   for (int64_t r = 0; r < groups; ++r) {
