@@ -39,7 +39,11 @@ def default_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "impresslearn" / "data"
 
 
-def _roots(root: str | os.PathLike | None) -> list[Path]:
+def search_roots(root: str | os.PathLike | None) -> list[Path]:
+    """The folders every reader looks in, in order: ``root`` (when given), then :func:`default_root`.
+
+    A download goes into the first of them.
+    """
     roots = [Path(root).expanduser()] if root is not None else []
     d = default_root()
     if d not in roots:
@@ -86,7 +90,7 @@ def mnist_like_dirs(dataset: str, root: str | os.PathLike | None) -> list[Path]:
     """Candidate folders for ``dataset`` in {"mnist", "fashion_mnist"}, in search order."""
     sub = {"mnist": ("MNIST", "mnist"), "fashion_mnist": ("FashionMNIST", "fashion-mnist")}[dataset]
     dirs: list[Path] = []
-    for r in _roots(root):
+    for r in search_roots(root):
         dirs += [r / sub[0] / "raw", r / sub[1], r]
     if dataset == "fashion_mnist":
         dirs += list(FASHION_MNIST_SYSTEM_DIRS)
@@ -117,7 +121,7 @@ def load_mnist_like(dataset: str, root: str | os.PathLike | None, split: str, do
         if pair is not None:
             return _decode_pair(str(pair[0]), str(pair[1]))
     if download:
-        _download_torchvision(dataset, _roots(root)[0])
+        _download_torchvision(dataset, search_roots(root)[0])
         return load_mnist_like(dataset, root, split, download=False)
     raise DataNotFoundError(
         {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}[dataset],
@@ -150,7 +154,7 @@ def _download_torchvision(dataset: str, root: Path) -> None:
 
 def cifar100_dirs(root: str | os.PathLike | None) -> list[Path]:
     dirs: list[Path] = []
-    for r in _roots(root):
+    for r in search_roots(root):
         dirs += [r / "cifar-100-python", r]
     return dirs
 
@@ -165,7 +169,7 @@ def load_cifar100(root: str | os.PathLike | None, split: str, download: bool = F
         if (folder / split).is_file() and (folder / "meta").is_file():
             return _decode_cifar(str(folder / split))
     if download:
-        _download_torchvision("cifar100", _roots(root)[0])
+        _download_torchvision("cifar100", search_roots(root)[0])
         return load_cifar100(root, split, download=False)
     raise DataNotFoundError(
         "CIFAR-100",

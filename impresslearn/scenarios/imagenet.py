@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ._base import DataNotFoundError, Scenario, check_num_tasks, check_subsets, derive_seed
-from ._readers import _roots
+from ._readers import search_roots
 from ._registry import register_scenario
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,7 +52,7 @@ class ImageListDataset(Dataset):
 
 def imagenet_dirs(root: str | os.PathLike | None) -> list[Path]:
     dirs: list[Path] = []
-    for r in _roots(root):
+    for r in search_roots(root):
         dirs += [r, r / "imagenet", r / "ILSVRC2012"]
     return dirs
 

@@ -182,6 +182,14 @@ def test_split_imagenet_too_many_tasks_and_missing(tmp_path):
     assert str(tmp_path / "none") in str(info.value)
 
 
+def test_every_reader_searches_root_then_the_default_root(tmp_path):
+    default = _readers.default_root()
+    assert _readers.search_roots(tmp_path / "mine") == [tmp_path / "mine", default]
+    assert _readers.search_roots(None) == [default] == _readers.search_roots(default)  # listed once
+    make_imagenet(default / "imagenet")  # ImageNet, like MNIST and CIFAR, falls back to the default root
+    sc = create_scenario("split_imagenet", root=tmp_path / "empty", classes_per_task=2, image_size=32)
+    assert sc.classes(1) == ["n03", "n04"]
+
 def test_download_true_fetches_into_root_then_reads_the_torchvision_layout(tmp_path, monkeypatch):
     calls = []
 
