@@ -177,6 +177,15 @@ def check_alpha(alpha: torch.Tensor, bank: torch.Tensor, *, ndim: int = 1) -> in
     return k
 
 
+def check_combine_inputs(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor) -> None:
+    """What ``combine_masks`` takes: a float weight of ``n`` elements, its bank of ``n`` weights,
+    alpha[K] matching the bank, finite, all on one device (``impress_linear`` checks the same)."""
+    check_tensor("weight", weight, dtypes=FLOAT_DTYPES)
+    check_bank(bank, n=weight.numel())
+    check_alpha(alpha, bank)
+    check_same_device(weight=weight, bank=bank, alpha=alpha)
+    check_finite("alpha", alpha)
+
 def check_mask_index(index: int, num_masks: int, *, allow_append: bool) -> int:
     """``index`` as an int in [0, num_masks) (or [0, num_masks] with ``allow_append``)."""
     index = check_int("mask index", index)

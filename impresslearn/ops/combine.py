@@ -171,14 +171,6 @@ _backends.register(_backends.OpSpec("combine_masks_alpha_grad", _ALPHA_GRAD_IMPL
 # ----------------------------------------------------------------------------- functional API
 
 
-def _check(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor) -> None:
-    _checks.check_tensor("weight", weight, dtypes=_checks.FLOAT_DTYPES)
-    _checks.check_bank(bank, n=weight.numel())
-    _checks.check_alpha(alpha, bank)
-    _checks.check_same_device(weight=weight, bank=bank, alpha=alpha)
-    _checks.check_finite("alpha", alpha)
-
-
 def combine_masks(
     weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, *, backend: str | None = None
 ) -> torch.Tensor:
@@ -186,7 +178,7 @@ def combine_masks(
 
     ``weight``: any shape, ``n`` elements; ``bank``: ``uint8[ceil(K/8), n]``; ``alpha``: ``[K]``.
     """
-    _check(weight, bank, alpha)
+    _checks.check_combine_inputs(weight, bank, alpha)
     dtype = torch.float64 if torch.float64 in (weight.dtype, alpha.dtype) else weight.dtype
     name = _backends.select("combine_masks", weight.device, backend, dtype)
     if name == "reference":

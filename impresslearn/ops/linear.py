@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from .. import _backends
 from . import _checks
 from ._registry import triton_ops
-from .combine import _check as check_combine_inputs
 from .combine import combine_masks
 
 # ----------------------------------------------------------------------------- reference
@@ -114,7 +113,7 @@ def impress_linear(
         except _backends.BackendUnavailable:
             name = None  # combine_masks below raises for a backend that cannot run at all
         if name == "triton":
-            check_combine_inputs(weight, bank, alpha)  # what combine_masks checks on the composed path
+            _checks.check_combine_inputs(weight, bank, alpha)  # what combine_masks checks on the composed path
             _checks.check_same_device(x=x, weight=weight)
             y = _IMPLS["triton"](x.reshape(rows, x.shape[-1]).contiguous(), weight, bank, alpha.float())
             return y.view(*x.shape[:-1], weight.shape[0])

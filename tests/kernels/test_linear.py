@@ -153,6 +153,8 @@ def test_bad_input_is_caught_before_the_kernel():
         ops.impress_linear(x[:, :6], weight, bank, alpha, backend="triton")
     with pytest.raises(ValueError, match="weights"):
         ops.impress_linear(x, weight, bank[:, :34].contiguous(), alpha, backend="triton")
+    with pytest.raises(ValueError, match="alpha must be finite"):  # the composed path's check, on the fused one
+        ops.impress_linear(x, weight, bank, torch.full_like(alpha, float("nan")), backend="triton")
 
 
 def test_opcheck():
