@@ -770,8 +770,9 @@ def infer_task(
     The batch is taken to come from ONE task: a batch that mixes tasks still gets one pick (the
     task its examples favour on average) and a ``confidence`` below 1 (the share of its examples
     that prefer the pick to the runner-up, near 0.5 for an even mix of two), so a low confidence
-    is the sign to look at; examples whose tasks may differ are inferred one at a time (a batch
-    of 1; with fingerprints on Permuted Fashion-MNIST ~98% of single images, ``FINGERPRINT_EXAMPLES``).
+    is the sign to look at. Examples whose tasks may differ can be inferred one at a time (a batch
+    of 1), at a cost in accuracy: with fingerprints, 96% of single images among 10 Permuted
+    Fashion-MNIST tasks, 27% among 10 rotated 3 degrees apart (``scripts/fingerprint_examples.py``).
 
     Measured (``benchmarks/task_inference.py``; Fashion-MNIST, LeNet-300-100, K = 100, batches
     of 128; docs/results.md has the tables). Batches identified: ``fingerprint`` 100% everywhere

@@ -83,7 +83,7 @@ def test_fingerprint_reads_at_most_fingerprint_examples_inputs():
     off = ImpressLearner(_tiny_lenet(), density=0.3, fingerprint_examples=0)
     off.learn_basis_mask("a", _loader(sc.task(0).train), MASK_CFG)
     assert off.fingerprints == {} and off.bytes_per_task("a").fingerprint == 0
-    assert FINGERPRINT_EXAMPLES == 4096
+    assert FINGERPRINT_EXAMPLES == 8192
     with pytest.raises(ValueError, match="fingerprint_examples"):
         ImpressLearner(_tiny_lenet(), density=0.3, fingerprint_examples=-1)
 

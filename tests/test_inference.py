@@ -495,3 +495,17 @@ def test_no_stored_tasks():
     learner = ImpressLearner(create_model("lenet300", num_classes=10, seed=0, hidden=[8, 8]), density=0.3)
     with pytest.raises(ValueError, match="no stored tasks"):
         infer_task(learner, torch.randn(4, 1, 28, 28))
+
+
+def test_the_fingerprint_examples_script_scores_batches_as_infer_task_does(mixed):
+    """scripts/fingerprint_examples.py (behind FINGERPRINT_EXAMPLES) scores every batch size from one
+    [T, N] product; each of its batches gets the pick infer_task makes."""
+    from scripts.fingerprint_examples import identified
+
+    sc, learner, batches, fps = mixed
+    names = list(learner.tasks)
+    x = sc.task(1).test.inputs[:96]
+    got = identified(x, 1, [fps[n] for n in names], (1, 8, 32))
+    for b in (1, 8, 32):
+        picks = [infer_task(learner, x[i : i + b], "fingerprint", fingerprints=fps).task for i in range(0, 96, b)]
+        assert got[b] == (picks.count("t1"), 96 // b)
