@@ -516,7 +516,7 @@ def task_fingerprint(
     ``bind`` instead of ``name``: a callable that makes ``learner.model`` compute a task not yet
     stored (its coefficients and BN slot), so that a commit can measure the fingerprint before
     it changes the learner. The moments are stored in fp16: inputs whose sketch does not fit
-    (a mean above 65504, a variance below fp16's smallest) are refused with a ``ValueError``
+    (a mean or variance above 65504, a variance below 6e-8) are refused with a ``ValueError``
     asking to normalise them, never stored as infinities or zeros.
 
     Distributed training: the statistics are those of the inputs this process reads, so under
@@ -722,8 +722,9 @@ def _auto_method(learner, names, fingerprints) -> str:
         missing = [n for n in names if n not in have]
         warnings.warn(
             f"task inference 'auto': {len(missing)} of {len(names)} candidates have no fingerprint ({missing[:5]}), "
-            f"so {method!r} scores all of them instead of the fingerprints (it misses alpha tasks' batches: "
-            "docs/results.md); add theirs with learner.add_fingerprint, or pass candidates or method explicitly",
+            f"so {method!r} scores all of them instead of the fingerprints (measured less reliable, GN misses most "
+            "alpha tasks' batches: docs/results.md); add theirs with learner.add_fingerprint, or pass candidates or "
+            "method explicitly",
             stacklevel=3,  # the caller of infer_task
         )  # fmt: skip
     return method

@@ -185,7 +185,7 @@ class ImpressLearner:
         history's ``task.mask_index`` is the mask's place in the bank. Homogeneous masks: call
         again on the same data under other names with other ``cfg.seed``. Its fingerprint is
         read from the first ``fingerprint_examples`` inputs of ``loader`` (one more pass) before
-        the task is stored: inputs it cannot read refuse the task (below).
+        the task is stored: inputs it cannot read refuse the task (the class docstring).
         """
         self.tasks.check_new_name(name)
         objective = EdgePopupObjective(self, seed=cfg.seed)
