@@ -69,9 +69,7 @@ def combine_masks_alpha_grad_reference(
 # Each kernel backend provides two ops on flat tensors:
 #   combine_masks_<b>(weight[n], bank[G, n], alpha fp32[K]) -> W_eff[n] (weight's dtype)
 #   combine_masks_alpha_grad_<b>(grad[n], weight[n], bank[G, n], num_masks) -> fp32[K]
-
-_FWD = {}
-_BWD = {}
+# registered with the backends by _register_ops (below the autograd).
 
 if compiled_op("combine_masks_cpp") is not None:
 
@@ -82,10 +80,6 @@ if compiled_op("combine_masks_cpp") is not None:
     @torch.library.register_fake("impresslearn::combine_masks_alpha_grad_cpp")
     def _(grad, weight, bank, num_masks):
         return weight.new_empty((num_masks,), dtype=torch.float32)
-
-    # register_autograd wants the OpOverload (.default), not the overload packet
-    _FWD["cpp"] = torch.ops.impresslearn.combine_masks_cpp.default
-    _BWD["cpp"] = torch.ops.impresslearn.combine_masks_alpha_grad_cpp.default
 
 
 def _register_triton(_triton_combine):
@@ -118,7 +112,11 @@ def _register_triton(_triton_combine):
     rows_fwd, rows_bwd = _combine_masks_rows_triton, _combine_masks_rows_alpha_grad_triton
     for f, b in ((fwd, bwd), (rows_fwd, rows_bwd)):
         torch.library.register_autograd(f, _make_backward(f, b), setup_context=_setup_context)
-    return {"fwd": fwd, "bwd": bwd, "rows_fwd": rows_fwd, "rows_bwd": rows_bwd}
+    # keyed by op name, as _register_ops looks them up
+    return {
+        "combine_masks": fwd, "combine_masks_alpha_grad": bwd,
+        "combine_masks_rows": rows_fwd, "combine_masks_rows_alpha_grad": rows_bwd,
+    }
 
 
 _triton = triton_ops("combine", _register_triton)
@@ -151,21 +149,33 @@ def _make_backward(fwd, bwd):
     return backward
 
 
-for _name, _fwd in _FWD.items():
-    # csrc/bindings.cpp registers the cpp op's autograd in C++ (no Python call per step);
-    # an extension built before it did gets this Python one
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(_fwd.name(), "Autograd"):
-        torch.library.register_autograd(_fwd, _make_backward(_fwd, _BWD[_name]), setup_context=_setup_context)
+_DTYPES_BY_KERNEL = {b: KERNEL_DTYPES for b in ("cpp", "triton")}
 
-if _triton is not None:  # after the loop above: the Triton autograd is registered at load
-    _FWD["triton"] = _triton.impl("fwd")
-    _BWD["triton"] = _triton.impl("bwd")
 
-_IMPLS = {"reference": combine_masks_reference, **_FWD}
-_ALPHA_GRAD_IMPLS = {"reference": combine_masks_alpha_grad_reference, **_BWD}
-_DTYPES = {b: KERNEL_DTYPES for b in ("cpp", "triton")}
-_backends.register(_backends.OpSpec("combine_masks", _IMPLS, _DTYPES))
-_backends.register(_backends.OpSpec("combine_masks_alpha_grad", _ALPHA_GRAD_IMPLS, _DTYPES))
+def _register_ops(name: str, reference, alpha_grad_reference) -> tuple[dict, dict]:
+    """Registers op ``name`` and ``<name>_alpha_grad`` with the backends; returns their implementation tables.
+
+    Each has its dense reference, the C++ kernels ``<op>_cpp`` where the extension defines
+    them, and the Triton ops of :func:`_register_triton` where Triton can exist.
+    """
+    impls, alpha_grad_impls = {"reference": reference}, {"reference": alpha_grad_reference}
+    if compiled_op(f"{name}_cpp") is not None:
+        # register_autograd wants the OpOverload (.default), not the overload packet
+        fwd = getattr(torch.ops.impresslearn, f"{name}_cpp").default
+        bwd = getattr(torch.ops.impresslearn, f"{name}_alpha_grad_cpp").default
+        # csrc/bindings.cpp registers combine_masks_cpp's autograd in C++ (no Python call per
+        # step); the rows op, and an extension built before it did, get this Python one
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(fwd.name(), "Autograd"):
+            torch.library.register_autograd(fwd, _make_backward(fwd, bwd), setup_context=_setup_context)
+        impls["cpp"], alpha_grad_impls["cpp"] = fwd, bwd
+    if _triton is not None:  # their autograd is registered with them, at first use
+        impls["triton"], alpha_grad_impls["triton"] = _triton.impl(name), _triton.impl(f"{name}_alpha_grad")
+    _backends.register(_backends.OpSpec(name, impls, _DTYPES_BY_KERNEL))
+    _backends.register(_backends.OpSpec(f"{name}_alpha_grad", alpha_grad_impls, _DTYPES_BY_KERNEL))
+    return impls, alpha_grad_impls
+
+
+_IMPLS, _ALPHA_GRAD_IMPLS = _register_ops("combine_masks", combine_masks_reference, combine_masks_alpha_grad_reference)
 
 
 # ----------------------------------------------------------------------------- functional API
@@ -221,7 +231,8 @@ def combine_masks_alpha_grad(
 #     w_eff = weight * coeff.view_as(weight)
 #
 # Same order as above: reference, kernels (C++ in csrc/cpu/combine_rows.cpp, Triton in
-# kernels/combine.py, registered with the per-layer Triton ops above), autograd, functional API.
+# kernels/combine.py; registered, autograd included, by _register_ops as the per-layer ones),
+# functional API.
 
 
 def _rows_layout(weight: torch.Tensor, block: int) -> tuple[int, int, int]:
@@ -265,9 +276,6 @@ def combine_masks_rows_alpha_grad_reference(
 #   combine_masks_rows_alpha_grad_<b>(grad[n], weight[n], bank[G, n], num_masks, group_len) -> fp32[K, R]
 # with group_len = block * L and R = ceil(n / group_len).
 
-_ROWS_FWD = {}
-_ROWS_BWD = {}
-
 if compiled_op("combine_masks_rows_cpp") is not None:
 
     @torch.library.register_fake("impresslearn::combine_masks_rows_cpp")
@@ -278,22 +286,10 @@ if compiled_op("combine_masks_rows_cpp") is not None:
     def _(grad, weight, bank, num_masks, group_len):
         return weight.new_empty((num_masks, -(-weight.shape[0] // group_len)), dtype=torch.float32)
 
-    _ROWS_FWD["cpp"] = torch.ops.impresslearn.combine_masks_rows_cpp.default
-    _ROWS_BWD["cpp"] = torch.ops.impresslearn.combine_masks_rows_alpha_grad_cpp.default
 
-
-for _name, _fwd in _ROWS_FWD.items():
-    torch.library.register_autograd(_fwd, _make_backward(_fwd, _ROWS_BWD[_name]), setup_context=_setup_context)
-
-if _triton is not None:  # registered (autograd included) at first use, with the per-layer Triton ops
-    _ROWS_FWD["triton"] = _triton.impl("rows_fwd")
-    _ROWS_BWD["triton"] = _triton.impl("rows_bwd")
-
-_ROWS_IMPLS = {"reference": combine_masks_rows_reference, **_ROWS_FWD}
-_ROWS_ALPHA_GRAD_IMPLS = {"reference": combine_masks_rows_alpha_grad_reference, **_ROWS_BWD}
-_ROWS_DTYPES = {b: KERNEL_DTYPES for b in ("cpp", "triton")}
-_backends.register(_backends.OpSpec("combine_masks_rows", _ROWS_IMPLS, _ROWS_DTYPES))
-_backends.register(_backends.OpSpec("combine_masks_rows_alpha_grad", _ROWS_ALPHA_GRAD_IMPLS, _ROWS_DTYPES))
+_ROWS_IMPLS, _ROWS_ALPHA_GRAD_IMPLS = _register_ops(
+    "combine_masks_rows", combine_masks_rows_reference, combine_masks_rows_alpha_grad_reference
+)
 
 
 def _check_rows(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor, block: int) -> int:
