@@ -32,12 +32,29 @@ _ROTATE_CHUNK = 8192  # images per resampling call: bounds the sampling grid's m
 
 
 class MnistLikeScenario(Scenario):
-    """Shared loading, subsetting and normalisation of the 28x28 scenarios."""
+    """Shared loading, subsetting and normalisation of the 28x28 scenarios.
+
+    A subclass declared with ``name=`` and ``dataset=`` (``class PermutedMNIST(PermutedScenario,
+    name="permuted_mnist", dataset="mnist")``) is registered as ``create_scenario(name)``,
+    reading that data set's files: the name is written once, where it is registered.
+    """
 
     input_shape = (1, 28, 28)
     num_classes = 10
-    dataset = ""  # "mnist" or "fashion_mnist": which files (set by each registered subclass)
+    dataset = ""  # a key of NORMALIZATION: which files (set by each registered subclass)
     default_num_tasks = 10
+
+    def __init_subclass__(cls, *, name: str | None = None, dataset: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is None and dataset is None:
+            return  # a variant (PermutedScenario, ...) or a user's subclass that registers itself
+        if name is None or dataset not in NORMALIZATION:
+            raise TypeError(
+                f"{cls.__qualname__}: a registered MNIST-like scenario takes name= and dataset= (one of "
+                f"{sorted(NORMALIZATION)}), got name={name!r}, dataset={dataset!r}"
+            )
+        cls.name, cls.dataset = name, dataset
+        register_scenario(name)(cls)
 
     def __init__(self, num_tasks: int | None = None, root: str | os.PathLike | None = None, seed: int = 0,
                  download: bool = False, train_subset: int | None = None, test_subset: int | None = None,
@@ -146,6 +163,8 @@ def rotate_images(x: torch.Tensor, angle: float) -> torch.Tensor:
 
 
 class SplitScenario(MnistLikeScenario):
+    default_num_tasks = 5  # classes 0-1, 2-3, ..., 8-9
+
     def __init__(self, *args, classes_per_task: int = 2, class_order: Sequence[int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         order = list(range(10)) if class_order is None else [int(c) for c in class_order]
@@ -174,31 +193,25 @@ class SplitScenario(MnistLikeScenario):
         return tuple(out)
 
 
-@register_scenario("permuted_mnist")
-class PermutedMNIST(PermutedScenario):
-    name, dataset = "permuted_mnist", "mnist"
+class PermutedMNIST(PermutedScenario, name="permuted_mnist", dataset="mnist"):
+    """MNIST, one fixed pixel permutation per task (10 tasks by default)."""
 
 
-@register_scenario("permuted_fmnist")
-class PermutedFashionMNIST(PermutedScenario):
-    name, dataset = "permuted_fmnist", "fashion_mnist"
+class PermutedFashionMNIST(PermutedScenario, name="permuted_fmnist", dataset="fashion_mnist"):
+    """Fashion-MNIST, one fixed pixel permutation per task (10 tasks by default)."""
 
 
-@register_scenario("rotated_mnist")
-class RotatedMNIST(RotatedScenario):
-    name, dataset = "rotated_mnist", "mnist"
+class RotatedMNIST(RotatedScenario, name="rotated_mnist", dataset="mnist"):
+    """MNIST, one fixed rotation per task (10 tasks by default)."""
 
 
-@register_scenario("rotated_fmnist")
-class RotatedFashionMNIST(RotatedScenario):
-    name, dataset = "rotated_fmnist", "fashion_mnist"
+class RotatedFashionMNIST(RotatedScenario, name="rotated_fmnist", dataset="fashion_mnist"):
+    """Fashion-MNIST, one fixed rotation per task (10 tasks by default)."""
 
 
-@register_scenario("split_mnist")
-class SplitMNIST(SplitScenario):
-    name, dataset, default_num_tasks = "split_mnist", "mnist", 5
+class SplitMNIST(SplitScenario, name="split_mnist", dataset="mnist"):
+    """MNIST's ten digits in disjoint groups of classes (5 tasks of 2 by default)."""
 
 
-@register_scenario("split_fmnist")
-class SplitFashionMNIST(SplitScenario):
-    name, dataset, default_num_tasks = "split_fmnist", "fashion_mnist", 5
+class SplitFashionMNIST(SplitScenario, name="split_fmnist", dataset="fashion_mnist"):
+    """Fashion-MNIST's ten classes in disjoint groups (5 tasks of 2 by default)."""

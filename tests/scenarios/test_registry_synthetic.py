@@ -12,6 +12,29 @@ def test_every_documented_scenario_is_registered():
     assert names <= set(list_scenarios())
 
 
+
+def test_mnist_like_scenarios_register_under_their_declared_name_and_data_set():
+    from impresslearn.scenarios import mnist, resolve_scenario
+
+    expected = {
+        "permuted_mnist": (mnist.PermutedMNIST, "mnist", 10),
+        "permuted_fmnist": (mnist.PermutedFashionMNIST, "fashion_mnist", 10),
+        "rotated_mnist": (mnist.RotatedMNIST, "mnist", 10),
+        "rotated_fmnist": (mnist.RotatedFashionMNIST, "fashion_mnist", 10),
+        "split_mnist": (mnist.SplitMNIST, "mnist", 5),
+        "split_fmnist": (mnist.SplitFashionMNIST, "fashion_mnist", 5),
+    }
+    for name, (cls, dataset, default_num_tasks) in expected.items():
+        assert resolve_scenario(name) is cls
+        assert (cls.name, cls.dataset, cls.default_num_tasks) == (name, dataset, default_num_tasks)
+    with pytest.raises(TypeError, match="dataset= \\(one of \\['fashion_mnist', 'mnist'\\]\\).*'emnist'"):
+        class Unknown(mnist.PermutedScenario, name="_test_only", dataset="emnist"):
+            pass
+    with pytest.raises(TypeError, match="takes name= and dataset="):
+        class Unnamed(mnist.PermutedScenario, dataset="mnist"):
+            pass
+    assert "_test_only" not in list_scenarios()
+
 def test_unknown_name_lists_known_ones():
     with pytest.raises(ValueError, match="unknown scenario 'nope'; known: .*synthetic"):
         create_scenario("nope")
