@@ -472,9 +472,12 @@ def test_bad_input_gives_clear_errors(mixed):
         infer_task(learner, x[:0])
     nan = x.clone()
     nan[3, 0, 5, 5] = float("nan")
-    for method in ("oneshot", "exhaustive"):
+    for method in ("oneshot", "exhaustive", "fingerprint", "auto"):
         with pytest.raises(ValueError, match="NaN"):
             infer_task(learner, nan, method=method)
+    # a batch of another input size than the fingerprints' (the default method reads them)
+    with pytest.raises(ValueError, match="196 input features per example but the fingerprints 784"):
+        infer_task(learner, torch.randn(4, 1, 14, 14))
     with pytest.raises(KeyError, match="nope"):
         infer_task(learner, x, candidates=["t0", "nope"])
     with pytest.raises(ValueError, match=r"\[.t1.\] more than once"):
