@@ -62,9 +62,9 @@
 //             the updates alone; subset sums of 64-weight sub-blocks kept in L1, 2.0 (the
 //             same as subset256: the L2-resident table was not the limit); the blend loop
 //             on 128-bit registers, 2.71; two planes sharing each u load, 2.63; FMA with
-//             0.0/1.0 factors, 4.5.
-// With the summation orders fixed, the targets need another formulation (e.g. exact
-// integer sums, which any order reproduces), a change of the op's contract.
+//             0.0/1.0 factors, 4.5; exact int64 fixed-point subset sums (which any order
+//             would reproduce, so the AVX-512 loop could keep its own), 2.0-2.2: the
+//             look-ups, not the adds, set that pace.
 #include "cpu/combine.h"
 
 #include <immintrin.h>
