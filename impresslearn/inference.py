@@ -504,6 +504,89 @@ def _batches(inputs) -> Iterable[torch.Tensor]:
 _VAR_FLOOR = 1e-2
 
 
+def _check_read_limit(max_examples, minimum: int) -> None:
+    if max_examples is not None and not is_count(max_examples, minimum):  # x[:max_examples - total] reads any int
+        raise ValueError(f"max_examples must be an int >= {minimum} or None, got {max_examples!r}")
+
+
+def _check_measured_task(learner, name, bind) -> None:
+    """``learner`` with exactly one of ``name`` (a stored task) and ``bind`` (a task not stored yet), or none."""
+    if (learner is None) != (name is None and bind is None) or (name is not None and bind is not None):
+        raise ValueError("give learner with name or bind (to measure the entropy baseline), or none of them")
+
+
+@dataclass
+class _InputSums:
+    """What one pass over a task's inputs adds up: examples, their size, the sketch's first and second
+    moments' sums (float64, empty when no sketch is read) and the output entropy's sum."""
+
+    total: int = 0
+    input_size: int | None = None
+    s1: torch.Tensor | None = None
+    s2: torch.Tensor | None = None
+    entropy_sum: float = 0.0
+
+
+def _read_inputs(inputs, *, sketch_dim: int | None, seed: int, max_examples: int | None, read_sketch: bool,
+                 learner, name: str | None, bind, process_group) -> _InputSums:  # fmt: skip
+    """ONE pass over at most ``max_examples`` inputs: their sketch's sums (``read_sketch``) and, with
+    ``learner``, the task's output entropy (bound by ``name`` or ``bind``), summed over ``process_group``.
+    A generator of batches can be read only once, so both come from the same pass."""
+    sums = _InputSums()
+    try:
+        with contextlib.ExitStack() as stack:
+            if learner is not None:
+                if name is not None:
+                    _candidate_names(learner, [name])
+                stack.enter_context(_restored_sources(learner))
+                stack.enter_context(torch.no_grad())
+                if name is not None:
+                    learner.bind_task(name)
+                else:
+                    bind()
+                learner.model.eval()
+            for x in _batches(inputs):
+                if max_examples is not None:
+                    x = x[: max_examples - sums.total]
+                _check_batch(x)
+                if sums.input_size is None:
+                    sums.input_size = x[0].numel()
+                if read_sketch:
+                    z = _sketch(x, sums.input_size, sketch_dim, seed).double()
+                    sums.s1 = z.sum(0) if sums.s1 is None else sums.s1 + z.sum(0)
+                    sums.s2 = (z * z).sum(0) if sums.s2 is None else sums.s2 + (z * z).sum(0)
+                elif x[0].numel() != sums.input_size:
+                    raise ValueError(f"the inputs change size: {x[0].numel()} features per example, earlier {sums.input_size}")
+                sums.total += x.shape[0]
+                if learner is not None:
+                    sums.entropy_sum += float(_entropy(learner.model(x.to(learner.device))).sum())
+                if max_examples is not None and sums.total >= max_examples:
+                    break  # before the loader draws (and perhaps loads) another batch
+    except Exception as exc:
+        if process_group is None:
+            raise
+        _check_ranks_agree(exc, sums.total, sums.input_size, sketch_dim, seed, process_group)  # raises on every rank
+    if sums.s1 is None:  # no sketch read: empty sums, so the ranks' all-reduce has the same shape everywhere
+        sums.s1 = sums.s2 = torch.zeros(0, dtype=torch.float64)
+    if process_group is not None:
+        _check_ranks_agree(None, sums.total, sums.input_size, sketch_dim, seed, process_group)
+        sums.s1, sums.s2, sums.total, sums.entropy_sum = _sum_over_ranks(sums.s1, sums.s2, sums.total,
+                                                                         sums.entropy_sum, process_group)  # fmt: skip
+    return sums
+
+
+def _mean_entropy(sums: _InputSums) -> float:
+    """The entropy baseline: the task's mean output entropy over the inputs read; a non-finite one
+    (NaN or infinite logits) is refused, never stored as 'not measured'."""
+    entropy = sums.entropy_sum / sums.total
+    if not math.isfinite(entropy):
+        raise FloatingPointError(
+            f"the task's mean output entropy on its inputs is {entropy}: its logits are not finite (a diverged "
+            "run, or BatchNorm statistics that overflowed)"
+        )
+    return entropy
+
+
 def task_fingerprint(
     inputs, *, sketch_dim: int | None = 64, seed: int = 0, learner=None, name: str | None = None,
     max_examples: int | None = 10_000, process_group=None, bind: Callable[[], None] | None = None,
@@ -512,12 +595,16 @@ def task_fingerprint(
 
     ``inputs``: a tensor ``[N, ...]`` or an iterable of batches (``x`` or ``(x, y)``), at most
     ``max_examples`` used. With ``learner`` and ``name`` it also stores the task's mean output
-    entropy on those inputs (for the ``calibrated`` method). ``4 * sketch_dim + 4`` bytes.
+    entropy on those inputs (for the ``calibrated`` method; :func:`task_entropy`, read in the same
+    pass). ``4 * sketch_dim + 4`` bytes.
     ``bind`` instead of ``name``: a callable that makes ``learner.model`` compute a task not yet
     stored (its coefficients and BN slot), so that a commit can measure the fingerprint before
     it changes the learner. The moments are stored in fp16: inputs whose sketch does not fit
     (a mean or variance above 65504, a variance below 6e-8) are refused with a ``ValueError``
-    asking to normalise them, never stored as infinities or zeros.
+    asking to normalise them, never stored as infinities or zeros. Without ``learner`` the
+    fingerprint depends on the inputs alone (entropy NaN), so every refusal but the entropy's
+    (a non-finite one is a ``FloatingPointError``) can be had before a task is trained:
+    ``learn_*`` measure it so, and add the entropy after training.
 
     Distributed training: the statistics are those of the inputs this process reads, so under
     DDP (a ``DistributedSampler``) each rank would fingerprint only its shard, and the ranks'
@@ -536,51 +623,14 @@ def task_fingerprint(
     if not is_count(seed, 0) or seed >= 2**63:  # torch.Generator's seed range
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     seed = int(seed)
-    if max_examples is not None and not is_count(max_examples, 2):  # x[:max_examples - total] reads any int
-        raise ValueError(f"max_examples must be an int >= 2 or None, got {max_examples!r}")
-    if (learner is None) != (name is None and bind is None) or (name is not None and bind is not None):
-        raise ValueError("give learner with name or bind (to measure the entropy baseline), or none of them")
-    total = 0
-    s1 = s2 = None
-    entropy_sum = 0.0
-    input_size = None
-    try:
-        with contextlib.ExitStack() as stack:
-            if learner is not None:
-                if name is not None:
-                    _candidate_names(learner, [name])
-                stack.enter_context(_restored_sources(learner))
-                stack.enter_context(torch.no_grad())
-                if name is not None:
-                    learner.bind_task(name)
-                else:
-                    bind()
-                learner.model.eval()
-            for x in _batches(inputs):
-                if max_examples is not None:
-                    x = x[: max_examples - total]
-                _check_batch(x)
-                if input_size is None:
-                    input_size = x[0].numel()
-                z = _sketch(x, input_size, sketch_dim, seed).double()
-                s1 = z.sum(0) if s1 is None else s1 + z.sum(0)
-                s2 = (z * z).sum(0) if s2 is None else s2 + (z * z).sum(0)
-                total += x.shape[0]
-                if learner is not None:
-                    entropy_sum += float(_entropy(learner.model(x.to(learner.device))).sum())
-                if max_examples is not None and total >= max_examples:
-                    break  # before the loader draws (and perhaps loads) another batch
-    except Exception as exc:
-        if process_group is None:
-            raise
-        _check_ranks_agree(exc, total, input_size, sketch_dim, seed, process_group)  # raises on every rank
-    if process_group is not None:
-        _check_ranks_agree(None, total, input_size, sketch_dim, seed, process_group)
-        s1, s2, total, entropy_sum = _sum_over_ranks(s1, s2, total, entropy_sum, process_group)
-    if total < 2:
-        raise ValueError(f"a fingerprint needs at least 2 examples, got {total}")
-    mean = s1 / total
-    var = (s2 / total - mean * mean).clamp_min(0.0)
+    _check_read_limit(max_examples, 2)
+    _check_measured_task(learner, name, bind)
+    sums = _read_inputs(inputs, sketch_dim=sketch_dim, seed=seed, max_examples=max_examples, read_sketch=True,
+                        learner=learner, name=name, bind=bind, process_group=process_group)  # fmt: skip
+    if sums.total < 2:
+        raise ValueError(f"a fingerprint needs at least 2 examples, got {sums.total}")
+    mean = sums.s1 / sums.total
+    var = (sums.s2 / sums.total - mean * mean).clamp_min(0.0)
     var = var.clamp_min(_VAR_FLOOR * float(var.mean()) + 1e-12)
     mean16, var16 = mean.to(torch.float16).cpu(), var.to(torch.float16).cpu()
     if not bool(torch.isfinite(mean16).all() and torch.isfinite(var16).all() and (var16 > 0).all()):
@@ -590,9 +640,31 @@ def task_fingerprint(
             "inputs (e.g. to mean 0 and standard deviation 1, as the scenarios do)"
         )
     return TaskFingerprint(
-        mean=mean16, var=var16, input_size=input_size, sketch_dim=sketch_dim, seed=seed,
-        entropy=entropy_sum / total if learner is not None else float("nan"),
+        mean=mean16, var=var16, input_size=sums.input_size, sketch_dim=sketch_dim, seed=seed,
+        entropy=_mean_entropy(sums) if learner is not None else float("nan"),
     )  # fmt: skip
+
+
+def task_entropy(learner, inputs, *, name: str | None = None, bind: Callable[[], None] | None = None,
+                 max_examples: int | None = 10_000, process_group=None) -> float:  # fmt: skip
+    """The part of a fingerprint that needs the trained task: its mean output entropy (nats) on
+    at most ``max_examples`` of ``inputs`` (the ``calibrated`` method's baseline), the task given by
+    ``name`` or ``bind`` as in :func:`task_fingerprint`, and summed over ``process_group`` likewise.
+
+    ``dataclasses.replace(task_fingerprint(inputs), entropy=task_entropy(learner, inputs, ...))`` is
+    the fingerprint ``task_fingerprint(inputs, learner=, ...)`` reads in one pass when both read the
+    same inputs. Raises ``FloatingPointError`` for a non-finite entropy (NaN logits), ``ValueError``
+    for no inputs, a NaN in them or inputs that change size.
+    """
+    if learner is None:
+        raise ValueError("task_entropy needs the learner whose task it measures")
+    _check_read_limit(max_examples, 1)
+    _check_measured_task(learner, name, bind)
+    sums = _read_inputs(inputs, sketch_dim=None, seed=0, max_examples=max_examples, read_sketch=False,
+                        learner=learner, name=name, bind=bind, process_group=process_group)  # fmt: skip
+    if sums.total < 1:
+        raise ValueError("the inputs yielded no examples: the entropy baseline needs at least one")
+    return _mean_entropy(sums)
 
 
 def _collective_device(group) -> torch.device:

@@ -18,6 +18,7 @@ uses by default), and binds the mask source of the model's layers before each fo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import secrets
 import warnings
@@ -38,8 +39,9 @@ from .tasks import TaskRecord, TaskRegistry, check_granularity, state_sha256
 # Masks a learner may draw without a seed: fresh entropy per call (recorded in the checkpoint).
 _SEED_BITS = 62
 
-# Training inputs a learned task's fingerprint reads (one pass after training, stopping there; a
-# forward per input for the entropy baseline: 8192 is 14% of one 60,000-image epoch). Chosen on
+# Training inputs a learned task's fingerprint reads (its sketch in a pass before training, its
+# entropy baseline in one after it, each stopping there; a forward per input for the entropy: 8192
+# is 14% of one 60,000-image epoch). Chosen on
 # validation by scripts/fingerprint_examples.py (10 tasks, sketch m = 64, 3 seeds, each task's
 # fingerprint from its own shuffled training images; the last 10,000 training images validate,
 # test images are only reported): the smallest size measured whose batches of 128 are named within
@@ -50,6 +52,49 @@ _SEED_BITS = 62
 # (Fingerprints of every task read from the same source images, which only such benchmarks
 # allow, share their sampling noise: 99% there already from 256 inputs, ``--same-images``.)
 FINGERPRINT_EXAMPLES = 8192
+
+
+class TrainedTaskNotStoredError(RuntimeError):
+    """``learn_*`` trained task ``name`` but could not measure its entropy baseline afterwards (the one
+    part of a fingerprint that needs the trained task: NaN logits from a diverged run, say), so nothing
+    was stored. The training is not lost: ``objective`` is the trained objective, still open and
+    holding its BN slot, ``history`` what ``fit`` saw and ``fingerprint`` the inputs' sketch measured
+    before training (entropy NaN). ``objective.commit(name, fingerprint_inputs=fingerprint)`` stores
+    the task with it (fingerprint inference works; only ``calibrated`` needs the entropy),
+    ``fingerprint_inputs=None`` without one; ``objective.discard()`` drops it (do one of them before
+    saving the learner: an open objective's BN slot is not a stored task's).
+    """
+
+    def __init__(self, name: str, objective, history, fingerprint, cause: Exception):
+        self.name, self.objective, self.history, self.fingerprint = name, objective, history, fingerprint
+        super().__init__(
+            f"task {name!r} was trained ({history.steps} steps) but its output entropy on its training inputs "
+            f"could not be measured ({type(cause).__name__}: {cause}); nothing was stored. The trained task is "
+            f"kept in this error: error.objective.commit({name!r}, fingerprint_inputs=error.fingerprint) stores it "
+            "with its input fingerprint and no entropy baseline, fingerprint_inputs=None without a fingerprint, "
+            "error.objective.discard() drops it"
+        )
+
+
+@contextlib.contextmanager
+def _unadvanced(loader):
+    """Read ``loader`` inside without moving what its next iteration yields: the global CPU RNG
+    (DataLoader's shuffle and worker seeds), the state of a ``torch.Generator`` the loader or its
+    sampler holds, and an epoch counter that iteration advances (``BatchLoader``'s, restored with
+    ``set_epoch``). Randomness a data set draws elsewhere (numpy, Python's ``random``) is not covered."""
+    holders = (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None))
+    generators = {id(g): g for g in (getattr(h, "generator", None) for h in holders) if isinstance(g, torch.Generator)}
+    states = {key: g.get_state() for key, g in generators.items()}
+    epoch = getattr(loader, "epoch", None)
+    restore_epoch = callable(getattr(loader, "set_epoch", None)) and isinstance(epoch, int)
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            for key, g in generators.items():
+                g.set_state(states[key])
+            if restore_epoch:
+                loader.set_epoch(epoch)
 
 
 class ImpressLearner:
@@ -64,12 +109,16 @@ class ImpressLearner:
 
     Fingerprint failures refuse, everywhere: ``learn_*`` and an objective's
     ``commit(name, fingerprint_inputs=...)`` measure the fingerprint before they store anything,
-    and when it cannot be measured (fewer than 2 inputs, NaN, inputs the model cannot read, a
-    sketch or input size other than the stored fingerprints') they raise and leave the learner
-    as it was: no mask, no task, no fingerprint. A task stored without its fingerprint would make
-    the default task inference fall back to GN for every candidate set holding it, which misses
-    new tasks' batches, without a word. ``learn_*`` raise after training (the pass follows it):
-    a learner built with ``fingerprint_examples=0`` stores tasks without fingerprints on purpose.
+    and when it cannot be measured (fewer than 2 inputs, NaN, moments beyond fp16, inputs the
+    model cannot read, a sketch or input size other than the stored fingerprints') they raise and
+    leave the learner as it was: no mask, no task, no fingerprint. A task stored without its
+    fingerprint would make the default task inference fall back to GN for every candidate set
+    holding it, which misses new tasks' batches, without a word. ``learn_*`` measure the part
+    that depends on the inputs alone (the sketch) BEFORE training, so those refusals cost no
+    training; only the entropy baseline needs the trained task and is measured after it, and
+    when that fails (NaN logits) the trained task is kept in the
+    :class:`TrainedTaskNotStoredError` raised, to commit or discard. A learner built with
+    ``fingerprint_examples=0`` stores tasks without fingerprints on purpose.
     """
 
     def __init__(self, model: nn.Module, density: float = 0.1, device: str | torch.device = "cpu",
@@ -183,18 +232,16 @@ class ImpressLearner:
 
         The task is stored as a basis task (one-hot ``A_t``) with its own BN slot; the returned
         history's ``task.mask_index`` is the mask's place in the bank. Homogeneous masks: call
-        again on the same data under other names with other ``cfg.seed``. Its fingerprint is
-        read from the first ``fingerprint_examples`` inputs of ``loader`` (one more pass) before
-        the task is stored: inputs it cannot read refuse the task (the class docstring).
+        again on the same data under other names with other ``cfg.seed``. Its fingerprint's
+        sketch is read from the first ``fingerprint_examples`` inputs of ``loader`` before training
+        (``loader`` must be re-iterable), its entropy baseline from as many after it: inputs it cannot
+        read refuse the task before training, an entropy it cannot measure raises a
+        :class:`TrainedTaskNotStoredError` holding the trained task (the class docstring).
         """
         self.tasks.check_new_name(name)
+        input_sketch = self._input_sketch(loader)  # before training: inputs it cannot read refuse here
         objective = EdgePopupObjective(self, seed=cfg.seed)
-        try:
-            history = fit(objective, loader, cfg, val_loader=val_loader, progress=self.progress, desc=f"mask {name}")
-            rec = objective.commit(name, config=cfg, fingerprint_inputs=self._fingerprint_inputs(loader))
-        finally:
-            objective.discard()  # a no-op after commit; else gives the BN slot back
-        return replace(history, task=rec)
+        return self._fit_and_commit(objective, name, loader, cfg, val_loader, input_sketch, f"mask {name}")
 
     def add_random_masks(self, count: int, seed: int | None = None) -> list[int]:
         """Append ``count`` uniformly random masks with exactly ``k_i`` ones per layer.
@@ -256,16 +303,34 @@ class ImpressLearner:
         ``granularity``: ``"layer"`` (the paper's), ``"channel"`` or a block size of output
         channels: one column of alpha per block of each layer's channels
         (:class:`~impresslearn.objectives.AlphaObjective`; bytes: ``bytes_per_task``).
-        Its fingerprint is read from the first ``fingerprint_examples`` inputs of ``loader`` before
-        the task is stored: inputs it cannot read refuse the task (the class docstring).
+        Its fingerprint is read as :meth:`learn_basis_mask`'s: inputs it cannot read refuse the
+        task before training, an entropy it cannot measure after training raises a
+        :class:`TrainedTaskNotStoredError` holding the trained task (the class docstring).
         """
         self.tasks.check_new_name(name)
+        input_sketch = self._input_sketch(loader)  # before training: inputs it cannot read refuse here
         objective = AlphaObjective(self, lam=cfg.lam, hybrid=hybrid, seed=cfg.seed, granularity=granularity)
+        return self._fit_and_commit(objective, name, loader, cfg, val_loader, input_sketch, f"alpha {name}")
+
+    def _fit_and_commit(self, objective, name, loader, cfg, val_loader, input_sketch, desc) -> TrainingHistory:
+        """``learn_*``'s training and commit: the fingerprint's input sketch was measured before
+        training, its entropy baseline is measured after it; a failure there keeps the trained task
+        (:class:`TrainedTaskNotStoredError`), any other gives the BN slot back."""
         try:
-            history = fit(objective, loader, cfg, val_loader=val_loader, progress=self.progress, desc=f"alpha {name}")
-            rec = objective.commit(name, config=cfg, fingerprint_inputs=self._fingerprint_inputs(loader))
-        finally:
+            history = fit(objective, loader, cfg, val_loader=val_loader, progress=self.progress, desc=desc)
+            fingerprint = None
+            if input_sketch is not None:
+                try:
+                    entropy = objective.output_entropy(loader, max_examples=self.fingerprint_examples)
+                except Exception as exc:
+                    raise TrainedTaskNotStoredError(name, objective, history, input_sketch, exc) from exc
+                fingerprint = replace(input_sketch, entropy=entropy)
+            rec = objective.commit(name, config=cfg, fingerprint_inputs=fingerprint)
+        except TrainedTaskNotStoredError:
+            raise  # the objective stays open: the error holds the trained task
+        except BaseException:
             objective.discard()
+            raise
         return replace(history, task=rec)
 
     def register_task(self, name: str, coefficients: torch.Tensor, kind: str = "new", *,
@@ -326,7 +391,11 @@ class ImpressLearner:
 
         The task is the stored ``name``, or the one ``bind()`` makes the model compute (a task
         not stored yet: an objective's commit measures first, so that inputs it cannot read
-        refuse the commit before anything is stored). ``process_group``: as in :meth:`add_fingerprint`.
+        refuse the commit before anything is stored). With neither, only the inputs' sketch is
+        measured (entropy NaN), which needs no trained task: ``learn_*`` measure it before
+        training, the entropy after (:meth:`TaskObjective.output_entropy
+        <impresslearn.objectives.TaskObjective.output_entropy>`). ``process_group``: as in
+        :meth:`add_fingerprint`.
         """
         if isinstance(inputs, inference.TaskFingerprint):
             if process_group is not None:  # nothing to sum: a rank that skipped the collective would hang the rest
@@ -334,11 +403,10 @@ class ImpressLearner:
                                  "has none to sum (pass the inputs, or the fingerprint without process_group)")  # fmt: skip
             fingerprint = inputs
         else:
-            if max_examples is None:  # learners that fingerprint nothing themselves still read the default
-                max_examples = self.fingerprint_examples or FINGERPRINT_EXAMPLES
-            max_examples = check_integer(max_examples, "max_examples", minimum=2)
-            fingerprint = inference.task_fingerprint(inputs, learner=self, name=name, bind=bind,
-                                                     max_examples=max_examples, process_group=process_group)  # fmt: skip
+            measured = name is not None or bind is not None
+            fingerprint = inference.task_fingerprint(inputs, learner=self if measured else None, name=name, bind=bind,
+                                                     max_examples=self.fingerprint_read_limit(max_examples),
+                                                     process_group=process_group)  # fmt: skip
         others = [fp for n, fp in self.fingerprints.items() if n != name]
         if others and not fingerprint.same_sketch(others[0]):
             first = others[0]
@@ -349,10 +417,37 @@ class ImpressLearner:
             )
         return fingerprint
 
-    def _fingerprint_inputs(self, loader):
-        """What ``learn_*`` commit with: the training loader (its first ``fingerprint_examples``
-        inputs are read), or None when this learner stores no fingerprints."""
-        return loader if self.fingerprint_examples else None
+    def fingerprint_read_limit(self, max_examples: int | None = None) -> int:
+        """How many inputs a fingerprint (or its entropy) reads: ``max_examples``, by default
+        ``fingerprint_examples`` (``FINGERPRINT_EXAMPLES`` when that is 0: learners that fingerprint
+        nothing themselves still read the default)."""
+        if max_examples is None:
+            max_examples = self.fingerprint_examples or FINGERPRINT_EXAMPLES
+        return check_integer(max_examples, "max_examples", minimum=2)
+
+    def _input_sketch(self, loader) -> inference.TaskFingerprint | None:
+        """What ``learn_*`` measure before training: the sketch of the loader's first
+        ``fingerprint_examples`` inputs (entropy NaN), checked against the stored fingerprints, so
+        that every failure that depends on the inputs alone (too few, NaN, moments beyond fp16, an
+        input size or sketch other than the stored ones') refuses the task before an hour of training
+        rather than after. None when this learner stores no fingerprints.
+
+        The pass leaves the loader's next iteration as it was (:func:`_unadvanced`): training sees
+        the same batches as without it, and the sketch reads the first inputs of its first epoch.
+        Cost: reading and projecting 8192 inputs, no forward; LeNet-300-100 on Permuted Fashion-MNIST,
+        batches of 128, 1 thread: 0.03 s against 3.5 s for one training epoch (1%,
+        ``scripts/fingerprint_examples.py --time-pre-pass``).
+        """
+        if not self.fingerprint_examples:
+            return None
+        if iter(loader) is loader:  # an iterator: the pre-pass would take the first batches from training
+            raise TypeError(
+                f"learn_* read the loader more than once (its first {self.fingerprint_examples} inputs for the "
+                "fingerprint before training, then every epoch), but it is an iterator that can be read once: "
+                "pass a re-iterable (a DataLoader, BatchLoader or list of batches)"
+            )
+        with _unadvanced(loader):
+            return self.measure_fingerprint(loader, max_examples=self.fingerprint_examples)
 
     # -- evaluation -----------------------------------------------------------------------
     def _accuracy(self, loader) -> float:
@@ -457,4 +552,4 @@ class ImpressLearner:
         return learner_io.load_learner(cls, path, device, backend, model=model, progress=progress)
 
 
-__all__ = ["ImpressLearner", "TaskRecord", "TrainConfig", "TrainingHistory"]
+__all__ = ["ImpressLearner", "TaskRecord", "TrainConfig", "TrainedTaskNotStoredError", "TrainingHistory"]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .inference import task_entropy
 from .layers import (bind_coefficients, bind_scores, coefficient_columns, edge_popup_scores, one_hot_coefficients,
                      set_bn_slot, unbind)  # fmt: skip
 from .tasks import TaskRecord, check_granularity
@@ -137,12 +138,26 @@ class TaskObjective(nn.Module):
         over the group (``learner.add_fingerprint``), so every rank stores the same fingerprint."""
         if fingerprint_inputs is None:
             return None
+        return self.learner.measure_fingerprint(fingerprint_inputs, bind=self._bind_with_slot,
+                                                process_group=process_group)  # fmt: skip
 
-        def bind():
-            self.bind()
-            set_bn_slot(self.learner.model, self.bn_slot)
+    def _bind_with_slot(self) -> None:
+        """The task as inference sees it: this objective's masks or alpha and its BN slot."""
+        self.bind()
+        set_bn_slot(self.learner.model, self.bn_slot)
 
-        return self.learner.measure_fingerprint(fingerprint_inputs, bind=bind, process_group=process_group)
+    def output_entropy(self, inputs, *, max_examples: int | None = None, process_group=None) -> float:
+        """The trained task's mean output entropy on ``inputs`` (at most ``max_examples``, by default
+        the learner's ``fingerprint_read_limit()``): a fingerprint's entropy baseline, the one part
+        that needs the trained task (:func:`~impresslearn.inference.task_entropy`). With a sketch
+        measured before training (``learner.measure_fingerprint(inputs)``), ``commit(name,
+        fingerprint_inputs=dataclasses.replace(sketch, entropy=objective.output_entropy(inputs)))``
+        stores what ``fingerprint_inputs=inputs`` would, and no input problem waits until after
+        training to show. Stores nothing; ``FloatingPointError`` for NaN logits."""
+        self._check_open()
+        return task_entropy(self.learner, inputs, bind=self._bind_with_slot,
+                            max_examples=self.learner.fingerprint_read_limit(max_examples),
+                            process_group=process_group)  # fmt: skip
 
     def _store(self, record: TaskRecord, fingerprint=None) -> TaskRecord:
         rec = self.learner.store_task(record, owner=self)

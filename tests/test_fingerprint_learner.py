@@ -77,7 +77,8 @@ def test_fingerprint_reads_at_most_fingerprint_examples_inputs():
     learner = ImpressLearner(_tiny_lenet(), density=0.3, fingerprint_examples=64)
     loader = CountingLoader(_loader(sc.task(0).train))
     learner.learn_basis_mask("a", loader, MASK_CFG)
-    assert loader.drawn == 256 + 64  # one training epoch, then two batches of 32 for the fingerprint
+    # two batches of 32 for the sketch before training, one epoch, two batches for the entropy after
+    assert loader.drawn == 64 + 256 + 64
     assert "a" in learner.fingerprints
 
     off = ImpressLearner(_tiny_lenet(), density=0.3, fingerprint_examples=0)
