@@ -19,7 +19,8 @@ row block covers the whole batch, so each ``W_eff`` tile is built exactly once.
 
 Backward (``g = dL/dy``, ``[M, N]``):
 
-* ``grad_x = g @ W_eff``: the same on-the-fly tiles, contracted over ``N``;
+* ``grad_x = g @ W_eff``: the same on-the-fly tiles, contracted over ``N`` (the forward's
+  kernel, ``_linear_split_k_kernel``, with ``GRAD_INPUT``);
 * ``dW_eff = g^T x`` tile by tile (never stored); ``grad_alpha[k] = sum dW_eff * W *
   bit_k`` reduced per tile into a ``[tiles, K]`` fp32 buffer summed by ``torch.sum``
   (no atomics: deterministic); ``grad_W = dW_eff * c`` only when asked for.
@@ -77,49 +78,39 @@ def _weff_tile(
 
 
 @triton.jit
-def _linear_fwd_kernel(
-    x_ptr, w_ptr, bank_ptr, table_ptr, alpha_ptr, out_ptr, M, N, C, num_weights, num_planes, num_masks, c_per_split,
-    PRECISION: tl.constexpr, USE_TABLE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+def _linear_split_k_kernel(
+    a_ptr, w_ptr, bank_ptr, table_ptr, alpha_ptr, out_ptr, M, N, C, num_weights, num_planes, num_masks, per_split,
+    GRAD_INPUT: tl.constexpr, PRECISION: tl.constexpr, USE_TABLE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """out[split, m, n] = sum_{c in slice split} x[m, c] W_eff[n, c]  (fp32 partials)."""
-    pid_n, pid_m, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    c_begin = split * c_per_split
-    for c0 in range(c_begin, tl.minimum(c_begin + c_per_split, C), BLOCK_C):
-        rc = c0 + tl.arange(0, BLOCK_C)
-        x = tl.load(x_ptr + rm.to(tl.int64)[:, None] * C + rc[None, :],
-                    mask=(rm[:, None] < M) & (rc[None, :] < C), other=0.0)
-        weff = _weff_tile(w_ptr, bank_ptr, table_ptr, alpha_ptr, rn, rc, N, C, num_weights, num_planes, num_masks,
-                          x.dtype, USE_TABLE)
-        acc = tl.dot(x, tl.trans(weff), acc, input_precision=PRECISION)
-    out = out_ptr + split.to(tl.int64) * M * N + rm.to(tl.int64)[:, None] * N + rn[None, :]
-    tl.store(out, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+    """``a`` [M, R] contracted with W_eff over R, slice ``split`` of R only (fp32 partials):
 
-
-@triton.jit
-def _linear_grad_x_kernel(
-    g_ptr, w_ptr, bank_ptr, table_ptr, alpha_ptr, out_ptr, M, N, C, num_weights, num_planes, num_masks, n_per_split,
-    PRECISION: tl.constexpr, USE_TABLE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """out[split, m, c] = sum_{n in slice split} g[m, n] W_eff[n, c]  (fp32 partials)."""
-    pid_c, pid_m, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    forward: out[split, m, n] = sum_{c in slice split} x[m, c] W_eff[n, c]  (a = x, R = C, O = N);
+    grad_x (GRAD_INPUT): out[split, m, c] = sum_{n in slice split} g[m, n] W_eff[n, c]  (a = g, R = N, O = C).
+    Axis 0 of the grid walks the output columns O in blocks of BLOCK_O; R goes by BLOCK_R.
+    """
+    if GRAD_INPUT:
+        O, R = C, N
+    else:
+        O, R = N, C
+    pid_o, pid_m, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-    n_begin = split * n_per_split
-    for n0 in range(n_begin, tl.minimum(n_begin + n_per_split, N), BLOCK_N):
-        rn = n0 + tl.arange(0, BLOCK_N)
-        g = tl.load(g_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :],
-                    mask=(rm[:, None] < M) & (rn[None, :] < N), other=0.0)
-        weff = _weff_tile(w_ptr, bank_ptr, table_ptr, alpha_ptr, rn, rc, N, C, num_weights, num_planes, num_masks,
-                          g.dtype, USE_TABLE)
-        acc = tl.dot(g, weff, acc, input_precision=PRECISION)
-    out = out_ptr + split.to(tl.int64) * M * C + rm.to(tl.int64)[:, None] * C + rc[None, :]
-    tl.store(out, acc, mask=(rm[:, None] < M) & (rc[None, :] < C))
+    ro = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    acc = tl.zeros((BLOCK_M, BLOCK_O), dtype=tl.float32)
+    r_begin = split * per_split
+    for r0 in range(r_begin, tl.minimum(r_begin + per_split, R), BLOCK_R):
+        rr = r0 + tl.arange(0, BLOCK_R)
+        a = tl.load(a_ptr + rm.to(tl.int64)[:, None] * R + rr[None, :],
+                    mask=(rm[:, None] < M) & (rr[None, :] < R), other=0.0)
+        if GRAD_INPUT:  # the tile W_eff[rr, ro] as stored: [BLOCK_R, BLOCK_O]
+            weff = _weff_tile(w_ptr, bank_ptr, table_ptr, alpha_ptr, rr, ro, N, C, num_weights, num_planes,
+                              num_masks, a.dtype, USE_TABLE)
+        else:  # W_eff[ro, rr] transposed to [BLOCK_R, BLOCK_O]
+            weff = tl.trans(_weff_tile(w_ptr, bank_ptr, table_ptr, alpha_ptr, ro, rr, N, C, num_weights, num_planes,
+                                       num_masks, a.dtype, USE_TABLE))
+        acc = tl.dot(a, weff, acc, input_precision=PRECISION)
+    out = out_ptr + split.to(tl.int64) * M * O + rm.to(tl.int64)[:, None] * O + ro[None, :]
+    tl.store(out, acc, mask=(rm[:, None] < M) & (ro[None, :] < O))
 
 
 @triton.jit
@@ -218,54 +209,44 @@ def _sum_splits(partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.to(dtype)
 
 
-def linear_forward(x, weight, bank, alpha, *, use_table: bool = True, split: int | None = None):
-    """x [M, C] @ W_eff^T -> [M, N] in x's dtype."""
+def _split_k_product(name: str, a, weight, bank, alpha, *, grad_input: bool, use_table: bool, split: int | None):
+    """``a`` [M, R] contracted with W_eff [N, C] over R by :func:`_linear_split_k_kernel`: [M, O] in a's dtype.
+
+    Forward: a = x, R = C, O = N. grad_x (``grad_input``): a = grad, R = N, O = C.
+    """
     _check_weight(weight, bank, alpha)
-    _check_matrix("x", x, cols=weight.shape[1])
-    _check_same_dtype(x=x, weight=weight)
-    check_interpretable(x=x, weight=weight)
-    m, c = x.shape
-    n = weight.shape[0]
+    n, c = weight.shape
+    reduced, kept = (n, c) if grad_input else (c, n)
+    _check_matrix(name, a, cols=reduced)
+    _check_same_dtype(**{name: a}, weight=weight)
+    check_interpretable(**{name: a}, weight=weight)
+    m = a.shape[0]
+    block_r, block_o = (_BLOCK_N, _BLOCK_C) if grad_input else (_BLOCK_C, _BLOCK_N)
     planes = bank.shape[0]
     block_m = _block_m(m)
-    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, _BLOCK_N)
-    split = _splits(tiles, c, _BLOCK_C, x.device, split)
-    per_split = triton.cdiv(triton.cdiv(c, split), _BLOCK_C) * _BLOCK_C
-    split = triton.cdiv(c, per_split)
-    partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(kept, block_o)
+    split = _splits(tiles, reduced, block_r, a.device, split)
+    per_split = triton.cdiv(triton.cdiv(reduced, split), block_r) * block_r
+    split = triton.cdiv(reduced, per_split)
+    partial = torch.empty((split, m, kept), dtype=torch.float32, device=a.device)
     table = coefficient_table(alpha, planes)
-    grid = (triton.cdiv(n, _BLOCK_N), triton.cdiv(m, block_m), split)
+    grid = (triton.cdiv(kept, block_o), triton.cdiv(m, block_m), split)
     launch(
-        _linear_fwd_kernel, grid, x, weight, bank, table, alpha, partial, m, n, c, n * c, planes, alpha.shape[0], per_split,
-        PRECISION=_precision(x.dtype, x.device), USE_TABLE=use_table,
-        BLOCK_M=block_m, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, num_warps=_NUM_WARPS,
+        _linear_split_k_kernel, grid, a, weight, bank, table, alpha, partial, m, n, c, n * c, planes, alpha.shape[0],
+        per_split, GRAD_INPUT=grad_input, PRECISION=_precision(a.dtype, a.device), USE_TABLE=use_table,
+        BLOCK_M=block_m, BLOCK_O=block_o, BLOCK_R=block_r, num_warps=_NUM_WARPS,
     )
-    return _sum_splits(partial, x.dtype)
+    return _sum_splits(partial, a.dtype)
+
+
+def linear_forward(x, weight, bank, alpha, *, use_table: bool = True, split: int | None = None):
+    """x [M, C] @ W_eff^T -> [M, N] in x's dtype."""
+    return _split_k_product("x", x, weight, bank, alpha, grad_input=False, use_table=use_table, split=split)
 
 
 def linear_grad_input(grad, weight, bank, alpha, *, use_table: bool = True, split: int | None = None):
     """grad [M, N] @ W_eff -> [M, C] in grad's dtype."""
-    _check_weight(weight, bank, alpha)
-    _check_matrix("grad", grad, cols=weight.shape[0])
-    _check_same_dtype(grad=grad, weight=weight)
-    check_interpretable(grad=grad, weight=weight)
-    m, n = grad.shape
-    c = weight.shape[1]
-    planes = bank.shape[0]
-    block_m = _block_m(m)
-    tiles = triton.cdiv(m, block_m) * triton.cdiv(c, _BLOCK_C)
-    split = _splits(tiles, n, _BLOCK_N, grad.device, split)
-    per_split = triton.cdiv(triton.cdiv(n, split), _BLOCK_N) * _BLOCK_N
-    split = triton.cdiv(n, per_split)
-    partial = torch.empty((split, m, c), dtype=torch.float32, device=grad.device)
-    table = coefficient_table(alpha, planes)
-    grid = (triton.cdiv(c, _BLOCK_C), triton.cdiv(m, block_m), split)
-    launch(
-        _linear_grad_x_kernel, grid, grad, weight, bank, table, alpha, partial, m, n, c, n * c, planes, alpha.shape[0],
-        per_split, PRECISION=_precision(grad.dtype, grad.device), USE_TABLE=use_table,
-        BLOCK_M=block_m, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, num_warps=_NUM_WARPS,
-    )
-    return _sum_splits(partial, grad.dtype)
+    return _split_k_product("grad", grad, weight, bank, alpha, grad_input=True, use_table=use_table, split=split)
 
 
 def linear_grad_params(grad, x, weight, bank, alpha, weight_grad: bool, *, use_table: bool = True):

@@ -28,6 +28,5 @@ def test_triton_kernels_compile_for_sm80_and_sm90():
     assert "for sm_80, sm_90" in summary, summary
     for kernel in ("_pack_kernel", "_unpack_kernel", "_set_mask_kernel", "_coeff_table_kernel", "_combine_fwd_kernel",
                    "_combine_alpha_grad_kernel", "_combine_rows_fwd_kernel", "_combine_rows_alpha_grad_kernel",
-                   "_linear_fwd_kernel", "_linear_grad_x_kernel",
-                   "_linear_grad_params_kernel"):
+                   "_linear_split_k_kernel", "_linear_grad_params_kernel"):
         assert kernel in summary, summary
