@@ -699,13 +699,14 @@ def draw_rotated(table: list[dict], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8.0, 6.4))
     lines = {"heterogeneous": "-", "random": "--", "mixed": ":"}
-    banks = sorted({(e["method"], e["K"], e.get("trained") or 0, str(e["granularity"])) for e in table},
-                   key=lambda b: (list(METHODS["rotated"]).index(b[0]), b[1], b[3]))  # fmt: skip
-    for i, (method, k, trained, granularity) in enumerate(banks):
-        points = sorted((dict(e, x=e["spacing"]) for e in table if (e["method"], e["K"], e.get("trained") or 0,
-                                                                     str(e["granularity"])) == (method, k, trained, granularity)),
-                        key=lambda e: e["x"])  # fmt: skip
-        first = points[0]
+
+    def bank(e):
+        return e["method"], e["K"], e.get("trained") or 0, str(e["granularity"])
+
+    banks = sorted({bank(e) for e in table}, key=lambda b: (list(METHODS["rotated"]).index(b[0]), b[1], b[3]))
+    for i, line in enumerate(banks):
+        points = sorted((dict(e, x=e["spacing"]) for e in table if bank(e) == line), key=lambda e: e["x"])
+        first, method, k = points[0], line[0], line[1]
         if method == "supsup":
             label, style = f"SupSup (dedicated mask, {first['task']:,} B)", dict(marker="*", color="k")
         else:
