@@ -159,13 +159,6 @@ def _check_matrix(name: str, t: torch.Tensor, rows: int | None = None, cols: int
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {want}")
 
 
-def _check_same_dtype(**tensors: torch.Tensor) -> None:
-    dtypes = {name: t.dtype for name, t in tensors.items()}
-    if len(set(dtypes.values())) > 1:
-        listed = ", ".join(f"{n} {str(d).replace('torch.', '')}" for n, d in dtypes.items())
-        raise TypeError(f"the fused linear kernels take one dtype for all of: {listed}")
-
-
 def _check_weight(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.Tensor) -> None:
     _check_matrix("weight", weight)
     _checks.check_bank(bank, n=weight.numel())
@@ -218,7 +211,7 @@ def _split_k_product(name: str, a, weight, bank, alpha, *, grad_input: bool, use
     n, c = weight.shape
     reduced, kept = (n, c) if grad_input else (c, n)
     _check_matrix(name, a, cols=reduced)
-    _check_same_dtype(**{name: a}, weight=weight)
+    _checks.check_same_dtype(**{name: a}, weight=weight)
     check_interpretable(**{name: a}, weight=weight)
     m = a.shape[0]
     block_r, block_o = (_BLOCK_N, _BLOCK_C) if grad_input else (_BLOCK_C, _BLOCK_N)
@@ -254,7 +247,7 @@ def linear_grad_params(grad, x, weight, bank, alpha, weight_grad: bool, *, use_t
     _check_weight(weight, bank, alpha)
     _check_matrix("grad", grad, cols=weight.shape[0])
     _check_matrix("x", x, rows=grad.shape[0], cols=weight.shape[1])
-    _check_same_dtype(grad=grad, x=x)
+    _checks.check_same_dtype(grad=grad, x=x)
     check_interpretable(grad=grad, x=x, weight=weight)
     m, n = grad.shape
     c = x.shape[1]

@@ -131,10 +131,20 @@ def check_finite(name: str, t: torch.Tensor) -> None:
 
 def check_same_device(**tensors: torch.Tensor) -> None:
     """All ``tensors`` (by argument name) on one device; the message lists each one's."""
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"tensors must be on one device: {listed}")
+    _check_all_equal("device", ValueError, tensors)
+
+
+def check_same_dtype(**tensors: torch.Tensor) -> None:
+    """All ``tensors`` (by argument name) of one dtype (``tl.dot`` takes two operands of one
+    type, so the fused linear kernels do); the message lists each one's."""
+    _check_all_equal("dtype", TypeError, tensors)
+
+
+def _check_all_equal(attribute: str, error: type[Exception], tensors: dict[str, torch.Tensor]) -> None:
+    values = {name: getattr(t, attribute) for name, t in tensors.items()}
+    if len(set(values.values())) > 1:
+        listed = ", ".join(f"{name} {str(value).replace('torch.', '')}" for name, value in values.items())
+        raise error(f"tensors must have one {attribute}: {listed}")
 
 
 def check_masks(masks: torch.Tensor, name: str = "masks") -> None:

@@ -163,8 +163,10 @@ def test_launchers_refuse_what_the_kernels_would_misread():
     b, a = torch.zeros(2, 40, dtype=torch.uint8), torch.randn(9)
     with pytest.raises(ValueError, match="x must be contiguous"):
         linear.linear_forward(torch.randn(8, 4).t(), w, b, a)
-    with pytest.raises(TypeError, match="one dtype"):
+    with pytest.raises(TypeError, match="tensors must have one dtype: x float16, weight float32"):
         linear.linear_forward(x.half(), w, b, a)
+    with pytest.raises(TypeError, match="tensors must have one dtype: grad float32, x float16"):
+        linear.linear_grad_params(torch.randn(4, 5), x.half(), w, b, a, True)
     with pytest.raises(ValueError, match=r"grad has shape \(4, 6\), expected \[\*, 5\]"):
         linear.linear_grad_input(torch.randn(4, 6), w, b, a)
     with pytest.raises(ValueError, match=r"x has shape \(3, 8\), expected \[4, 8\]"):

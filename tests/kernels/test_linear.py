@@ -155,6 +155,8 @@ def test_bad_input_is_caught_before_the_kernel():
         ops.impress_linear(x, weight, bank[:, :34].contiguous(), alpha, backend="triton")
     with pytest.raises(ValueError, match="alpha must be finite"):  # the composed path's check, on the fused one
         ops.impress_linear(x, weight, bank, torch.full_like(alpha, float("nan")), backend="triton")
+    with pytest.raises(ValueError, match=r"tensors must have one device: weight \S+, bank meta, alpha \S+$"):
+        ops.impress_linear(x, weight, bank.to("meta"), alpha, backend="triton")
 
 
 def test_opcheck():
