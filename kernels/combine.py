@@ -62,18 +62,37 @@ def mask_coefficients(bank_ptr, table_ptr, alpha_ptr, offs, ok, n, num_planes, n
 
     Shared with the fused linear kernels, which call it on 2-D weight tiles.
     """
+    if USE_TABLE:
+        coeff = tl.zeros(offs.shape, dtype=tl.float32)
+        plane_ptr = bank_ptr  # advanced by n per plane: g * n would overflow int32 past 2**31 bytes
+        for g in range(0, num_planes):
+            byte = tl.load(plane_ptr + offs, mask=ok, other=0).to(tl.int32)
+            plane_ptr += n
+            coeff += tl.load(table_ptr + g * 256 + byte)
+    else:  # one alpha for every weight: a scalar load per mask
+        coeff = shifted_coefficients(bank_ptr, alpha_ptr, 1, 0, True, offs, ok, n, num_planes, num_masks)
+    return coeff
+
+
+@triton.jit
+def shifted_coefficients(bank_ptr, alpha_ptr, alpha_stride, alpha_column, alpha_ok, offs, ok, n, num_planes,
+                         num_masks):
+    """fp32 ``sum_k alpha[k * alpha_stride + alpha_column] bit_k(j)`` for the flat weight indices ``offs``,
+    by shift and mask.
+
+    Per layer, alpha[K]: stride 1, column 0, ``alpha_ok`` True (one scalar load per mask). The
+    rows kernel, alpha[K, R]: stride R, each weight's column, loaded where ``alpha_ok``.
+    """
     coeff = tl.zeros(offs.shape, dtype=tl.float32)
     plane_ptr = bank_ptr  # advanced by n per plane: g * n would overflow int32 past 2**31 bytes
     for g in range(0, num_planes):
         byte = tl.load(plane_ptr + offs, mask=ok, other=0).to(tl.int32)
         plane_ptr += n
-        if USE_TABLE:
-            coeff += tl.load(table_ptr + g * 256 + byte)
-        else:
-            for b in tl.static_range(8):
-                k = g * 8 + b
-                a = tl.load(alpha_ptr + k, mask=k < num_masks, other=0.0).to(tl.float32)
-                coeff += tl.where(((byte >> b) & 1) != 0, a, 0.0)
+        for b in tl.static_range(8):
+            k = g * 8 + b
+            a = tl.load(alpha_ptr + k * alpha_stride + alpha_column, mask=alpha_ok & (k < num_masks),
+                        other=0.0).to(tl.float32)
+            coeff += tl.where(((byte >> b) & 1) != 0, a, 0.0)
     return coeff
 
 
@@ -217,15 +236,7 @@ def _combine_rows_fwd_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     ok = offs < n
     column = offs // group_len
-    coeff = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    plane_ptr = bank_ptr  # advanced by n per plane: g * n would overflow int32 past 2**31 bytes
-    for g in range(0, num_planes):
-        byte = tl.load(plane_ptr + offs, mask=ok, other=0).to(tl.int32)
-        plane_ptr += n
-        for b in tl.static_range(8):
-            k = g * 8 + b
-            a = tl.load(alpha_ptr + k * num_groups + column, mask=ok & (k < num_masks), other=0.0)
-            coeff += tl.where(((byte >> b) & 1) != 0, a, 0.0)
+    coeff = shifted_coefficients(bank_ptr, alpha_ptr, num_groups, column, ok, offs, ok, n, num_planes, num_masks)
     w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, (w * coeff).to(out_ptr.dtype.element_ty), mask=ok)
 
