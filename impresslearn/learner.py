@@ -409,9 +409,9 @@ class ImpressLearner:
                                                      process_group=process_group)  # fmt: skip
         others = [fp for n, fp in self.fingerprints.items() if n != name]
         if others and not fingerprint.same_sketch(others[0]):
-            first = others[0]
+            first, subject = others[0], "these inputs" if name is None else repr(name)
             raise ValueError(
-                f"the fingerprint of {name!r} (input size {fingerprint.input_size}, sketch_dim "
+                f"the fingerprint of {subject} (input size {fingerprint.input_size}, sketch_dim "
                 f"{fingerprint.sketch_dim}, seed {fingerprint.seed}) does not match the stored ones' "
                 f"({first.input_size}, {first.sketch_dim}, {first.seed}): they could not be compared"
             )
@@ -443,14 +443,15 @@ class ImpressLearner:
         """
         if not self.fingerprint_examples:
             return None
-        if iter(loader) is loader:  # an iterator: the pre-pass would take the first batches from training
-            raise TypeError(
-                f"learn_* read the loader more than once (its first {self.fingerprint_examples} inputs for the "
-                "fingerprint before training, then every epoch), but it is an iterator that can be read once: "
-                "pass a re-iterable (a DataLoader, BatchLoader or list of batches)"
-            )
-        with _unadvanced(loader):
-            return self.measure_fingerprint(loader, max_examples=self.fingerprint_examples)
+        with _unadvanced(loader):  # iter() already advances a BatchLoader's epoch, a DataLoader's RNG
+            batches = iter(loader)
+            if batches is loader:  # an iterator: the pre-pass would take the first batches from training
+                raise TypeError(
+                    f"learn_* read the loader more than once (its first {self.fingerprint_examples} inputs for the "
+                    "fingerprint before training, then every epoch), but it is an iterator that can be read once: "
+                    "pass a re-iterable (a DataLoader, BatchLoader or list of batches)"
+                )
+            return self.measure_fingerprint(batches, max_examples=self.fingerprint_examples)
 
     # -- evaluation -----------------------------------------------------------------------
     def _accuracy(self, loader) -> float:

@@ -9,7 +9,8 @@ import torch
 
 from impresslearn import ImpressLearner, TrainConfig
 from impresslearn import inference
-from impresslearn.inference import TaskFingerprint, TaskInference, infer_task, infer_task_name, task_fingerprint
+from impresslearn.inference import (TaskFingerprint, TaskInference, infer_task, infer_task_name, task_entropy,
+                                    task_fingerprint)
 from impresslearn.models import create_model
 from impresslearn.scenarios import BatchLoader, create_scenario
 
@@ -345,12 +346,44 @@ def test_fingerprint_of_a_task_bound_by_a_callable_equals_the_stored_tasks(mixed
             task_fingerprint(x, **bad)
 
 
+def test_the_entropy_alone_is_the_fingerprints_entropy_and_a_non_finite_one_is_refused(mixed):
+    """task_entropy is the part of a fingerprint that needs the task (learn_* measure it after training,
+    the sketch before): with the sketch of the same inputs it makes task_fingerprint's result. NaN logits
+    refuse it (task_fingerprint stored their NaN entropy as 'not measured')."""
+    from dataclasses import replace
+
+    sc, learner, _, _ = mixed
+    x = sc.task(3).train.inputs[:200]
+    whole = task_fingerprint(x, learner=learner, name="t3")
+    parts = replace(task_fingerprint(x), entropy=task_entropy(learner, BatchLoader(sc.task(3).train, batch_size=64),
+                                                              name="t3", max_examples=200))  # fmt: skip
+    assert torch.equal(parts.mean, whole.mean) and torch.equal(parts.var, whole.var)
+    assert math.isclose(parts.entropy, whole.entropy, rel_tol=1e-6)  # float32 sums of other batches
+    assert task_entropy(learner, x, bind=lambda: learner.bind_task("t3")) == task_entropy(learner, x, name="t3")
+    diverged = learner.model.register_forward_hook(lambda module, inputs, logits: logits * float("nan"))
+    try:
+        with pytest.raises(FloatingPointError, match="logits are not finite"):
+            task_entropy(learner, x, name="t3")
+        with pytest.raises(FloatingPointError, match="logits are not finite"):
+            task_fingerprint(x, learner=learner, name="t3")
+    finally:
+        diverged.remove()
+    with pytest.raises(ValueError, match="no examples"):
+        task_entropy(learner, [], name="t3")
+    with pytest.raises(ValueError, match="change size"):
+        task_entropy(learner, [x[:4], x[:4, :, :14]], name="t3")
+    with pytest.raises(ValueError, match="needs the learner"):
+        task_entropy(None, x, name="t3")
+    with pytest.raises(ValueError, match="give learner with name or bind"):
+        task_entropy(learner, x)
+
+
 _RANK_FINGERPRINT = """
 import sys
 import torch
 import torch.distributed as dist
 from impresslearn import ImpressLearner
-from impresslearn.inference import task_fingerprint
+from impresslearn.inference import task_entropy, task_fingerprint
 from impresslearn.models import create_model
 from impresslearn.objectives import AlphaObjective
 
@@ -374,6 +407,11 @@ keep("task_fingerprint", task_fingerprint(shard, sketch_dim=16, learner=learner,
 keep("add_fingerprint", learner.add_fingerprint("t", shard, process_group=group))
 AlphaObjective(learner).commit("u", fingerprint_inputs=shard, process_group=group)  # alpha = 1/K, as "t"
 keep("commit", learner.fingerprints["u"])
+# the entropy alone (what learn_* measure after training), by the function and an open objective
+results["task_entropy"] = task_entropy(learner, shard, name="t", process_group=group)
+objective = AlphaObjective(learner)  # alpha = 1/K, as "t"
+results["output_entropy"] = objective.output_entropy(shard, process_group=group)
+objective.discard()
 if world > 1:  # one rank's shard is bad: every rank raises (before, the others waited forever)
     nan = x[10:20].clone()
     nan[3, 0, 4, 4] = float("nan")
@@ -445,6 +483,16 @@ def test_fingerprint_sums_the_shards_of_every_rank_when_given_a_process_group(ra
         for key in ("mean", "var"):
             torch.testing.assert_close(got[key], whole[key], rtol=2**-10, atol=6e-8)
         assert math.isclose(got["entropy"], whole["entropy"], rel_tol=2e-7)
+
+
+@pytest.mark.parametrize("way", ["task_entropy", "output_entropy"])
+def test_the_entropy_alone_is_summed_over_the_ranks_too(rank_results, way):
+    """The entropy-only pass (no sketch: empty moment sums in the all-reduce) gives every rank the
+    whole data's entropy, the one task_fingerprint measures with the sketch (tolerance as above)."""
+    whole, ranks = rank_results
+    assert math.isclose(whole[way], whole["task_fingerprint"]["entropy"], rel_tol=2e-7)
+    for got in (r[way] for r in ranks):
+        assert got == ranks[0][way] and math.isclose(got, whole[way], rel_tol=2e-7)
 
 
 @pytest.mark.parametrize("case, on_rank_1, on_rank_0", [

@@ -1,5 +1,7 @@
 """ImpressLearner end to end: edge-popup, alpha (Eq. 1-2), hybrid, GN, basis-GN, BWT, checkpoints."""
 
+import math
+
 import pytest
 import torch
 
@@ -505,3 +507,151 @@ def test_a_ready_fingerprint_is_not_summed_over_ranks():
     with pytest.raises(ValueError, match="ready TaskFingerprint"):
         learner.add_fingerprint("a", ready, process_group=object())
     assert learner.fingerprints == {}
+
+
+def _no_training(monkeypatch):
+    """Make learn_*'s training loop fail the test if it is entered; the list records entries."""
+    import impresslearn.learner as learner_module
+
+    entered = []
+
+    def fit(*args, **kwargs):
+        entered.append(args)
+        raise AssertionError("training started before the fingerprint's input checks")
+
+    monkeypatch.setattr(learner_module, "fit", fit)
+    return entered
+
+
+def _state(learner):
+    return (learner.num_masks, list(learner.tasks), dict(learner.fingerprints), learner.state_sha256(),
+            [bn.num_slots for bn in learner.bns])  # fmt: skip
+
+
+@pytest.mark.parametrize("learn", ["learn_basis_mask", "learn_alpha"])
+@pytest.mark.parametrize("cause, error, match", [
+    ("another input size", ValueError, r"input size 784.*\(1024, 64, 0\): they could not be compared"),
+    ("moments beyond fp16", ValueError, "do not fit the fingerprint's fp16"),
+    ("NaN in the first inputs", ValueError, "NaN or infinite"),
+    ("one input", ValueError, "at least 2 examples"),
+    ("an iterator", TypeError, "iterator that can be read once"),
+])  # fmt: skip
+def test_fingerprint_failures_that_depend_on_the_inputs_refuse_before_any_training(monkeypatch, learn, cause,
+                                                                                    error, match):  # fmt: skip
+    """Everything a fingerprint checks but its entropy depends on the inputs alone, so learn_* check it
+    before training (they checked it after, throwing the training away): fit is never entered and the
+    learner is left as it was."""
+    from impresslearn.inference import task_fingerprint
+
+    sc = _synthetic(1)
+    learner = ImpressLearner(_tiny_lenet(), density=0.3)
+    learner.add_random_masks(4, seed=0)
+    x, y = sc.task(0).train.inputs, sc.task(0).train.targets
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, len(x), 32)]
+    if cause == "another input size":  # a stored task of 32 x 32 inputs
+        learner.register_task("first", torch.full((4, 3), 0.25))
+        learner.add_fingerprint("first", task_fingerprint(torch.randn(64, 1, 32, 32)))
+    elif cause == "moments beyond fp16":  # un-normalised inputs: sketch variances ~1e8
+        batches = [(xb * 1e4, yb) for xb, yb in batches]
+    elif cause == "NaN in the first inputs":
+        batches[0][0][3, 0, 5, 5] = float("nan")
+    elif cause == "one input":
+        batches = [(x[:1], y[:1])]
+    elif cause == "an iterator":
+        batches = iter(batches)
+    before = _state(learner)
+    entered = _no_training(monkeypatch)
+    with pytest.raises(error, match=match):
+        getattr(learner, learn)("second", batches, MASK_CFG)
+    assert entered == [] and _state(learner) == before
+
+
+@pytest.mark.parametrize("make_loader", ["BatchLoader", "DataLoader"])
+def test_the_pass_before_training_leaves_the_training_batches_alone(make_loader):
+    """The sketch pass reads the loader before training without moving it: BatchLoader's epoch counter
+    and the global RNG a DataLoader shuffles with are put back, so training sees the batches it would
+    without fingerprints (the same alpha to the bit), and the sketch reads its first epoch's inputs."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from impresslearn.inference import task_fingerprint
+
+    sc = _synthetic(1)
+    train = sc.task(0).train
+    if make_loader == "BatchLoader":
+        loader = BatchLoader(train, batch_size=32, shuffle=True, seed=3)
+    else:
+        loader = DataLoader(TensorDataset(train.inputs, train.targets), batch_size=32, shuffle=True)
+    learned = {}
+    for examples in (0, 64):
+        learner = ImpressLearner(_tiny_lenet(), density=0.3, fingerprint_examples=examples)
+        learner.add_random_masks(4, seed=0)
+        torch.manual_seed(7)
+        if make_loader == "BatchLoader":
+            loader.set_epoch(0)
+            first_epoch = BatchLoader(train, batch_size=32, shuffle=True, seed=3)
+        else:
+            first_epoch = [(x, y) for x, y in loader]
+            torch.manual_seed(7)
+        learned[examples] = learner.learn_alpha("a", loader, ALPHA_CFG).task.coefficients
+    assert torch.equal(learned[0], learned[64])
+    # the stored sketch is the one of the first epoch's first 64 inputs
+    assert torch.equal(learner.fingerprints["a"].mean, task_fingerprint(first_epoch, max_examples=64).mean)
+
+
+def _learn_with_diverged_logits(learner, name, loader, monkeypatch, poisoned: dict):
+    """learn_alpha whose trained task gives NaN logits after training (its BN slot's running means
+    made NaN once fit returns, as an overflowed fp16 statistic would); ``poisoned`` gets what was changed."""
+    import impresslearn.learner as learner_module
+
+    real_fit = learner_module.fit
+
+    def fit(objective, *args, **kwargs):
+        history = real_fit(objective, *args, **kwargs)
+        bn = learner.bns[0]
+        poisoned["mean"] = bn.running_mean[objective.bn_slot].clone()
+        bn.running_mean[objective.bn_slot] = float("nan")
+        return history
+
+    monkeypatch.setattr(learner_module, "fit", fit)
+    try:
+        learner.learn_alpha(name, loader, ALPHA_CFG)
+    finally:
+        monkeypatch.setattr(learner_module, "fit", real_fit)
+
+
+def test_an_entropy_that_fails_after_training_keeps_the_trained_task(monkeypatch):
+    """The entropy baseline is the one check that needs the trained task. When it fails (NaN logits)
+    learn_* store nothing, but the error holds the open objective: committed with the sketch measured
+    before training, the task is the one an undisturbed run stores (same coefficients, same sketch)."""
+    from impresslearn.learner import TrainedTaskNotStoredError
+
+    sc = _synthetic(2)
+
+    def conv_learner():
+        model = create_model("resnet18_cifar", num_classes=10, in_channels=1, width=4, blocks=[1, 1, 1, 1], seed=0)
+        learner = ImpressLearner(model, density=0.3, fingerprint_examples=64)
+        learner.add_random_masks(3, seed=0)
+        return learner
+
+    reference = conv_learner()
+    torch.manual_seed(0)
+    reference.learn_alpha("a", _loader(sc.task(0).train, True, 0, 64), ALPHA_CFG)
+
+    learner = conv_learner()
+    before = _state(learner)[:3]
+    torch.manual_seed(0)
+    poisoned = {}
+    with pytest.raises(TrainedTaskNotStoredError, match=r"'a' was trained \(8 steps\).*FloatingPointError.*"
+                                                         r"error\.objective\.commit") as caught:  # fmt: skip
+        _learn_with_diverged_logits(learner, "a", _loader(sc.task(0).train, True, 0, 64), monkeypatch, poisoned)
+    err = caught.value
+    assert _state(learner)[:3] == before  # no mask, task or fingerprint stored (the open objective holds a BN slot)
+    assert isinstance(err.__cause__, FloatingPointError) and err.history.steps == 8
+    assert math.isnan(err.fingerprint.entropy)
+    learner.bns[0].running_mean[err.objective.bn_slot] = poisoned["mean"]  # what fixing the statistic would do
+    err.objective.commit("a", fingerprint_inputs=err.fingerprint)
+    assert torch.equal(learner.tasks["a"].coefficients, reference.tasks["a"].coefficients)
+    stored, expected = learner.fingerprints["a"], reference.fingerprints["a"]
+    assert torch.equal(stored.mean, expected.mean) and torch.equal(stored.var, expected.var)
+    assert math.isnan(stored.entropy) and math.isfinite(expected.entropy)
+    assert [bn.num_slots for bn in learner.bns] == [bn.num_slots for bn in reference.bns]
