@@ -324,7 +324,11 @@ def fit(objective: TaskObjective, loader, cfg: TrainConfig, *, val_loader=None, 
     losses, val, steps = [], [] if val_loader is not None else None, 0
     for epoch in range(cfg.epochs):
         total, batches = 0.0, 0
-        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        # tqdm gets the epoch's iterator, not the loader: tqdm.auto's __init__ calls iter() on what it
+        # is given and then iterates it again, which made every epoch start a second, unused iterator
+        # (a DataLoader's workers; BatchLoader's epoch counter moved two epochs per epoch)
+        bar = tqdm(iter(loader), total=len(loader) if hasattr(loader, "__len__") else None,
+                   desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)  # fmt: skip
         for batch in bar:
             x, y = batch_inputs(batch)
             if x.dim() == 0 or x.shape[0] == 0:

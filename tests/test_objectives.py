@@ -178,3 +178,30 @@ def test_integer_arguments_accept_numpy_and_refuse_floats():
         learner.add_random_masks(2.0)
     with pytest.raises(IndexError, match="mask_index 2 out of range"):
         learner.evaluate_mask(np.int64(2), loader)
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_fit_starts_one_iteration_of_the_loader_per_epoch(progress):
+    """fit handed the loader to tqdm.auto, whose __init__ calls iter() and whose loop calls it again:
+    every epoch started a second, unused iterator (a DataLoader's worker processes) and moved
+    BatchLoader's epoch counter by two, so its epochs used orders 1, 3, 5, ..."""
+    from impresslearn.objectives import fit
+
+    sc = create_scenario("synthetic", num_tasks=1, train_size=128, test_size=32, seed=0)
+    loader = BatchLoader(sc.task(0).train, batch_size=32, shuffle=True, seed=0)
+    started = []
+
+    class Counting:
+        def __len__(self):
+            return len(loader)
+
+        def __iter__(self):
+            started.append(loader.epoch)
+            return iter(loader)
+
+    objective = AlphaObjective(_learner())
+    try:
+        history = fit(objective, Counting(), TrainConfig(epochs=3, lr=0.05, optimizer="adam"), progress=progress)
+    finally:
+        objective.discard()
+    assert started == [0, 1, 2] and loader.epoch == 3 and history.steps == 12
