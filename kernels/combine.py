@@ -70,12 +70,12 @@ def mask_coefficients(bank_ptr, table_ptr, alpha_ptr, offs, ok, n, num_planes, n
             plane_ptr += n
             coeff += tl.load(table_ptr + g * 256 + byte)
     else:  # one alpha for every weight: a scalar load per mask
-        coeff = shifted_coefficients(bank_ptr, alpha_ptr, 1, 0, True, offs, ok, n, num_planes, num_masks)
+        coeff = _shifted_coefficients(bank_ptr, alpha_ptr, 1, 0, True, offs, ok, n, num_planes, num_masks)
     return coeff
 
 
 @triton.jit
-def shifted_coefficients(bank_ptr, alpha_ptr, alpha_stride, alpha_column, alpha_ok, offs, ok, n, num_planes,
+def _shifted_coefficients(bank_ptr, alpha_ptr, alpha_stride, alpha_column, alpha_ok, offs, ok, n, num_planes,
                          num_masks):
     """fp32 ``sum_k alpha[k * alpha_stride + alpha_column] bit_k(j)`` for the flat weight indices ``offs``,
     by shift and mask.
@@ -236,7 +236,7 @@ def _combine_rows_fwd_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     ok = offs < n
     column = offs // group_len
-    coeff = shifted_coefficients(bank_ptr, alpha_ptr, num_groups, column, ok, offs, ok, n, num_planes, num_masks)
+    coeff = _shifted_coefficients(bank_ptr, alpha_ptr, num_groups, column, ok, offs, ok, n, num_planes, num_masks)
     w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, (w * coeff).to(out_ptr.dtype.element_ty), mask=ok)
 
