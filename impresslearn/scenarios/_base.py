@@ -184,6 +184,30 @@ def check_num_tasks(name: str, num_tasks: int, max_tasks: int | None = None) -> 
     return int(num_tasks)
 
 
+def check_class_split(
+    name: str, num_classes: int, num_tasks: int, classes_per_task: int, class_order: Sequence[int] | None
+) -> tuple[int, list[int]]:
+    """``(classes_per_task, class order)`` of a split scenario over ``num_classes`` classes.
+
+    The order is a permutation of 0..num_classes-1 (sorted when None); task ``t`` takes its
+    ``classes_per_task`` entries from ``t * classes_per_task`` on, so all tasks must fit in it.
+    """
+    if not is_count(classes_per_task, 2):
+        raise ValueError(f"{name}: classes_per_task must be an int >= 2, got {classes_per_task!r}")
+    order = list(range(num_classes)) if class_order is None else [int(c) for c in class_order]
+    if sorted(order) != list(range(num_classes)):
+        raise ValueError(f"{name}: class_order must be a permutation of 0..{num_classes - 1}, got {order}")
+    if num_tasks * classes_per_task > num_classes:
+        raise ValueError(f"{name}: {num_tasks} tasks x {classes_per_task} classes do not fit in {num_classes}")
+    return int(classes_per_task), order
+
+
+def label_remap(classes: Sequence[int], num_classes: int) -> np.ndarray:
+    """int64[num_classes] mapping original label ``classes[c]`` to ``c`` (every other label to -1)."""
+    remap = np.full(num_classes, -1, dtype=np.int64)
+    remap[list(classes)] = np.arange(len(classes))
+    return remap
+
 def check_subsets(name: str, train_subset: int | None, test_subset: int | None, subset_mode: str) -> None:
     """Refuse bad subset options at construction, before any task is built."""
     for label, value in (("train_subset", train_subset), ("test_subset", test_subset)):

@@ -14,7 +14,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._base import InMemoryDataset, Scenario, check_num_tasks, check_subsets, derive_seed, subset_indices
+from ._base import (
+    InMemoryDataset, Scenario, check_class_split, check_num_tasks, check_subsets, derive_seed, label_remap,
+    subset_indices,
+)
 from ._readers import load_cifar100
 from ._registry import register_scenario
 
@@ -64,13 +67,8 @@ class SplitCIFAR100(Scenario):
         super().__init__(cache_size=cache_size)
         self.num_tasks = check_num_tasks(self.name, num_tasks)
         check_subsets(self.name, train_subset, test_subset, subset_mode)
-        order = list(range(100)) if class_order is None else [int(c) for c in class_order]
-        if sorted(order) != list(range(100)):
-            raise ValueError(f"{self.name}: class_order must be a permutation of 0..99")
-        if classes_per_task < 2 or self.num_tasks * classes_per_task > 100:
-            raise ValueError(f"{self.name}: {self.num_tasks} tasks x {classes_per_task} classes do not fit in 100")
-        self.num_classes = int(classes_per_task)
-        self.class_order = order
+        self.num_classes, self.class_order = check_class_split(self.name, 100, self.num_tasks, classes_per_task,
+                                                               class_order)
         self.seed = int(seed)
         self.augment = bool(augment)
         self._subsets = {"train": train_subset, "test": test_subset}
@@ -79,8 +77,8 @@ class SplitCIFAR100(Scenario):
         self._augmentation = RandomCropFlip(4, [-m / s for m, s in zip(CIFAR100_MEAN, CIFAR100_STD)])
         self.spec = dict(num_tasks=self.num_tasks, root=None if root is None else str(root), seed=self.seed,
                          train_subset=train_subset, test_subset=test_subset, subset_mode=subset_mode,
-                         classes_per_task=self.num_classes, class_order=None if class_order is None else order,
-                         augment=self.augment)
+                         classes_per_task=self.num_classes,
+                         class_order=None if class_order is None else self.class_order, augment=self.augment)
 
     def classes(self, t: int) -> list[int]:
         """CIFAR-100 fine labels of task ``t``; ``classes(t)[c]`` becomes label ``c``."""
@@ -89,8 +87,7 @@ class SplitCIFAR100(Scenario):
 
     def build_task(self, t: int):
         classes = self.classes(t)
-        remap = np.full(100, -1, dtype=np.int64)
-        remap[classes] = np.arange(len(classes))
+        remap = label_remap(classes, 100)
         mean = torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CIFAR100_STD).view(1, 3, 1, 1)
         out = []

@@ -21,7 +21,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._base import InMemoryDataset, Scenario, check_num_tasks, check_subsets, derive_seed, subset_indices
+from ._base import (
+    InMemoryDataset, Scenario, check_class_split, check_num_tasks, check_subsets, derive_seed, label_remap,
+    subset_indices,
+)
 from ._readers import load_mnist_like
 from ._registry import register_scenario
 
@@ -167,14 +170,10 @@ class SplitScenario(MnistLikeScenario):
 
     def __init__(self, *args, classes_per_task: int = 2, class_order: Sequence[int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        order = list(range(10)) if class_order is None else [int(c) for c in class_order]
-        if sorted(order) != list(range(10)):
-            raise ValueError(f"{self.name}: class_order must be a permutation of 0..9, got {order}")
-        if classes_per_task < 2 or self.num_tasks * classes_per_task > 10:
-            raise ValueError(f"{self.name}: {self.num_tasks} tasks x {classes_per_task} classes do not fit in 10")
-        self.num_classes = int(classes_per_task)
-        self.class_order = order
-        self.spec.update(classes_per_task=self.num_classes, class_order=None if class_order is None else order)
+        self.num_classes, self.class_order = check_class_split(self.name, 10, self.num_tasks, classes_per_task,
+                                                               class_order)
+        self.spec.update(classes_per_task=self.num_classes,
+                         class_order=None if class_order is None else self.class_order)
 
     def classes(self, t: int) -> list[int]:
         """Original labels of task ``t``; label ``classes(t)[c]`` becomes ``c``."""
@@ -183,8 +182,7 @@ class SplitScenario(MnistLikeScenario):
 
     def build_task(self, t: int):
         classes = self.classes(t)
-        remap = np.full(10, -1, dtype=np.int64)
-        remap[classes] = np.arange(len(classes))
+        remap = label_remap(classes, 10)
         out = []
         for split in ("train", "test"):
             keep = np.flatnonzero(np.isin(self._splits[split][1], classes))

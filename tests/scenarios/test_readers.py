@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from impresslearn.scenarios import BatchLoader, DataNotFoundError, create_scenario
 from impresslearn.scenarios import _readers
+from impresslearn.scenarios._base import label_remap
 from impresslearn.scenarios.cifar import CIFAR100_MEAN, CIFAR100_STD, RandomCropFlip
 from impresslearn.scenarios.mnist import NORMALIZATION
 
@@ -117,6 +118,25 @@ def test_split_cifar100(tmp_path):
     assert not torch.equal(next(iter(loader))[0], next(iter(loader))[0])
     plain = create_scenario("split_cifar100", root=tmp_path, augment=False).task(3)
     assert plain.train.batch_transform is None
+
+
+def test_split_scenarios_share_one_class_split_check(tmp_path):
+    make_cifar(tmp_path)
+    make_mnist(tmp_path)
+    for name, total in (("split_cifar100", 100), ("split_mnist", 10)):
+        with pytest.raises(ValueError, match=f"{name}: class_order must be a permutation of 0..{total - 1}, got"):
+            create_scenario(name, root=tmp_path, class_order=[0] * total)
+        with pytest.raises(ValueError, match=f"{name}: 6 tasks x 20 classes do not fit in {total}"):
+            create_scenario(name, root=tmp_path, num_tasks=6, classes_per_task=20)
+        for bad in (2.0, True, 1):  # a float or bool was accepted (and truncated) before; 1 is too few
+            with pytest.raises(ValueError, match=f"{name}: classes_per_task must be an int >= 2, got {bad!r}"):
+                create_scenario(name, root=tmp_path, num_tasks=1, classes_per_task=bad)
+    sc = create_scenario("split_cifar100", root=tmp_path, num_tasks=2, classes_per_task=np.int64(3),
+                         class_order=list(range(99, -1, -1)))
+    assert sc.classes(1) == [96, 95, 94] and sc.spec["classes_per_task"] == 3
+    assert sorted(sc.task(1).test.targets.unique().tolist()) == [0, 1, 2]
+    remap = label_remap([7, 2], 10)
+    assert remap.dtype == np.int64 and remap.tolist() == [-1, -1, 1, -1, -1, -1, -1, 0, -1, -1]
 
 
 def test_random_crop_flip_is_a_crop_of_the_padded_image():
