@@ -239,9 +239,8 @@ class ImpressLearner:
         :class:`TrainedTaskNotStoredError` holding the trained task (the class docstring).
         """
         self.tasks.check_new_name(name)
-        input_sketch = self._input_sketch(loader)  # before training: inputs it cannot read refuse here
         objective = EdgePopupObjective(self, seed=cfg.seed)
-        return self._fit_and_commit(objective, name, loader, cfg, val_loader, input_sketch, f"mask {name}")
+        return self._fit_and_commit(objective, name, loader, cfg, val_loader, f"mask {name}")
 
     def add_random_masks(self, count: int, seed: int | None = None) -> list[int]:
         """Append ``count`` uniformly random masks with exactly ``k_i`` ones per layer.
@@ -308,15 +307,16 @@ class ImpressLearner:
         :class:`TrainedTaskNotStoredError` holding the trained task (the class docstring).
         """
         self.tasks.check_new_name(name)
-        input_sketch = self._input_sketch(loader)  # before training: inputs it cannot read refuse here
         objective = AlphaObjective(self, lam=cfg.lam, hybrid=hybrid, seed=cfg.seed, granularity=granularity)
-        return self._fit_and_commit(objective, name, loader, cfg, val_loader, input_sketch, f"alpha {name}")
+        return self._fit_and_commit(objective, name, loader, cfg, val_loader, f"alpha {name}")
 
-    def _fit_and_commit(self, objective, name, loader, cfg, val_loader, input_sketch, desc) -> TrainingHistory:
-        """``learn_*``'s training and commit: the fingerprint's input sketch was measured before
-        training, its entropy baseline is measured after it; a failure there keeps the trained task
+    def _fit_and_commit(self, objective, name, loader, cfg, val_loader, desc) -> TrainingHistory:
+        """``learn_*``'s training and commit (after the objective's own checks): the fingerprint's
+        input sketch is measured before training (inputs it cannot read refuse the task there), its
+        entropy baseline after it; a failure there keeps the trained task
         (:class:`TrainedTaskNotStoredError`), any other gives the BN slot back."""
         try:
+            input_sketch = self._input_sketch(loader)
             history = fit(objective, loader, cfg, val_loader=val_loader, progress=self.progress, desc=desc)
             fingerprint = None
             if input_sketch is not None:

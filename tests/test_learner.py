@@ -1,6 +1,7 @@
 """ImpressLearner end to end: edge-popup, alpha (Eq. 1-2), hybrid, GN, basis-GN, BWT, checkpoints."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -55,7 +56,9 @@ def fmnist():
     for t in range(3):
         learner.learn_basis_mask(sc.task(t).name, _loader(sc.task(t).train, True, t), MASK_CFG)
     learner.add_random_masks(5, seed=0)
-    learner.learn_alpha(sc.task(3).name, _loader(sc.task(3).train, True, 3), ALPHA_CFG)
+    # alpha trains 5 epochs (80 steps): at 2 its margin over the best single mask (0.252) was the
+    # shuffle's to decide, 0.02 to 0.11 over loader seeds 3, 13, 23; at 5 it was 0.05 to 0.19
+    learner.learn_alpha(sc.task(3).name, _loader(sc.task(3).train, True, 3), replace(ALPHA_CFG, epochs=5))
     return sc, learner, tests
 
 

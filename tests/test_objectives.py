@@ -205,3 +205,21 @@ def test_fit_starts_one_iteration_of_the_loader_per_epoch(progress):
     finally:
         objective.discard()
     assert started == [0, 1, 2] and loader.epoch == 3 and history.steps == 12
+
+
+def test_the_too_few_steps_warning_points_at_the_users_line():
+    """fit's warning names the caller's line whether the user calls fit or learn_* (which reach fit
+    through the learner's own frames), not a line inside the package."""
+    from impresslearn.objectives import fit
+
+    learner = _learner()
+    few = [_data(32)[:2]]
+    objective = AlphaObjective(learner)
+    try:
+        with pytest.warns(UserWarning, match="optimiser steps") as direct:
+            fit(objective, few, ADAM)
+    finally:
+        objective.discard()
+    with pytest.warns(UserWarning, match="optimiser steps") as through_learner:
+        learner.learn_alpha("few", few, ADAM)
+    assert [w.filename for w in direct] == [w.filename for w in through_learner] == [__file__]
