@@ -15,6 +15,11 @@ callbacks; when it is done, ``objective.commit(name)`` stores the task in the le
     objective.commit("task 7", fingerprint_inputs=loader,   # the inputs task inference will match,
                      process_group=torch.distributed.group.WORLD)  # summed over every rank's shard
 
+Inputs the fingerprint cannot use (NaN, moments beyond fp16, another input size than the stored
+fingerprints') refuse the commit after training; to hear it before, measure the sketch first
+(``sketch = learner.measure_fingerprint(loader)``) and commit with
+``dataclasses.replace(sketch, entropy=objective.output_entropy(loader))``, as ``learn_*`` do.
+
 The learner's model is deliberately *not* a submodule: DDP would otherwise broadcast its
 buffers (the banks: 0.8 GB for ResNet-50 at K = 250) and the frozen backbone. A new objective
 reserves the task's BatchNorm slot at construction (its running statistics train with it);
@@ -153,8 +158,9 @@ class TaskObjective(nn.Module):
         that needs the trained task (:func:`~impresslearn.inference.task_entropy`). With a sketch
         measured before training (``learner.measure_fingerprint(inputs)``), ``commit(name,
         fingerprint_inputs=dataclasses.replace(sketch, entropy=objective.output_entropy(inputs)))``
-        stores what ``fingerprint_inputs=inputs`` would, and no input problem waits until after
-        training to show. Stores nothing; ``FloatingPointError`` for NaN logits."""
+        stores the fingerprint ``fingerprint_inputs=inputs`` measures (the same one when both passes
+        read the same inputs), and no input problem waits until after training to show: what
+        ``learn_*`` do. Stores nothing; ``FloatingPointError`` for NaN logits."""
         self._check_open()
         return task_entropy(self.learner, inputs, bind=self._bind_with_slot,
                             max_examples=self.learner.fingerprint_read_limit(max_examples),
