@@ -61,15 +61,12 @@ def _fmt_bytes(n: float) -> str:
     return f"{n / 1024:.2f} KiB" if n >= 1024 else f"{n:.0f} B"
 
 
-def _granularity_words(granularity) -> str:
-    return {"layer": "layer", "channel": "channel"}.get(granularity, f"{granularity} channels")
-
-
 def main(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .learner import ImpressLearner
     from .models import create_model
     from .scenarios import BatchLoader, DataNotFoundError, create_scenario
+    from .tasks import granularity_words
 
     from .presets import get_preset
 
@@ -118,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
     tests = [BatchLoader(sc.task(t).test, batch_size=500) for t in range(num_tasks)]
     names = [sc.task(t).name for t in range(num_tasks)]
     recipe = (f"preset {preset.name} ({preset.alpha.optimizer} lr {preset.alpha.lr:g}, {args.alpha_epochs} epochs, "
-              f"{preset.coefficient_dtype} coefficients per {_granularity_words(granularity)})"
+              f"{preset.coefficient_dtype} coefficients {granularity_words(granularity)})"
               if preset else f"no preset (adam lr {args.alpha_lr:g})")  # fmt: skip
     print(f"Permuted Fashion-MNIST, LeNet-300-100, density {args.density}: {args.basis_tasks} basis tasks, "
           f"{args.random_masks} random masks, {args.new_tasks} new tasks; "
