@@ -19,7 +19,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ._integers import is_integer
+from ._integers import is_count, is_integer
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 
@@ -46,6 +46,20 @@ def check_integer(value: Any, key: str, *, minimum: int | None = None, maximum: 
     if maximum is not None and value > maximum:
         raise ConfigError(f"{key}: must be <= {maximum}, got {value}")
     return value
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """ConfigError ``"<key>: <message>"`` unless ``condition`` holds (a check that needs no helper of its own)."""
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def check_positive_int(value: Any, key: str, *, allow_none: bool = False) -> int | None:
+    """``value`` as an ``int`` if it is an integer >= 1 (not a bool), or None when ``allow_none``; else ConfigError."""
+    if allow_none and value is None:
+        return None
+    require(is_count(value, 1), key, f"must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
+    return int(value)
 
 
 def check_known_keys(data: Mapping[str, Any], known: set[str], where: str = "") -> None:
@@ -148,4 +162,7 @@ class TrainConfig:
         return torch.optim.RMSprop(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
 
-__all__ = ["ConfigError", "OPTIMIZERS", "TrainConfig", "check_integer", "check_known_keys", "check_real"]
+__all__ = [
+    "ConfigError", "OPTIMIZERS", "TrainConfig", "check_integer", "check_known_keys", "check_positive_int", "check_real",
+    "require",
+]

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .. import accounting
-from ._config import ConfigError, _positive_int, _require, check_folder_name, check_integer
+from ..config import ConfigError, check_integer, check_positive_int, require
+from ._config import check_folder_name
 
 KIB = 1024.0
 # 16-bit indices at density 1/8, as the paper's column works out (defined in impresslearn.accounting)
@@ -46,9 +47,9 @@ class AccountingRow:
 
     def __post_init__(self) -> None:
         key = f"rows[{self.dataset}/{self.model}]"
-        _positive_int(self.basis_size, f"{key}.basis_size")
-        _positive_int(self.max_tasks, f"{key}.max_tasks", allow_none=True)
-        _require(0 < self.density <= 1, f"{key}.density", f"must lie in (0, 1], got {self.density!r}")
+        check_positive_int(self.basis_size, f"{key}.basis_size")
+        check_positive_int(self.max_tasks, f"{key}.max_tasks", allow_none=True)
+        require(0 < self.density <= 1, f"{key}.density", f"must lie in (0, 1], got {self.density!r}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class AccountingConfig:
 
     def __post_init__(self) -> None:
         check_folder_name(self.name, "name")
-        _require(len(self.rows) > 0, "rows", "must not be empty")
+        require(len(self.rows) > 0, "rows", "must not be empty")
         object.__setattr__(self, "seed", check_integer(self.seed, "seed", minimum=0))
 
 

@@ -21,26 +21,21 @@ from typing import Any, Mapping
 import yaml
 
 from .._integers import is_count
-from ..config import ConfigError, TrainConfig, check_integer, check_known_keys, check_real
+from ..config import (
+    ConfigError,
+    TrainConfig,
+    check_integer,
+    check_known_keys,
+    check_positive_int,
+    check_real,
+    require,
+)
 from ..validation import candidate_name
 
 BASIS_KINDS = ("heterogeneous", "homogeneous", "random", "mixture")
 INITS = ("signed_constant", "kaiming_normal")
 GN_METHODS = ("oneshot", "binary")
 PAPER_DENSITIES = (0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3)
-
-
-def _require(cond: bool, key: str, message: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {message}")
-
-
-def _positive_int(value: Any, key: str, allow_none: bool = False) -> int | None:
-    if allow_none and value is None:
-        return None
-    _require(is_count(value, 1), key,
-             f"must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
-    return int(value)
 
 
 def _set_ints(obj: Any, **values: int | None) -> None:
@@ -56,9 +51,9 @@ def check_folder_name(value: Any, key: str) -> str:
     or a control character would put results somewhere else (``..`` wrote into the current
     folder's parent once), so they are refused.
     """
-    _require(isinstance(value, str) and bool(value), key, f"must be a non-empty string, got {value!r}")
+    require(isinstance(value, str) and bool(value), key, f"must be a non-empty string, got {value!r}")
     bad = [c for c in value if c in "/\\" or ord(c) < 32 or ord(c) == 127]
-    _require(not bad and value not in (".", "..") and value.strip() == value and not value.startswith("-"), key,
+    require(not bad and value not in (".", "..") and value.strip() == value and not value.startswith("-"), key,
              f"must be a single plain folder name (no '/', '\\', '.', '..', control characters, leading '-' or "
              f"surrounding spaces), got {value!r}")
     return value
@@ -88,7 +83,7 @@ class ScenarioSpec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.name, str) and bool(self.name), "scenario.name", "must be a non-empty string")
+        require(isinstance(self.name, str) and bool(self.name), "scenario.name", "must be a non-empty string")
         from ..scenarios import resolve_scenario  # a name or a dotted import path: refused here, not mid-sweep
 
         try:
@@ -97,13 +92,13 @@ class ScenarioSpec:
             raise ConfigError(f"scenario.name: {exc}") from None
         _set_ints(
             self,
-            num_tasks=_positive_int(self.num_tasks, "scenario.num_tasks"),
+            num_tasks=check_positive_int(self.num_tasks, "scenario.num_tasks"),
             seed=check_integer(self.seed, "scenario.seed", minimum=0),
-            train_subset=_positive_int(self.train_subset, "scenario.train_subset", allow_none=True),
-            test_subset=_positive_int(self.test_subset, "scenario.test_subset", allow_none=True),
-            test_batch_size=_positive_int(self.test_batch_size, "scenario.test_batch_size"),
+            train_subset=check_positive_int(self.train_subset, "scenario.train_subset", allow_none=True),
+            test_subset=check_positive_int(self.test_subset, "scenario.test_subset", allow_none=True),
+            test_batch_size=check_positive_int(self.test_batch_size, "scenario.test_batch_size"),
         )
-        _require(isinstance(self.kwargs, Mapping), "scenario.kwargs", "must be a mapping")
+        require(isinstance(self.kwargs, Mapping), "scenario.kwargs", "must be a mapping")
 
 
 @dataclass(frozen=True)
@@ -115,9 +110,9 @@ class ModelSpec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.name, str) and bool(self.name), "model.name", "must be a non-empty string")
-        _require(self.init in INITS, "model.init", f"must be one of {INITS}, got {self.init!r}")
-        _require(isinstance(self.kwargs, Mapping), "model.kwargs", "must be a mapping")
+        require(isinstance(self.name, str) and bool(self.name), "model.name", "must be a non-empty string")
+        require(self.init in INITS, "model.init", f"must be one of {INITS}, got {self.init!r}")
+        require(isinstance(self.kwargs, Mapping), "model.kwargs", "must be a mapping")
 
 
 @dataclass(frozen=True)
@@ -138,20 +133,20 @@ class BasisSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", _tuple(self.kinds, "basis.kinds"))
         object.__setattr__(self, "counts", _tuple(self.counts, "basis.counts"))
-        _require(len(self.kinds) > 0, "basis.kinds", "must not be empty")
+        require(len(self.kinds) > 0, "basis.kinds", "must not be empty")
         for kind in self.kinds:
-            _require(kind in BASIS_KINDS, "basis.kinds", f"unknown basis kind {kind!r}; choose from {BASIS_KINDS}")
-        _require(len(set(self.kinds)) == len(self.kinds), "basis.kinds", f"has duplicates: {list(self.kinds)}")
-        _require(len(self.counts) > 0, "basis.counts", "must not be empty")
+            require(kind in BASIS_KINDS, "basis.kinds", f"unknown basis kind {kind!r}; choose from {BASIS_KINDS}")
+        require(len(set(self.kinds)) == len(self.kinds), "basis.kinds", f"has duplicates: {list(self.kinds)}")
+        require(len(self.counts) > 0, "basis.counts", "must not be empty")
         for c in self.counts:
-            _positive_int(c, "basis.counts[]")
-        _require(isinstance(self.counts_by_kind, Mapping), "basis.counts_by_kind", "must map a kind to a list of counts")
+            check_positive_int(c, "basis.counts[]")
+        require(isinstance(self.counts_by_kind, Mapping), "basis.counts_by_kind", "must map a kind to a list of counts")
         for kind, counts in self.counts_by_kind.items():
-            _require(kind in self.kinds, "basis.counts_by_kind", f"{kind!r} is not one of basis.kinds {list(self.kinds)}")
-            _require(isinstance(counts, (list, tuple)) and len(counts) > 0, f"basis.counts_by_kind.{kind}",
+            require(kind in self.kinds, "basis.counts_by_kind", f"{kind!r} is not one of basis.kinds {list(self.kinds)}")
+            require(isinstance(counts, (list, tuple)) and len(counts) > 0, f"basis.counts_by_kind.{kind}",
                      "must be a non-empty list")
             for c in counts:
-                _positive_int(c, f"basis.counts_by_kind.{kind}[]")
+                check_positive_int(c, f"basis.counts_by_kind.{kind}[]")
         object.__setattr__(self, "mixture_homogeneous", check_real(
             self.mixture_homogeneous, "basis.mixture_homogeneous", minimum=0.0, maximum=1.0))
 
@@ -202,25 +197,25 @@ class EvalSpec:
         object.__setattr__(self, "coefficient_dtypes", _tuple(self.coefficient_dtypes, "evaluate.coefficient_dtypes"))
         from ..banks import COEFFICIENT_DTYPES
 
-        _require(len(self.coefficient_dtypes) > 0, "evaluate.coefficient_dtypes", "must not be empty")
+        require(len(self.coefficient_dtypes) > 0, "evaluate.coefficient_dtypes", "must not be empty")
         for dtype in self.coefficient_dtypes:
-            _require(dtype in COEFFICIENT_DTYPES, "evaluate.coefficient_dtypes",
+            require(dtype in COEFFICIENT_DTYPES, "evaluate.coefficient_dtypes",
                      f"unknown dtype {dtype!r}; choose from {tuple(COEFFICIENT_DTYPES)}")
-        _require(len(set(self.coefficient_dtypes)) == len(self.coefficient_dtypes), "evaluate.coefficient_dtypes",
+        require(len(set(self.coefficient_dtypes)) == len(self.coefficient_dtypes), "evaluate.coefficient_dtypes",
                  f"has duplicates: {list(self.coefficient_dtypes)}")
         for name in ("new_tasks", "supsup", "incorrect_mask", "basis_gn", "hybrid", "gn", "gn_with_supsup",
                      "label_free_matrix", "full_matrix", "frontier"):
-            _require(isinstance(getattr(self, name), bool), f"evaluate.{name}", "must be true or false")
+            require(isinstance(getattr(self, name), bool), f"evaluate.{name}", "must be true or false")
         for name in ("basis_gn_max_tasks", "gn_num_tasks", "gn_basis_count", "gn_batch_size", "gn_batches_per_task"):
-            _positive_int(getattr(self, name), f"evaluate.{name}")
+            check_positive_int(getattr(self, name), f"evaluate.{name}")
         for kind in self.basis_gn_kinds:
-            _require(kind in ("heterogeneous", "mixture"), "evaluate.basis_gn_kinds",
+            require(kind in ("heterogeneous", "mixture"), "evaluate.basis_gn_kinds",
                      f"basis-GN needs masks from distinct basis tasks (heterogeneous or mixture), got {kind!r}")
-        _require(self.gn_basis_kind in BASIS_KINDS, "evaluate.gn_basis_kind",
+        require(self.gn_basis_kind in BASIS_KINDS, "evaluate.gn_basis_kind",
                  f"must be one of {BASIS_KINDS}, got {self.gn_basis_kind!r}")
         for m in self.gn_methods:
-            _require(m in GN_METHODS, "evaluate.gn_methods", f"unknown method {m!r}; choose from {GN_METHODS}")
-        _require(self.frontier or self.coefficient_dtypes == ("fp32",), "evaluate.coefficient_dtypes",
+            require(m in GN_METHODS, "evaluate.gn_methods", f"unknown method {m!r}; choose from {GN_METHODS}")
+        require(self.frontier or self.coefficient_dtypes == ("fp32",), "evaluate.coefficient_dtypes",
                  "other dtypes than fp32 are scored only on the frontier; set evaluate.frontier: true")
 
 
@@ -231,7 +226,7 @@ def _candidates(value: Any, key: str, base: TrainConfig) -> tuple:
     plain = []
     for i, candidate in enumerate(candidates):
         where = f"{key}[{i}]"
-        _require(isinstance(candidate, Mapping) and len(candidate) > 0, where,
+        require(isinstance(candidate, Mapping) and len(candidate) > 0, where,
                  f"must be a non-empty mapping of training keys (e.g. {{optimizer: adam, lr: 0.01}}), got {candidate!r}")
         check_known_keys(candidate, TrainConfig.field_names(), where)
         try:
@@ -241,7 +236,7 @@ def _candidates(value: Any, key: str, base: TrainConfig) -> tuple:
         plain.append(dict(sorted(candidate.items())))
     # results name a candidate by optimizer and lr (impresslearn.validation.candidate_name)
     names = [candidate_name(base.replace(**c)) for c in plain]
-    _require(len(set(names)) == len(names), key,
+    require(len(set(names)) == len(names), key,
              f"candidates must differ in optimizer or lr (how results name them), got {names}")
     return tuple(plain)
 
@@ -266,7 +261,7 @@ class ValidationSpec:
     mask_candidates: tuple = ()
 
     def __post_init__(self) -> None:
-        _set_ints(self, images=_positive_int(self.images, "validation.images"))
+        _set_ints(self, images=check_positive_int(self.images, "validation.images"))
         object.__setattr__(self, "alpha_candidates", _tuple(self.alpha_candidates, "validation.alpha_candidates"))
         object.__setattr__(self, "mask_candidates", _tuple(self.mask_candidates, "validation.mask_candidates"))
 
@@ -296,27 +291,27 @@ class ExperimentConfig:
         object.__setattr__(self, "densities", _tuple(self.densities, "densities"))
         object.__setattr__(self, "seeds", _tuple(self.seeds, "seeds"))
         check_folder_name(self.name, "name")
-        _require(len(self.densities) > 0, "densities", "must not be empty")
+        require(len(self.densities) > 0, "densities", "must not be empty")
         for s in self.densities:
-            _require(isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 < s <= 1.0, "densities",
+            require(isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 < s <= 1.0, "densities",
                      f"each density is the fraction of weights kept, in (0, 1]; got {s!r}")
-        _require(len(set(self.densities)) == len(self.densities), "densities", "has duplicates")
-        _require(len(self.seeds) > 0, "seeds", "must not be empty")
+        require(len(set(self.densities)) == len(self.densities), "densities", "has duplicates")
+        require(len(self.seeds) > 0, "seeds", "must not be empty")
         for s in self.seeds:
-            _require(is_count(s), "seeds",
+            require(is_count(s), "seeds",
                      f"each seed is a non-negative integer; got {s!r}")
-        _require(len(set(self.seeds)) == len(self.seeds), "seeds", "has duplicates")
-        _require(is_count(self.num_new_tasks), "num_new_tasks",
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", "has duplicates")
+        require(is_count(self.num_new_tasks), "num_new_tasks",
                  f"must be a non-negative integer, got {self.num_new_tasks!r}")
         # New tasks follow every basis task of every impression set, so all sets are scored on
         # the same new tasks and a basis task is never also a "new" one.
         needed = self.first_new_task + self.num_new_tasks
-        _require(needed <= self.scenario.num_tasks, "scenario.num_tasks",
+        require(needed <= self.scenario.num_tasks, "scenario.num_tasks",
                  f"{self.scenario.num_tasks} tasks cannot hold {self.first_new_task} heterogeneous basis tasks "
                  f"(largest count in basis.counts) plus num_new_tasks={self.num_new_tasks} new tasks; "
                  f"need at least {needed}")
         if self.validation is not None:
-            _require(isinstance(self.validation, ValidationSpec), "validation", "must be a mapping")
+            require(isinstance(self.validation, ValidationSpec), "validation", "must be a mapping")
             # Candidates are checked against the phases they override (a bad lr names its place).
             object.__setattr__(self, "validation", dataclasses.replace(
                 self.validation,
@@ -325,7 +320,7 @@ class ExperimentConfig:
                 mask_candidates=_candidates(self.validation.mask_candidates, "validation.mask_candidates",
                                             self.mask_train)))
             if self.scenario.train_subset is not None:
-                _require(self.validation.images < self.scenario.train_subset, "validation.images",
+                require(self.validation.images < self.scenario.train_subset, "validation.images",
                          f"{self.validation.images} validation images leave none of scenario.train_subset="
                          f"{self.scenario.train_subset} to train on")
         ev = self.evaluate
@@ -341,17 +336,17 @@ class ExperimentConfig:
                                ("label_free_matrix", "its task inference (GN) reads one column per layer"),
                                ("gn", "GN task inference reads one column per layer"),
                                ("basis_gn", "basis-GN fits alpha per layer")):  # fmt: skip
-                _require(not getattr(ev, name), f"evaluate.{name}",
+                require(not getattr(ev, name), f"evaluate.{name}",
                          f"must be false with alpha_granularity {self.alpha_granularity!r} ({what})")
         if ev.frontier:
-            _require(ev.new_tasks or ev.supsup, "evaluate.frontier", "needs evaluate.new_tasks or evaluate.supsup")
+            require(ev.new_tasks or ev.supsup, "evaluate.frontier", "needs evaluate.new_tasks or evaluate.supsup")
         if ev.gn:
             gn_basis = self.basis.heterogeneous_tasks(ev.gn_basis_kind, ev.gn_basis_count)
-            _require(ev.gn_num_tasks + gn_basis <= self.scenario.num_tasks, "evaluate.gn_num_tasks",
+            require(ev.gn_num_tasks + gn_basis <= self.scenario.num_tasks, "evaluate.gn_num_tasks",
                      f"GN needs {gn_basis} basis tasks + {ev.gn_num_tasks} alpha tasks but the scenario has "
                      f"only scenario.num_tasks={self.scenario.num_tasks}")
         if ev.new_tasks or ev.supsup or ev.incorrect_mask:
-            _require(self.num_new_tasks > 0, "num_new_tasks",
+            require(self.num_new_tasks > 0, "num_new_tasks",
                      "must be > 0 when evaluate.new_tasks, supsup or incorrect_mask is on")
 
     @property
