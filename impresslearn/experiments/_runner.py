@@ -134,7 +134,7 @@ class RunContext:
         model_spec = params["model"]
         kwargs = dict(model_spec.get("kwargs") or {})
         kwargs.setdefault("num_classes", scenario.num_classes)
-        accepted = _factory_kwargs(model_spec["name"])
+        accepted = factory_kwargs(model_spec["name"])
         if "in_features" in accepted:
             kwargs.setdefault("in_features", _prod(scenario.input_shape))
         if "in_channels" in accepted:
@@ -193,14 +193,15 @@ class RunContext:
         return learner, entries
 
 
-def _factory_kwargs(name: str) -> set[str]:
-    """Keyword arguments the registered model builder accepts (to size its input to the data)."""
+def factory_kwargs(name: str) -> set[str]:
+    """Keyword arguments the registered model builder ``name`` accepts (to size its input to the
+    data); an unknown name is refused by ``impresslearn.models.model_builder``, naming the
+    registered ones."""
     import inspect
 
-    from ..models import _registry
+    from ..models import model_builder
 
-    factory = getattr(_registry, "_MODELS", {}).get(name)
-    return set(inspect.signature(factory).parameters) if factory is not None else set()
+    return set(inspect.signature(model_builder(name)).parameters)
 
 
 def _prod(shape) -> int:
