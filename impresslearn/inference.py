@@ -851,7 +851,9 @@ def infer_task(
     of 128; docs/results.md has the tables). Batches identified: ``fingerprint`` 100% everywhere
     (250 alpha tasks among T = 1000: 500/500; Rotated at 12 degrees among 30: 60/60) already
     at 68 bytes per task (m = 16); m = 64 (260 B, the default) also holds 100% / 98% on
-    rotations 3 / 1 degrees apart, where m = 16 falls to 78 / 27%; GN (oneshot/binary/iterative) 90-100% of Permuted basis
+    rotations 3 / 1 degrees apart, where m = 16 falls to 78 / 27% (those fingerprints read the
+    same 1,000 source images for every task, whose shared noise cancels; from each task's own
+    1,000 images 3 degrees apart gives 89% among 10 tasks: docs/results.md); GN (oneshot/binary/iterative) 90-100% of Permuted basis
     batches but 0-12% of alpha batches and 10-65% on Rotated; ``exhaustive`` 85-100% on
     Rotated but 0% of basis batches once alpha tasks are candidates. CPU time per batch (one
     thread) at T = 10 / 1000: fingerprint 2.2 / 6.1 ms, oneshot 28 / 42 ms, binary 75 / 192 ms,
