@@ -450,23 +450,42 @@ def basis_owned_masks(run) -> int:
     return len({task for task, _ in sources})
 
 
+def basis_owned_bank_bytes(run, learner) -> int:
+    """Stored bytes of the run's bank masks that are some basis task's own mask (``basis_owned_masks``):
+    those tasks store them whether or not a new task uses them."""
+    sizes, _ = model_sizes(learner.model)
+    return basis_owned_masks(run) * accounting.mask_bytes(sizes)
+
+
+def new_task_bytes(run, learner, names: list[str], coefficient_dtype: str) -> accounting.TaskBytes:
+    """Bytes per new task, ``impresslearn.accounting.task_bytes``: the coefficients of ``names[0]``
+    in ``coefficient_dtype``, its BN statistics, its fingerprint, and its share of the bank masks no
+    basis task owns, stored as ``impresslearn.banks`` stores them (random draws: a seed record),
+    split over the run's new tasks ``names``. The basis tasks' own masks
+    (``basis_owned_bank_bytes``) are not charged.
+
+    The run's learner stores no basis task (it imports their masks), so its own
+    ``bytes_per_task`` (``accounting.learner_task_bytes``) spreads every mask of the bank over the
+    new tasks: this figure plus ``basis_owned_bank_bytes / len(names)``. A run records both
+    (``bytes_per_new_task``, ``bytes_per_task``); ``report`` labels them apart."""
+    sizes, features = model_sizes(learner.model)
+    bank = stored_bank_bytes(sizes, learner.num_masks, learner.random_mask_draws)
+    unowned = bank - basis_owned_bank_bytes(run, learner)
+    rec = learner.tasks[names[0]]
+    return accounting.task_bytes(rec.kind, rec.num_masks, sizes, features, coefficient_dtype=coefficient_dtype,
+                                 bank_share=unowned / len(names), num_columns=rec.coefficients.shape[1],
+                                 fingerprint=accounting.fingerprint_bytes(learner, names[0]))  # fmt: skip
+
+
 def frontier_points(run, learner, names: list[str], test_loaders: dict) -> dict:
     """Per coefficient dtype: the new tasks' test accuracy with their coefficients rounded to it,
-    and the bytes a new task adds (``impresslearn.accounting.task_bytes``): its coefficients in
-    that dtype, BN statistics, fingerprint, and its share of the bank masks no basis task owns
-    (``basis_owned_masks``), stored as ``impresslearn.banks`` stores them (random draws: a seed
-    record), split over the run's new tasks. The basis tasks' own masks are reported beside it
-    (``basis_owned_bank_bytes``), not charged to the new tasks."""
-    sizes, features = model_sizes(learner.model)
-    owned = basis_owned_masks(run) * accounting.mask_bytes(sizes)
-    unowned = stored_bank_bytes(sizes, learner.num_masks, learner.random_mask_draws) - owned
-    out = {"basis_owned_bank_bytes": owned, "dtypes": {}}
+    and the bytes per new task with its coefficients in that dtype (``new_task_bytes``). The basis
+    tasks' own masks are reported beside it (``basis_owned_bank_bytes``), not charged to the new
+    tasks."""
+    out = {"basis_owned_bank_bytes": basis_owned_bank_bytes(run, learner), "dtypes": {}}
     for dtype in run.params["coefficient_dtypes"]:
         accs = [evaluate_rounded(learner, name, dtype, test_loaders[name]) for name in names]
-        rec = learner.tasks[names[0]]
-        nbytes = accounting.task_bytes(rec.kind, rec.num_masks, sizes, features, coefficient_dtype=dtype,
-                                       bank_share=unowned / len(names), num_columns=rec.coefficients.shape[1],
-                                       fingerprint=accounting.fingerprint_bytes(learner, names[0]))  # fmt: skip
+        nbytes = new_task_bytes(run, learner, names, dtype)
         out["dtypes"][dtype] = {"accuracies": accs, "mean_accuracy": _mean(accs), "bytes_per_task": nbytes.to_dict()}
     return out
 
@@ -533,6 +552,9 @@ def run_impress(run, ctx: RunContext) -> dict:
         "diagonal": [matrix[i][i] for i in range(n)],
         "accuracy_matrix": matrix, "alpha_seconds": round(alpha_time, 3),
         "num_masks": learner.num_masks, "num_layers": learner.num_layers,
+        # two figures, both impresslearn.accounting's (new_task_bytes says how they differ)
+        "bytes_per_new_task": new_task_bytes(run, learner, names, learner.coefficient_dtype).to_dict(),
+        "basis_owned_bank_bytes": basis_owned_bank_bytes(run, learner),
         "bytes_per_task": _jsonable_bytes(learner.bytes_per_task(names[0])),
         **accuracy_summary(matrix),  # bwt, forgetting (impresslearn.metrics): BWT = 0 by construction
     }

@@ -347,8 +347,33 @@ def _run_sweep_locked(config: ExperimentConfig, out_dir: Path, executor: Executo
 SUMMARY_FIELDS = (
     "run_id", "run_kind", "seed", "density", "basis_kind", "count", "hybrid",
     "mean_accuracy", "mean_accuracy_no_labels", "mean_reference_accuracy", "pick_rate",
-    "identification_rate", "bytes_per_task", "elapsed_s",
+    "identification_rate", "bytes_per_new_task", "bytes_per_new_task_with_basis_masks", "elapsed_s",
 )
+
+
+def recorded_task_bytes(record: dict) -> tuple[float | None, float | None]:
+    """(bytes per new task, the same plus the basis masks it needs) of a run record, both
+    ``impresslearn.accounting``'s as the runner recorded them (``_runner.new_task_bytes``):
+
+    - bytes per new task: its coefficients, BN statistics, fingerprint and its share of the bank
+      masks no basis task owns (the frontier's figure, at the learner's coefficient dtype);
+    - with the basis masks: the basis tasks' own masks added, spread over the run's new tasks (the
+      run's learner, which stores no basis task, reports this: ``accounting.learner_task_bytes``).
+
+    SupSup's task stores its own mask and no basis mask: both are its bytes. None where the run
+    measured none (the incorrect mask, basis-GN, GN)."""
+    res = record["result"]
+    if record["spec"]["run_kind"] == "supsup":
+        supsup = res.get("bytes_per_task")
+        return supsup, supsup
+    with_basis = res.get("bytes_per_task")
+    with_basis = with_basis.get("total") if isinstance(with_basis, dict) else None
+    new = (res.get("bytes_per_new_task") or {}).get("total")
+    if new is None and with_basis is not None and "frontier" in res:
+        # a run recorded before bytes_per_new_task: its frontier holds the same figure per dtype
+        # (the runner's learners keep fp32 coefficients)
+        new = res["frontier"]["dtypes"].get("fp32", {}).get("bytes_per_task", {}).get("total")
+    return new, with_basis
 
 
 def summary_row(record: dict) -> dict:
@@ -356,6 +381,7 @@ def summary_row(record: dict) -> dict:
     row = {k: spec.get(k) for k in ("run_kind", "seed", "density", "basis_kind", "count", "hybrid")}
     row["run_id"] = record["run_id"]
     row["elapsed_s"] = record.get("elapsed_s")
+    row["bytes_per_new_task"], row["bytes_per_new_task_with_basis_masks"] = recorded_task_bytes(record)
     for k in SUMMARY_FIELDS:
         if k not in row:
             row[k] = res.get(k)

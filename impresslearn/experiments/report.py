@@ -72,31 +72,47 @@ def _scale(config: dict) -> str:
     return "; ".join(parts) + "."
 
 
+# One label per bytes figure, the same in every table (both figures: _sweep.recorded_task_bytes)
+BYTES_PER_NEW_TASK = "bytes per new task (B)"
+BYTES_WITH_BASIS_MASKS = "bytes per new task + the basis masks it needs, spread over the run's new tasks (B)"
+BYTES_NOTE = (f"\"{BYTES_PER_NEW_TASK}\" is what one more new task stores (`impresslearn.accounting.task_bytes`): "
+              "its coefficients, BN statistics, fingerprint and its share of the bank masks no basis task owns; the "
+              "basis tasks' own masks are stored by those tasks and not charged. "
+              f"\"{BYTES_WITH_BASIS_MASKS}\" adds those masks, divided by the run's number of new tasks (what the "
+              "run's learner, which stores no basis task, reports: `impresslearn.accounting.learner_task_bytes`). "
+              "SupSup's task stores its own mask: the two figures are equal.")
+
+
+def _mean_bytes(values: list) -> str:
+    values = [v for v in values if isinstance(v, (int, float))]
+    return f"{statistics.fmean(values):,.0f}" if values else ""
+
+
 def new_task_table(records: list[dict]) -> str:
+    from ._sweep import recorded_task_bytes
+
     groups: dict[str, dict[str, list]] = {}
     for rec in records:
         cat = category(rec["spec"])
         if cat is None:
             continue
-        g = groups.setdefault(cat, {"acc": [], "nolab": [], "ident": [], "bytes": [], "n": 0})
+        g = groups.setdefault(cat, {"acc": [], "nolab": [], "ident": [], "new": [], "with_basis": [], "n": 0})
         res = rec["result"]
         g["n"] += 1
         g["acc"].append(res.get("mean_accuracy"))
         g["nolab"].append(res.get("mean_accuracy_no_labels"))
         g["ident"].append(res.get("identification_rate"))
-        b = res.get("bytes_per_task")
-        if isinstance(b, dict):
-            b = b.get("total", b.get("bytes"))
-        g["bytes"].append(b)
+        new, with_basis = recorded_task_bytes(rec)
+        g["new"].append(new)
+        g["with_basis"].append(with_basis)
     order = list(grouped_accuracies(records, "mean_accuracy").keys())
     rows = []
     for cat in order:
         g = groups[cat]
-        bytes_ = [b for b in g["bytes"] if isinstance(b, (int, float))]
         rows.append([cat, g["n"], _mean_sd(g["acc"]), _mean_sd(g["nolab"]), _mean_sd(g["ident"]),
-                     f"{statistics.fmean(bytes_):,.0f}" if bytes_ else ""])
+                     _mean_bytes(g["new"]), _mean_bytes(g["with_basis"])])
     return _table(["impressions", "runs", "acc. with task label (%)", "acc. task inferred (%)",
-                   "task identified (%)", "bytes / task"], rows)
+                   "task identified (%)", BYTES_PER_NEW_TASK, BYTES_WITH_BASIS_MASKS], rows)
 
 
 def by_density_table(records: list[dict]) -> str:
@@ -150,8 +166,8 @@ def _override_label(override) -> str:
 
 
 def frontier_table(points: list[dict]) -> str:
-    """One row per frontier point: bytes per new task, the saving over SupSup, test accuracy mean
-    and sd over runs, the candidates chosen on validation (how many runs chose each)."""
+    """One row per frontier point: bytes per new task (``BYTES_PER_NEW_TASK``), the saving over SupSup,
+    test accuracy mean and sd over runs, the candidates chosen on validation (how many runs chose each)."""
     supsup = next((p for p in points if p["basis_kind"] == "supsup"), None)
     supsup_bytes = statistics.fmean(supsup["bytes"]) if supsup else None
     supsup_acc = statistics.fmean(supsup["accuracies"]) if supsup else None
@@ -170,7 +186,7 @@ def frontier_table(points: list[dict]) -> str:
             f"{acc - supsup_acc:+.1f}" if supsup_acc is not None and p is not supsup else "-",
             "; ".join(f"{k} ({n})" for k, n in chosen.items()),
         ])
-    return _table(["impressions", "K", "coefficients", "bytes / new task", "x fewer than SupSup",
+    return _table(["impressions", "K", "coefficients", BYTES_PER_NEW_TASK, "x fewer than SupSup",
                    "basis tasks' own masks (B, not charged)", "test acc. (%, mean ± sd)", "runs",
                    "vs SupSup (points)", "chosen on validation (runs)"], rows)
 
@@ -223,13 +239,14 @@ def render_dir(directory: Path, assets: Path, out_file: Path) -> str:
     if not payload.get("complete", True):
         text += ["**Incomplete sweep**: only the finished runs are shown.", ""]
     if any(category(r["spec"]) for r in records):
-        text += ["New tasks (each run's mean over the new tasks; mean ± sd over runs):", "", new_task_table(records), ""]
+        text += ["New tasks (each run's mean over the new tasks; mean ± sd over runs; bytes: mean over runs):", "",
+                 new_task_table(records), "", BYTES_NOTE, ""]
         if len({r["spec"]["density"] for r in records}) > 1:
             text += ["By density (accuracy with task label, %):", "", by_density_table(records), ""]
     points = frontier_points(records)
     if points:
-        text += ["Accuracy per byte (frontier; bytes per new task from `impresslearn.accounting`: its coefficients "
-                 "in the dtype shown, BN statistics, fingerprint and its share of bank masks no basis task owns):",
+        text += [f"Accuracy per byte (frontier; \"{BYTES_PER_NEW_TASK}\" as in the new-task table, its coefficients "
+                 "in the dtype shown; the basis tasks' own masks in their own column, not charged):",
                  "", frontier_table(points), ""]
     if any(r["spec"]["run_kind"] == "basis_gn" for r in records):
         text += ["basis-GN (alpha fitted on an unnamed basis task):", "", basis_gn_table(records), ""]
