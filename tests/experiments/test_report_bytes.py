@@ -10,16 +10,20 @@ checked against ``impresslearn.accounting`` computed here from the model itself:
   own: not charged; the random masks' seed record is). The new-task table and the frontier's fp32
   row show the same number;
 - "... + the basis masks it needs": the basis tasks' own masks added, spread over the new tasks;
-  equal to the first figure for random masks and for SupSup.
+  equal to the first figure for random masks and for SupSup;
+- on this run and on the committed Split frontier records (older: no bytes_per_new_task), the
+  second figure is the first plus the basis tasks' own masks over the new tasks.
 """
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
 from impresslearn import accounting
 from impresslearn.experiments import config_from_dict, run_sweep
+from impresslearn.experiments._sweep import recorded_task_bytes
 from impresslearn.experiments.report import BYTES_PER_NEW_TASK, BYTES_WITH_BASIS_MASKS, render
 from impresslearn.learner import ImpressLearner
 from impresslearn.models import create_model
@@ -158,3 +162,39 @@ def test_results_csv_has_both_figures(reported):
         new, with_basis, _ = expected[label]
         assert float(row["bytes_per_new_task"]) == pytest.approx(new)
         assert float(row["bytes_per_new_task_with_basis_masks"]) == pytest.approx(with_basis)
+
+
+def test_the_learners_figure_is_the_new_task_figure_plus_the_basis_masks(reported):
+    """The relation new_task_bytes documents, on this run and on the committed Split frontier runs
+    (recorded before bytes_per_new_task: their fp32 frontier point is read instead)."""
+    folder, _ = reported
+    docs = Path(__file__).parents[2] / "docs" / "results"
+    files = [folder / "results.json"] + sorted(docs.glob("frontier_split*/results.json"))
+    checked = 0
+    for path in files:
+        for record in json.loads(path.read_text())["runs"]:
+            if record["spec"]["run_kind"] != "impress":
+                continue
+            res = record["result"]
+            new, with_basis = recorded_task_bytes(record)
+            owned = res.get("basis_owned_bank_bytes", res["frontier"]["basis_owned_bank_bytes"])
+            assert with_basis == pytest.approx(new + owned / len(res["tasks"])), (path, record["label"])
+            checked += 1
+    assert checked >= 2 + 2 * 3  # this run's two, and at least the committed runs of one set per file
+
+
+def _record(run_kind, result):
+    return {"spec": {"run_kind": run_kind}, "result": result}
+
+
+def test_recorded_task_bytes_of_each_kind_of_record():
+    frontier = {"basis_owned_bank_bytes": 100, "dtypes": {"fp16": {"bytes_per_task": {"total": 30.0}},
+                                                          "fp32": {"bytes_per_task": {"total": 40.0}}}}  # fmt: skip
+    assert recorded_task_bytes(_record("supsup", {"bytes_per_task": 500})) == (500, 500)
+    assert recorded_task_bytes(_record("incorrect_mask", {"mean_accuracy": 0.1})) == (None, None)
+    assert recorded_task_bytes(_record("impress", {"bytes_per_task": {"total": 90.0}, "frontier": frontier})) == (
+        40.0, 90.0)  # an older record: its fp32 frontier point
+    recorded = {"bytes_per_task": {"total": 90.0}, "bytes_per_new_task": {"total": 41.0}, "frontier": frontier}
+    assert recorded_task_bytes(_record("impress", recorded)) == (41.0, 90.0)
+    # a run without the frontier recorded before bytes_per_new_task: only the learner's figure
+    assert recorded_task_bytes(_record("impress", {"bytes_per_task": {"total": 90.0}})) == (None, 90.0)
