@@ -91,50 +91,75 @@ at::Tensor combine_masks_alpha_grad_cpp(const at::Tensor& grad, const at::Tensor
   return out;
 }
 
-// combine_masks_cpp's autograd, in C++: the same as impresslearn/ops/combine.py's
-// Python one (save weight, bank, alpha; grad_weight = combine(grad), grad_alpha =
-// alpha_grad(grad, weight)), without a Python call per forward and backward, which at
-// small K is a visible share of a training step (benchmarks/small_k_step.py).
-// Both kernels are called through the dispatcher, below autograd, so fake tensors,
+// The combine ops' autograd, in C++: per layer (combine_masks_cpp) and per block of
+// channels (combine_masks_rows_cpp, group_len > 0); the same as impresslearn/ops/combine.py's
+// Python one for the Triton ops (save weight, bank, alpha; grad_weight = combine(grad),
+// grad_alpha = alpha_grad(grad, weight)), without a Python call per forward and backward,
+// which at small K is a visible share of a training step (benchmarks/small_k_step.py).
+// The kernels are called through the dispatcher, below autograd, so fake tensors,
 // torch.compile and opcheck see the ops they registered.
 class CombineMasksFunction : public torch::autograd::Function<CombineMasksFunction> {
  public:
+  static constexpr int64_t kPerLayer = 0;  // group_len of the per-layer op
+
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& bank,
-                            const at::Tensor& alpha) {
+                            const at::Tensor& alpha, int64_t group_len) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->save_for_backward({weight, bank, alpha});
-    return combine_op().call(weight, bank, alpha);
+    ctx->saved_data["group_len"] = group_len;
+    return combine(weight, bank, alpha, group_len);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &weight = saved[0], &bank = saved[1], &alpha = saved[2];
+    const int64_t group_len = ctx->saved_data["group_len"].toInt();
     const at::Tensor grad = grads[0].contiguous();
     at::Tensor grad_weight, grad_alpha;
-    if (ctx->needs_input_grad(0)) grad_weight = combine_op().call(grad, bank, alpha);  // elementwise: grad * coeff
-    if (ctx->needs_input_grad(2)) {
-      static const auto alpha_grad_op =
-          c10::Dispatcher::singleton()
-              .findSchemaOrThrow("impresslearn::combine_masks_alpha_grad_cpp", "")
-              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>();
-      grad_alpha = alpha_grad_op.call(grad, weight, bank, alpha.size(0)).to(alpha.scalar_type());
-    }
-    return {grad_weight, at::Tensor(), grad_alpha};
+    if (ctx->needs_input_grad(0)) grad_weight = combine(grad, bank, alpha, group_len);  // elementwise: grad * coeff
+    if (ctx->needs_input_grad(2))
+      grad_alpha = alpha_grad(grad, weight, bank, alpha.size(0), group_len).to(alpha.scalar_type());
+    return {grad_weight, at::Tensor(), grad_alpha, at::Tensor()};
   }
 
  private:
-  static const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>&
-  combine_op() {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("impresslearn::combine_masks_cpp", "")
-                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
-    return op;
+  template <class Signature>
+  static c10::TypedOperatorHandle<Signature> op(const char* name) {
+    return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+  }
+
+  static at::Tensor combine(const at::Tensor& weight, const at::Tensor& bank, const at::Tensor& alpha,
+                            int64_t group_len) {
+    static const auto per_layer =
+        op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>("impresslearn::combine_masks_cpp");
+    static const auto rows = op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+        "impresslearn::combine_masks_rows_cpp");
+    return group_len == kPerLayer ? per_layer.call(weight, bank, alpha) : rows.call(weight, bank, alpha, group_len);
+  }
+
+  static at::Tensor alpha_grad(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& bank,
+                               int64_t num_masks, int64_t group_len) {
+    static const auto per_layer = op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+        "impresslearn::combine_masks_alpha_grad_cpp");
+    static const auto rows =
+        op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t)>(
+            "impresslearn::combine_masks_rows_alpha_grad_cpp");
+    return group_len == kPerLayer ? per_layer.call(grad, weight, bank, num_masks)
+                                  : rows.call(grad, weight, bank, num_masks, group_len);
   }
 };
 
+void check_group_len(int64_t group_len) { expect(group_len >= 1, "combine_masks_rows_cpp needs group_len >= 1"); }
+
 at::Tensor combine_masks_cpp_autograd(const at::Tensor& weight, const at::Tensor& bank, const at::Tensor& alpha) {
-  return CombineMasksFunction::apply(weight, bank, alpha);
+  return CombineMasksFunction::apply(weight, bank, alpha, CombineMasksFunction::kPerLayer);
+}
+
+at::Tensor combine_masks_rows_cpp_autograd(const at::Tensor& weight, const at::Tensor& bank, const at::Tensor& alpha,
+                                           int64_t group_len) {
+  check_group_len(group_len);  // before autograd too: group_len = 0 would mean the per-layer op
+  return CombineMasksFunction::apply(weight, bank, alpha, group_len);
 }
 
 // Coefficients per group of group_len flat weights (combine_rows.h): alpha fp32[K, ceil(n / group_len)].
@@ -144,7 +169,7 @@ at::Tensor combine_masks_rows_cpp(const at::Tensor& weight, const at::Tensor& ba
   const cpu::Dtype dtype = element_type(weight, "combine_masks_rows_cpp");
   const int64_t n = weight.size(0);
   expect(is_bank_for(bank, n), "combine_masks_rows_cpp takes a contiguous CPU uint8[G, n] bank covering the weight");
-  expect(group_len >= 1, "combine_masks_rows_cpp needs group_len >= 1");
+  check_group_len(group_len);
   expect(alpha.dim() == 2 && alpha.is_contiguous() && alpha.is_cpu() && alpha.scalar_type() == at::kFloat &&
              alpha.size(1) == cpu::num_groups(n, group_len),
          "combine_masks_rows_cpp takes a contiguous fp32 alpha[K, ceil(n / group_len)]");
@@ -248,7 +273,10 @@ TORCH_LIBRARY_IMPL(impresslearn, CPU, m) {
   m.impl("topk_mask_into_cpp", &topk_mask_into_cpp);
 }
 
-TORCH_LIBRARY_IMPL(impresslearn, Autograd, m) { m.impl("combine_masks_cpp", &combine_masks_cpp_autograd); }
+TORCH_LIBRARY_IMPL(impresslearn, Autograd, m) {
+  m.impl("combine_masks_cpp", &combine_masks_cpp_autograd);
+  m.impl("combine_masks_rows_cpp", &combine_masks_rows_cpp_autograd);
+}
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

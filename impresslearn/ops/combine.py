@@ -125,8 +125,9 @@ _triton = triton_ops("combine", _register_triton)
 # ----------------------------------------------------------------------------- autograd
 
 
-# One autograd for the per-layer ops (weight, bank, alpha) and the rows ops (the same plus
-# group_len): the non-tensor arguments after alpha are handed on to fwd and bwd unchanged.
+# The Triton ops' autograd (the C++ ops have theirs in csrc/bindings.cpp, the same steps): one
+# for the per-layer ops (weight, bank, alpha) and the rows ops (the same plus group_len); the
+# non-tensor arguments after alpha are handed on to fwd and bwd unchanged.
 
 
 def _setup_context(ctx, inputs, output):
@@ -160,13 +161,9 @@ def _register_ops(name: str, reference, alpha_grad_reference) -> tuple[dict, dic
     """
     impls, alpha_grad_impls = {"reference": reference}, {"reference": alpha_grad_reference}
     if compiled_op(f"{name}_cpp") is not None:
-        # register_autograd wants the OpOverload (.default), not the overload packet
+        # both C++ ops have their autograd in C++ (csrc/bindings.cpp): no Python call per step
         fwd = getattr(torch.ops.impresslearn, f"{name}_cpp").default
         bwd = getattr(torch.ops.impresslearn, f"{name}_alpha_grad_cpp").default
-        # csrc/bindings.cpp registers combine_masks_cpp's autograd in C++ (no Python call per
-        # step); the rows op, and an extension built before it did, get this Python one
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(fwd.name(), "Autograd"):
-            torch.library.register_autograd(fwd, _make_backward(fwd, bwd), setup_context=_setup_context)
         impls["cpp"], alpha_grad_impls["cpp"] = fwd, bwd
     if _triton is not None:  # their autograd is registered with them, at first use
         impls["triton"], alpha_grad_impls["triton"] = _triton.impl(name), _triton.impl(f"{name}_alpha_grad")
