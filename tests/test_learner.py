@@ -541,8 +541,8 @@ def _state(learner):
 ])  # fmt: skip
 def test_fingerprint_failures_that_depend_on_the_inputs_refuse_before_any_training(monkeypatch, learn, cause,
                                                                                     error, match):  # fmt: skip
-    """Everything a fingerprint checks but its entropy depends on the inputs alone, so learn_* check it
-    before training (they checked it after, throwing the training away): fit is never entered and the
+    """Every check of a fingerprint but the entropy's depends on the inputs alone, so learn_* make them
+    before training (they made them after, throwing the training away): fit is never entered and the
     learner is left as it was."""
     from impresslearn.inference import task_fingerprint
 
@@ -556,7 +556,8 @@ def test_fingerprint_failures_that_depend_on_the_inputs_refuse_before_any_traini
         learner.add_fingerprint("first", task_fingerprint(torch.randn(64, 1, 32, 32)))
     elif cause == "moments beyond fp16":  # un-normalised inputs: sketch variances ~1e8
         batches = [(xb * 1e4, yb) for xb, yb in batches]
-    elif cause == "NaN in the first inputs":
+    elif cause == "NaN in the first inputs":  # a copy: the batches are views of the scenario's tensors
+        batches[0] = (batches[0][0].clone(), batches[0][1])
         batches[0][0][3, 0, 5, 5] = float("nan")
     elif cause == "one input":
         batches = [(x[:1], y[:1])]
