@@ -21,6 +21,13 @@
 // Zen 1 for this formulation; the 10x target (33 ms) leaves 1.30. Replacing the word
 // unpacks by shifts and vpblendw (ALU pipes) and one plane per accumulator pass
 // measured slower in one-off probes (1.17x and 1.06x).
+// The per-layer op on AVX2 runs the portable loop instead (accumulate_planes_table:
+// scalar look-ups in the 256-entry tables, four planes per pass, ALU and load pipes
+// rather than shuffles): 0.90-0.98 cycles per (weight, plane) in bench_combine_loops, and
+// at n = 4M, K = 256 on 2 threads (quiet, 3 alternating runs of 25 calls, best) 28.0-28.2
+// ms against 29.1-29.7 for the vpshufb loop. The vpshufb loop stays for combine_rows.cpp,
+// whose tables change with every channel block (256-entry tables per block would cost more
+// than they save), and as the AVX-512 loop's twin.
 // Work is split into fixed blocks of the weight axis; a block's fp32 accumulator
 // (kFwdBlock floats, 64 KB: in L2, see combine_kernels.h) stays in cache while the
 // G planes stream past it, and every weight is
@@ -52,10 +59,8 @@
 // 1.96 cycles: 1.31x faster, still short of the target, and it would replace the
 // AVX-512 masked-add loop on every ISA; left as a candidate.
 // Probed later on the same Zen 1 (one-off variants of bench_combine_loops, 1 thread,
-// n = 1M, K = 256, cycles per (weight, plane); none shipped):
-//   forward   the portable loop's scalar 256-entry look-ups, 0.90-0.98 against 1.03,
-//             but no faster at n = 4M on 2 threads (58-62 ms CPU time for both, load 4):
-//             two planes by vpshufb and two by look-ups in one pass, 1.55 (the look-ups
+// n = 1M, K = 256, cycles per (weight, plane); none shipped besides the table loop above):
+//   forward   two planes by vpshufb and two by look-ups in one pass, 1.55 (the look-ups
 //             read what the vector stores just wrote); 32 weights by vpshufb and 16 by
 //             look-ups, 0.97; vgatherdps, 2.77.
 //   gradient  256-bin histograms with 4 or 8 copies (one per weight mod 8), 2.5-2.7 for
@@ -396,8 +401,11 @@ void combine_masks(const void* weight, Dtype dtype, const uint8_t* bank, const f
                    int64_t n, void* out, int num_threads, Isa isa) {
   const int64_t planes = (num_masks + 7) / 8;
   const std::vector<PlaneTables> tables = plane_tables(alpha, num_masks, planes);
+  // The AVX2 ISA runs the table loop too: on Zen 1 it beats the vpshufb loop (see the top;
+  // combine_rows.cpp, whose tables change per channel block, keeps the vpshufb one).
+  const bool table_loop = isa != Isa::avx512;
   std::vector<float> table256;
-  if (isa == Isa::portable) {
+  if (table_loop) {
     table256.resize(256 * planes);
     for (int64_t g = 0; g < planes; ++g)
       for (unsigned v = 0; v < 256; ++v) table256[256 * g + v] = plane_value(tables[g], v);
@@ -411,11 +419,8 @@ void combine_masks(const void* weight, Dtype dtype, const uint8_t* bank, const f
     alignas(64) float acc[kFwdBlock];
     const int64_t j0 = blk * kFwdBlock, len = std::min(kFwdBlock, n - j0);
     std::fill(acc, acc + len, 0.0f);
-    switch (isa) {
-      case Isa::avx512: detail::accumulate_planes_avx512(bank, n, planes, tables.data(), j0, len, acc); break;
-      case Isa::avx2: detail::accumulate_planes_avx2(bank, n, planes, tables.data(), j0, len, acc); break;
-      case Isa::portable: detail::accumulate_planes_table(bank, n, planes, table256.data(), j0, len, acc); break;
-    }
+    if (table_loop) detail::accumulate_planes_table(bank, n, planes, table256.data(), j0, len, acc);
+    else detail::accumulate_planes_avx512(bank, n, planes, tables.data(), j0, len, acc);
     scale_by_weight(weight, dtype, j0, len, acc, out);
   }
 }

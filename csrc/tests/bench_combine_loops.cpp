@@ -7,11 +7,12 @@
 //   build-cmake/bench_combine_loops [n]      (default n = 1M weights, K = 256 masks)
 //
 // Forward (acc += plane_value over 32 planes, 2048-weight blocks, as combine_masks):
-//   shipped      detail::accumulate_planes_avx2 (4 + 4 nibbles, vpshufb + unpacks)
+//   shipped      detail::accumulate_planes_avx2 (4 + 4 nibbles, vpshufb + unpacks; the
+//                rows op's AVX2 loop)
 //   vpermps332   the previous loop: 3 + 3 + 2 bits, three vpermps per 8 weights (kept
 //                here only as the baseline it was)
 //   table        detail::accumulate_planes_table (256-entry tables, scalar look-ups;
-//                the same sums)
+//                the same sums; the per-layer op's loop on AVX2 and portable)
 //   read         a pass that only reads the bank (its memory floor)
 // Alpha gradient (8 lane sums per bit of every plane of 2048-weight blocks):
 //   shipped      detail::plane_bit_sums_avx2 (blend per bit)
@@ -215,12 +216,12 @@ int main(int argc, char** argv) {
     t[4] = std::min(t[4], best_of(5, grad_subset));
     t[5] = std::min(t[5], best_of(5, fwd_table));
   }
-  const char* names[6] = {"forward shipped (nibble vpshufb)", "forward vpermps332 (previous)",
+  const char* names[6] = {"forward nibble vpshufb (rows op)", "forward vpermps332 (previous)",
                           "forward read bank only", "alpha grad shipped (blend)", "alpha grad subset256 (candidate)",
-                          "forward table (scalar look-ups)"};
+                          "forward table (per-layer op)"};
   for (int i = 0; i < 6; ++i)
     std::printf("  %-34s %8.2f ms  %5.2f cycles per (weight, plane)\n", names[i], t[i], t[i] * 1e-3 * ghz * 1e9 / pairs);
-  std::printf("  forward: shipped %.2fx faster than vpermps332, table %.2fx the speed of shipped; alpha grad: subset256 "
+  std::printf("  forward: vpshufb %.2fx faster than vpermps332, table %.2fx the speed of vpshufb; alpha grad: subset256 "
               "%.2fx the speed of shipped\n", t[1] / t[0], t[0] / t[5], t[3] / t[4]);
   std::printf("  (checksum %g)\n", sink);
   return 0;
