@@ -30,7 +30,18 @@ that experience's task. Task-free (``task_free=True``, or a label no single expe
 in class- or domain-incremental benchmarks whose experiences all carry label 0): the task is
 inferred per minibatch by ``learner.infer_task`` (``gn_method``, default ``'auto'``: each
 task's input fingerprint, read from up to ``learner.fingerprint_examples`` training inputs of
-its experience when it is committed; a task without one makes it fall back to GN).
+its experience; a task without one makes it fall back to GN).
+
+Fingerprints follow ``learn_*``'s policy (the learner's class docstring): the part that depends
+on the experience's inputs alone, their sketch, is measured in ``_before_training_exp``, before
+any training step, so inputs it cannot read (fewer than 2, a NaN, moments beyond fp16, an input
+size or sketch other than the stored fingerprints') refuse the experience there and leave the
+learner as it was (no random masks added, no BN slot, no task). That pass puts back the global
+RNGs (torch's CPU one, numpy's, Python's) a data set's transforms may draw from, so training
+sees the batches it would without it. The entropy baseline needs the trained task and is
+measured after training; when that fails (NaN logits), a :class:`TrainedExperienceNotStoredError`
+holds the trained task: ``strategy.store_trained(error)`` stores it (input fingerprint, no
+entropy baseline), ``error.objective.discard()`` drops it.
 
 Checkpointing is Avalanche's own (``save_checkpoint`` / ``maybe_load_checkpoint``): the
 strategy, its learner and its task map pickle with it; after loading, use ``strategy.learner``.
@@ -38,8 +49,12 @@ strategy, its learner and its task map pickle with it; after loading, use ``stra
 
 from __future__ import annotations
 
+import contextlib
+import random
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,8 +68,35 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"(avalanche-lib); import failed with: {exc}") from exc
 
 from ..config import TrainConfig, check_integer
-from ..inference import DEFAULT_METHOD
-from ..objectives import AlphaObjective, EdgePopupObjective, TaskObjective
+from ..inference import DEFAULT_METHOD, TaskFingerprint
+from ..learner import TrainedTaskNotStoredError
+from ..objectives import AlphaObjective, EdgePopupObjective, TaskObjective, TrainingHistory
+
+
+class TrainedExperienceNotStoredError(TrainedTaskNotStoredError):
+    """An experience trained, but its task's entropy baseline (the one part of its fingerprint that
+    needs the trained task) could not be measured, so nothing was stored; the strategy holds nothing
+    open. As :class:`~impresslearn.learner.TrainedTaskNotStoredError` (``objective``, still open
+    with its BN slot; ``fingerprint``, the input sketch measured before training, entropy NaN), plus
+    what the strategy needs to store it as a trained experience: ``config`` (the phase's
+    ``TrainConfig``) and ``task_labels``. ``history.steps`` counts Avalanche's training iterations;
+    ``history.loss`` is empty (Avalanche's metrics and loggers recorded the losses).
+    ``strategy.store_trained(error)`` stores the task and maps its labels as any experience's;
+    ``error.objective.discard()`` drops it. Do one of them before training the next experience,
+    which takes the BN slot.
+    """
+
+    def __init__(self, name: str, objective, history: TrainingHistory, fingerprint: TaskFingerprint,
+                 cause: Exception, *, config: TrainConfig, task_labels: Iterable[int]):  # fmt: skip
+        super().__init__(name, objective, history, fingerprint, cause)
+        self.config, self.task_labels = config, frozenset(task_labels)
+        # the learner's message points at error.objective.commit, which would bypass the strategy's task map
+        self.args = (
+            f"{name} was trained ({history.steps} steps) but its output entropy on its training inputs could "
+            f"not be measured ({type(cause).__name__}: {cause}); nothing was stored. The trained task is kept in "
+            "this error: strategy.store_trained(error) stores it with its input fingerprint and no entropy "
+            "baseline (fingerprint=False: without a fingerprint), error.objective.discard() drops it",
+        )
 
 
 class ImpressLearnModule(MultiTaskModule):
@@ -161,6 +203,7 @@ class ImpressLearnStrategy(SupervisedTemplate):
         self.trained_experiences = 0  # experiences committed so far (basis first, then alpha)
         self.random_masks_added = False
         self.task_records: list = []  # what each committed experience stored
+        self._experience_sketch: TaskFingerprint | None = None  # the training experience's, measured before training
         module = ImpressLearnModule(learner, task_free=task_free, gn_method=gn_method)
         super().__init__(
             model=module, optimizer=_idle_optimizer(), criterion=F.cross_entropy,
@@ -193,6 +236,8 @@ class ImpressLearnStrategy(SupervisedTemplate):
                 f"{self.task_name(self.experience)} has class labels up to {max(classes)} but the model has "
                 f"{outputs} outputs: build it with num_classes >= {max(classes) + 1}, or number each "
                 "experience's classes from 0 (task-incremental benchmarks)")
+        # the fingerprint's input part before anything changes: a refusal costs no training
+        self._experience_sketch = self._measure_input_sketch(cfg)
         seed = cfg.seed + self.trained_experiences
         if phase == "basis":
             objective = EdgePopupObjective(self.learner, seed=seed)
@@ -227,24 +272,64 @@ class ImpressLearnStrategy(SupervisedTemplate):
         if objective is not None:
             _, cfg = self._phase()
             name = self.task_name(self.experience)
-            record = objective.commit(name, config=cfg, fingerprint_inputs=self._fingerprint_inputs(cfg))
-            self.task_records.append(record)
-            for label in self.module.training_labels:
-                self.module.tasks_by_label.setdefault(label, []).append(name)
-            self.module.objective = None
-            self.module.training_labels = set()
-            self.trained_experiences += 1
-            self.optimizer = _idle_optimizer()  # drop the committed objective's optimiser state
+            labels = self.module.training_labels
+            sketch, self._experience_sketch = self._experience_sketch, None
+            fingerprint = None
+            if sketch is not None:
+                try:
+                    entropy = objective.output_entropy(self._fingerprint_inputs(cfg))
+                except Exception as exc:
+                    self._let_go_of_objective()  # the error keeps it, open (train's handler would discard it)
+                    history = TrainingHistory(loss=(), val_accuracy=None, steps=self.clock.train_exp_iterations)
+                    raise TrainedExperienceNotStoredError(name, objective, history, sketch, exc, config=cfg,
+                                                          task_labels=labels) from exc  # fmt: skip
+                fingerprint = replace(sketch, entropy=entropy)
+            # any error here (diverged alpha, say): train's handler discards the objective
+            self._store_experience(objective, name, cfg, labels, fingerprint)
+            self._let_go_of_objective()
         super()._after_training_exp(**kwargs)
+
+    def _let_go_of_objective(self) -> None:
+        self.module.objective = None
+        self.module.training_labels = set()
+        self.optimizer = _idle_optimizer()  # drop the objective's optimiser state
+
+    def store_trained(self, error: TrainedExperienceNotStoredError, *, fingerprint: bool = True):
+        """Store the task a :class:`TrainedExperienceNotStoredError` holds, as the experience would
+        have been: with its input fingerprint (entropy NaN: fingerprint inference works, only the
+        ``calibrated`` method needs the baseline) or, ``fingerprint=False``, without one. Returns
+        its ``TaskRecord``."""
+        if not isinstance(error, TrainedExperienceNotStoredError):
+            raise TypeError(f"store_trained takes a TrainedExperienceNotStoredError, got {type(error).__name__}")
+        if error.objective.learner is not self.learner:
+            raise ValueError(f"{error.name} was trained on another learner than this strategy's")
+        return self._store_experience(error.objective, error.name, error.config, error.task_labels,
+                                      error.fingerprint if fingerprint else None)  # fmt: skip
+
+    def _store_experience(self, objective: TaskObjective, name: str, cfg: TrainConfig, labels: Iterable[int],
+                          fingerprint: TaskFingerprint | None):  # fmt: skip
+        record = objective.commit(name, config=cfg, fingerprint_inputs=fingerprint)
+        self.task_records.append(record)
+        for label in labels:
+            self.module.tasks_by_label.setdefault(label, []).append(name)
+        self.trained_experiences += 1
+        return record
 
     def _fingerprint_inputs(self, cfg: TrainConfig):
         """The experience's training inputs, shuffled by a seeded generator (the fingerprint reads
-        the first ``learner.fingerprint_examples``), or None when the learner keeps no fingerprints."""
-        if self.learner.fingerprint_examples == 0:
-            return None
+        the first ``learner.fingerprint_examples``): the same order each call within an experience,
+        so the sketch before training and the entropy after it read the same inputs."""
         generator = torch.Generator().manual_seed(cfg.seed + self.trained_experiences)
         return torch.utils.data.DataLoader(self.experience.dataset, batch_size=cfg.batch_size, shuffle=True,
                                            generator=generator)  # fmt: skip
+
+    def _measure_input_sketch(self, cfg: TrainConfig) -> TaskFingerprint | None:
+        """The sketch of the experience's inputs, checked against the stored fingerprints (raises what
+        ``learner.measure_fingerprint`` raises), or None when the learner keeps no fingerprints."""
+        if self.learner.fingerprint_examples == 0:
+            return None
+        with _global_rngs_kept():
+            return self.learner.measure_fingerprint(self._fingerprint_inputs(cfg))
 
     # -- Avalanche checkpointing (save_checkpoint pickles the strategy with dill) ----------------
     def __getstate__(self):
@@ -264,7 +349,9 @@ class ImpressLearnStrategy(SupervisedTemplate):
         try:
             return super().train(experiences, eval_streams, **kwargs)
         except BaseException:
-            # An experience that stopped with an error stores nothing and gives its BN slot back.
+            # An experience that stopped with an error stores nothing and gives its BN slot back
+            # (a TrainedExperienceNotStoredError's objective is no longer the module's: the error keeps it).
+            self._experience_sketch = None
             objective = self.module.objective
             if objective is not None:
                 objective.discard()
@@ -273,10 +360,24 @@ class ImpressLearnStrategy(SupervisedTemplate):
             raise
 
 
+@contextlib.contextmanager
+def _global_rngs_kept():
+    """Inside, draw from the global RNGs a data set's transforms may use (torch's CPU generator,
+    numpy's, Python's ``random``) without moving them: reading inputs before training must not
+    change the batches and augmentations training then draws."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def _idle_optimizer() -> torch.optim.Optimizer:
     # Avalanche wants an optimiser between experiences too; each experience gets its own from its
     # TrainConfig (make_optimizer), over exactly that experience's objective.
     return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
 
 
-__all__ = ["ImpressLearnModule", "ImpressLearnStrategy"]
+__all__ = ["ImpressLearnModule", "ImpressLearnStrategy", "TrainedExperienceNotStoredError"]
