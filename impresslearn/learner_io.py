@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from . import banks
-from ._integers import is_integer
+from ._integers import is_count, is_integer
 from .inference import TaskFingerprint
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .layers import one_hot_coefficients
@@ -179,8 +179,8 @@ def _install(cls, path, tensors, meta, device, backend, model, progress, need):
     need([bn.num_features for bn in learner.bns] == meta["bn_features"],
          "the model's BatchNorm layers differ from the checkpoint's")  # fmt: skip
     num_masks, num_extra, tasks = meta["num_masks"], meta["num_extra"], meta["tasks"]
-    need(is_integer(num_masks) and num_masks >= 0, f"num_masks {num_masks!r} is not a count")
-    need(isinstance(num_extra, list) and len(num_extra) == learner.num_layers and all(is_integer(h) and h >= 0 for h in num_extra),
+    need(is_count(num_masks), f"num_masks {num_masks!r} is not a count")
+    need(isinstance(num_extra, list) and len(num_extra) == learner.num_layers and all(is_count(h) for h in num_extra),
          f"num_extra {num_extra!r} is not one count per layer")  # fmt: skip
     need(isinstance(tasks, list), "tasks is not a list")
     if meta["learner_version"] >= 3:  # random masks stored as their seeds: redrawn, the bank hash checked
@@ -245,8 +245,8 @@ def _install_fingerprints(learner, tensors, meta, need) -> None:
     if not marked:
         return
     need(isinstance(sketch, dict) and set(sketch) == {"input_size", "sketch_dim", "seed"}
-         and is_integer(sketch["input_size"]) and sketch["input_size"] >= 1 and is_integer(sketch["seed"])
-         and (sketch["sketch_dim"] is None or is_integer(sketch["sketch_dim"]) and sketch["sketch_dim"] >= 1),
+         and is_count(sketch["input_size"], 1) and is_integer(sketch["seed"])
+         and (sketch["sketch_dim"] is None or is_count(sketch["sketch_dim"], 1)),
          f"fingerprint_sketch {sketch!r} is not {{input_size, sketch_dim, seed}}")  # fmt: skip
     m = sketch["input_size"] if sketch["sketch_dim"] is None else sketch["sketch_dim"]
     for j in marked:
