@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import random
 import secrets
 import warnings
 from dataclasses import replace
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -78,19 +80,22 @@ class TrainedTaskNotStoredError(RuntimeError):
 
 @contextlib.contextmanager
 def _unadvanced(loader):
-    """Read ``loader`` inside without moving what its next iteration yields: the global CPU RNG
-    (DataLoader's shuffle and worker seeds), the state of a ``torch.Generator`` the loader or its
-    sampler holds, and an epoch counter that iteration advances (``BatchLoader``'s, restored with
-    ``set_epoch``). Randomness a data set draws elsewhere (numpy, Python's ``random``) is not covered."""
+    """Read ``loader`` inside without moving what its next iteration yields: the global RNGs (torch's
+    CPU one, DataLoader's shuffle and worker seeds; numpy's and Python's ``random``, which a data set's
+    transforms may draw from), the state of a ``torch.Generator`` the loader or its sampler holds, and
+    an epoch counter that iteration advances (``BatchLoader``'s, restored with ``set_epoch``)."""
     holders = (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None))
     generators = {id(g): g for g in (getattr(h, "generator", None) for h in holders) if isinstance(g, torch.Generator)}
     states = {key: g.get_state() for key, g in generators.items()}
     epoch = getattr(loader, "epoch", None)
     restore_epoch = callable(getattr(loader, "set_epoch", None)) and isinstance(epoch, int)
+    python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         try:
             yield
         finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
             for key, g in generators.items():
                 g.set_state(states[key])
             if restore_epoch:

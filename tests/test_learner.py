@@ -602,6 +602,35 @@ def test_the_pass_before_training_leaves_the_training_batches_alone(make_loader)
     assert torch.equal(learner.fingerprints["a"].mean, task_fingerprint(first_epoch, max_examples=64).mean)
 
 
+def test_the_pass_before_training_puts_back_numpy_and_python_random():
+    """A data set whose transform draws from numpy's or Python's global RNG (not torch's) gets the same
+    draws after the sketch pass as without it: the learner's pass keeps every global RNG (the Avalanche
+    strategy's pass before an experience is this same one)."""
+    import random
+
+    import numpy as np
+
+    from impresslearn.learner import _unadvanced
+
+    class Noisy:  # re-iterable; every batch draws from numpy and random
+        def __iter__(self):
+            for _ in range(3):
+                yield torch.full((4, 2), float(np.random.rand()) + random.random()), torch.zeros(4, dtype=torch.long)
+
+    loader = Noisy()
+    np.random.seed(5)
+    random.seed(5)
+    expected = [x for x, _ in loader]
+    np.random.seed(5)
+    random.seed(5)
+    def same(batches):
+        return all(torch.equal(a, b) for a, b in zip(batches, expected, strict=True))
+
+    with _unadvanced(loader):
+        assert same([x for x, _ in loader])  # the pass draws what the first iteration would
+    assert same([x for x, _ in loader])  # and the iteration after it draws the same again
+
+
 def _learn_with_diverged_logits(learner, name, loader, monkeypatch, poisoned: dict):
     """learn_alpha whose trained task gives NaN logits after training (its BN slot's running means
     made NaN once fit returns, as an overflowed fp16 statistic would); ``poisoned`` gets what was changed."""

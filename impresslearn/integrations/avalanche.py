@@ -49,12 +49,9 @@ strategy, its learner and its task map pickle with it; after loading, use ``stra
 
 from __future__ import annotations
 
-import contextlib
-import random
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -325,11 +322,10 @@ class ImpressLearnStrategy(SupervisedTemplate):
 
     def _measure_input_sketch(self, cfg: TrainConfig) -> TaskFingerprint | None:
         """The sketch of the experience's inputs, checked against the stored fingerprints (raises what
-        ``learner.measure_fingerprint`` raises), or None when the learner keeps no fingerprints."""
-        if self.learner.fingerprint_examples == 0:
-            return None
-        with _global_rngs_kept():
-            return self.learner.measure_fingerprint(self._fingerprint_inputs(cfg))
+        ``learner.measure_fingerprint`` raises), or None when the learner keeps no fingerprints: the
+        learner's own pass before ``learn_*``'s training, which puts back the global RNGs (torch's
+        CPU one, numpy's, Python's) a data set's transforms may draw from."""
+        return self.learner._input_sketch(self._fingerprint_inputs(cfg))
 
     # -- Avalanche checkpointing (save_checkpoint pickles the strategy with dill) ----------------
     def __getstate__(self):
@@ -358,20 +354,6 @@ class ImpressLearnStrategy(SupervisedTemplate):
                 self.module.objective = None
                 self.module.training_labels = set()
             raise
-
-
-@contextlib.contextmanager
-def _global_rngs_kept():
-    """Inside, draw from the global RNGs a data set's transforms may use (torch's CPU generator,
-    numpy's, Python's ``random``) without moving them: reading inputs before training must not
-    change the batches and augmentations training then draws."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
 
 
 def _idle_optimizer() -> torch.optim.Optimizer:
