@@ -172,7 +172,8 @@ def _register_ops(name: str, reference, alpha_grad_reference) -> tuple[dict, dic
     return impls, alpha_grad_impls
 
 
-_IMPLS, _ALPHA_GRAD_IMPLS = _register_ops("combine_masks", combine_masks_reference, combine_masks_alpha_grad_reference)
+# combine_masks_alpha_grad calls through _backends.dispatch: only the forward table is kept
+_IMPLS, _ = _register_ops("combine_masks", combine_masks_reference, combine_masks_alpha_grad_reference)
 
 
 # ----------------------------------------------------------------------------- functional API
