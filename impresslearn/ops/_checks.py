@@ -196,6 +196,7 @@ def check_combine_inputs(weight: torch.Tensor, bank: torch.Tensor, alpha: torch.
     check_same_device(weight=weight, bank=bank, alpha=alpha)
     check_finite("alpha", alpha)
 
+
 def check_mask_index(index: int, num_masks: int, *, allow_append: bool) -> int:
     """``index`` as an int in [0, num_masks) (or [0, num_masks] with ``allow_append``)."""
     index = check_int("mask index", index)

@@ -208,6 +208,7 @@ def label_remap(classes: Sequence[int], num_classes: int) -> np.ndarray:
     remap[list(classes)] = np.arange(len(classes))
     return remap
 
+
 def check_subsets(name: str, train_subset: int | None, test_subset: int | None, subset_mode: str) -> None:
     """Refuse bad subset options at construction, before any task is built."""
     for label, value in (("train_subset", train_subset), ("test_subset", test_subset)):

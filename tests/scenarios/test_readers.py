@@ -210,6 +210,7 @@ def test_every_reader_searches_root_then_the_default_root(tmp_path):
     sc = create_scenario("split_imagenet", root=tmp_path / "empty", classes_per_task=2, image_size=32)
     assert sc.classes(1) == ["n03", "n04"]
 
+
 def test_download_true_fetches_into_root_then_reads_the_torchvision_layout(tmp_path, monkeypatch):
     calls = []
 

@@ -12,7 +12,6 @@ def test_every_documented_scenario_is_registered():
     assert names <= set(list_scenarios())
 
 
-
 def test_mnist_like_scenarios_register_under_their_declared_name_and_data_set():
     from impresslearn.scenarios import mnist, resolve_scenario
 
@@ -34,6 +33,7 @@ def test_mnist_like_scenarios_register_under_their_declared_name_and_data_set():
         class Unnamed(mnist.PermutedScenario, dataset="mnist"):
             pass
     assert "_test_only" not in list_scenarios()
+
 
 def test_unknown_name_lists_known_ones():
     with pytest.raises(ValueError, match="unknown scenario 'nope'; known: .*synthetic"):
