@@ -45,10 +45,12 @@ def test_the_layers_follow_the_rule():
 
 
 def test_the_scenarios_and_the_sweep_follow_the_rule(tmp_path):
-    """BatchLoader and create_scenario: numpy integers in, bools out."""
+    """BatchLoader, create_scenario, granularity and run_sweep's max_runs: numpy integers in, bools out."""
     import torch
 
+    from impresslearn.experiments._sweep import run_sweep
     from impresslearn.scenarios import BatchLoader, InMemoryDataset, create_scenario
+    from impresslearn.tasks import check_granularity
 
     with pytest.raises(TypeError, match="targets must be a torch.Tensor"):
         InMemoryDataset(torch.zeros(6, 2), np.zeros(6, dtype=np.int64))  # said "must be int64, got int64"
@@ -59,3 +61,10 @@ def test_the_scenarios_and_the_sweep_follow_the_rule(tmp_path):
     assert create_scenario("synthetic", num_tasks=np.int64(2), train_size=8, test_size=8, seed=0).num_tasks == 2
     with pytest.raises(ValueError, match="num_tasks"):
         create_scenario("synthetic", num_tasks=True, train_size=8, test_size=8, seed=0)
+    assert check_granularity(np.int64(4)) == 4 and check_granularity(np.int8(1)) == "channel"
+    with pytest.raises(ValueError, match="granularity must be .*got True"):
+        check_granularity(True)
+    for bad in (True, 2.0):  # refused before the output folder is locked or the config read
+        with pytest.raises(ValueError, match=f"max_runs must be a positive integer or None, got {bad!r}"):
+            run_sweep(None, tmp_path / "out", max_runs=bad)
+    assert not (tmp_path / "out").exists()
