@@ -54,28 +54,27 @@ class Preset:
         return learner.learn_alpha(name, loader, cfg or self.alpha, granularity=self.granularity, **kwargs)
 
 
+def _permuted_fmnist_preset(name: str, script: str, random_masks: int, alpha: TrainConfig, **fields) -> Preset:
+    """A density-0.1, fp16 preset measured by ``benchmarks/<script>`` on Permuted Fashion-MNIST."""
+    measured = (f"benchmarks/{script}: Permuted Fashion-MNIST, LeNet-300-100, 12,000 training images per task, "
+                "lr chosen on a 10,000-image validation split of the training set")  # fmt: skip
+    return Preset(name=name, density=0.1, random_masks=random_masks, coefficient_dtype="fp16", alpha=alpha,
+                  measured=measured, **fields)  # fmt: skip
+
+
 PRESETS = {
     p.name: p
     for p in (
-        Preset(
-            name="random500-fp16",
-            density=0.1,
-            random_masks=500,
-            coefficient_dtype="fp16",
-            alpha=TrainConfig(optimizer="rmsprop", lr=0.0005, epochs=3, batch_size=128),
-            measured="benchmarks/frontier.py: Permuted Fashion-MNIST, LeNet-300-100, 12,000 training images per "
-            "task, lr chosen on a 10,000-image validation split of the training set",
+        _permuted_fmnist_preset(
+            "random500-fp16", "frontier.py", 500, TrainConfig(optimizer="rmsprop", lr=0.0005, epochs=3, batch_size=128)
         ),
         # The frontier's smallest bank that meets the 10x budget: 10 masks (0.5 MB in memory, not
         # 16.8 MB; an alpha step about 3x faster) with one coefficient per 4 output channels.
-        Preset(
-            name="random10-per4ch-fp16",
-            density=0.1,
-            random_masks=10,
-            coefficient_dtype="fp16",
-            alpha=TrainConfig(optimizer="adam", lr=0.03, epochs=3, batch_size=128),
-            measured="benchmarks/frontier_granularity.py: Permuted Fashion-MNIST, LeNet-300-100, 12,000 training "
-            "images per task, lr chosen on a 10,000-image validation split of the training set",
+        _permuted_fmnist_preset(
+            "random10-per4ch-fp16",
+            "frontier_granularity.py",
+            10,
+            TrainConfig(optimizer="adam", lr=0.03, epochs=3, batch_size=128),
             granularity=4,
         ),
     )
