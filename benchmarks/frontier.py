@@ -57,6 +57,7 @@ from impresslearn import ImpressLearner, accounting
 from impresslearn.banks import COEFFICIENT_DTYPES, round_coefficients, stored_bank_bytes
 from impresslearn.checkpoint import atomic_write
 from impresslearn.config import ConfigError, TrainConfig, check_integer, check_known_keys, check_real
+from impresslearn.layers import coefficient_columns
 from impresslearn.models import create_model
 from impresslearn.scenarios import BatchLoader, create_scenario
 from impresslearn.tasks import check_granularity, granularity_words
@@ -470,25 +471,21 @@ def lenet_sizes() -> tuple[list[int], list[int]]:
     return accounting.model_sizes(create_model("lenet300", seed=0))
 
 
-def lenet_channels() -> list[int]:
-    """Output channels of LeNet-300-100's masked layers (what a finer granularity splits)."""
-    return [layer.weight.shape[0] for layer in new_learner(0.1).layers]
-
-
 def task_bytes(method: str, k: int, dtype: str, trained: int = 0, granularity="layer") -> dict:
     """Bytes of one new task (LeNet-300-100, no BN) by the one accounting function.
 
     ``task``: what the new task stores, alpha[K, 3] in ``dtype`` (at a finer ``granularity``,
-    alpha[K, columns], ``accounting.coefficient_width``) plus its share of the bank
+    alpha[K, columns], ``layers.coefficient_columns``) plus its share of the bank
     masks that no basis task owns, counted in full (a bank shared by one task: the worst case;
     with T tasks it is 1/T of that, the paper's Phi): a random draw is its record and a hash
     (56 B); a homogeneous bank's K - 1 extra masks of one task cost 1 bit per weight each.
     ``basis``: the trained masks that basis tasks own (each a SupSup mask of its task), stored
     anyway by those tasks and not charged to the new task. SupSup's task is its own mask.
     """
-    sizes, features = lenet_sizes()
+    model = create_model("lenet300", seed=0)
+    sizes, features = accounting.model_sizes(model)
     mask = accounting.mask_bytes(sizes)
-    columns = accounting.coefficient_width(lenet_channels(), granularity)
+    columns = sum(coefficient_columns(model, granularity))
     if method == "supsup":
         return dict(task=accounting.supsup_bytes_per_task(sizes, features), basis=0)
     trained_masks = {"random": 0, "mixed": trained}.get(method, k)
