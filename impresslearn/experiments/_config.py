@@ -2,8 +2,9 @@
 
 A config names the scenario, the model, the densities, seeds and basis kinds/counts to sweep,
 one optimiser per phase (paper Table 3: mask learning by edge-popup, alpha learning by Eq. 1-2),
-the new tasks' coefficient granularity (``alpha_granularity``) and which evaluations to run. ``load_config(path, overrides=..., quick=...)`` reads the YAML,
-applies the file's own ``quick:`` section when asked, then ``--set key=value`` overrides
+the new tasks' coefficient granularity (``alpha_granularity``) and which evaluations to run.
+``load_config(path, overrides=..., quick=...)`` reads the YAML, applies the file's own
+``quick:`` section when asked, then ``--set key=value`` overrides
 (dotted keys, values parsed as YAML), and builds the dataclasses; any unknown key or bad value
 raises ``ConfigError`` naming the key, before anything is trained.
 """
@@ -54,8 +55,8 @@ def check_folder_name(value: Any, key: str) -> str:
     require(isinstance(value, str) and bool(value), key, f"must be a non-empty string, got {value!r}")
     bad = [c for c in value if c in "/\\" or ord(c) < 32 or ord(c) == 127]
     require(not bad and value not in (".", "..") and value.strip() == value and not value.startswith("-"), key,
-             f"must be a single plain folder name (no '/', '\\', '.', '..', control characters, leading '-' or "
-             f"surrounding spaces), got {value!r}")
+            f"must be a single plain folder name (no '/', '\\', '.', '..', control characters, leading '-' or "
+            f"surrounding spaces), got {value!r}")
     return value
 
 
@@ -144,7 +145,7 @@ class BasisSpec:
         for kind, counts in self.counts_by_kind.items():
             require(kind in self.kinds, "basis.counts_by_kind", f"{kind!r} is not one of basis.kinds {list(self.kinds)}")
             require(isinstance(counts, (list, tuple)) and len(counts) > 0, f"basis.counts_by_kind.{kind}",
-                     "must be a non-empty list")
+                    "must be a non-empty list")
             for c in counts:
                 check_positive_int(c, f"basis.counts_by_kind.{kind}[]")
         object.__setattr__(self, "mixture_homogeneous", check_real(
@@ -200,9 +201,9 @@ class EvalSpec:
         require(len(self.coefficient_dtypes) > 0, "evaluate.coefficient_dtypes", "must not be empty")
         for dtype in self.coefficient_dtypes:
             require(dtype in COEFFICIENT_DTYPES, "evaluate.coefficient_dtypes",
-                     f"unknown dtype {dtype!r}; choose from {tuple(COEFFICIENT_DTYPES)}")
+                    f"unknown dtype {dtype!r}; choose from {tuple(COEFFICIENT_DTYPES)}")
         require(len(set(self.coefficient_dtypes)) == len(self.coefficient_dtypes), "evaluate.coefficient_dtypes",
-                 f"has duplicates: {list(self.coefficient_dtypes)}")
+                f"has duplicates: {list(self.coefficient_dtypes)}")
         for name in ("new_tasks", "supsup", "incorrect_mask", "basis_gn", "hybrid", "gn", "gn_with_supsup",
                      "label_free_matrix", "full_matrix", "frontier"):
             require(isinstance(getattr(self, name), bool), f"evaluate.{name}", "must be true or false")
@@ -210,13 +211,13 @@ class EvalSpec:
             check_positive_int(getattr(self, name), f"evaluate.{name}")
         for kind in self.basis_gn_kinds:
             require(kind in ("heterogeneous", "mixture"), "evaluate.basis_gn_kinds",
-                     f"basis-GN needs masks from distinct basis tasks (heterogeneous or mixture), got {kind!r}")
+                    f"basis-GN needs masks from distinct basis tasks (heterogeneous or mixture), got {kind!r}")
         require(self.gn_basis_kind in BASIS_KINDS, "evaluate.gn_basis_kind",
-                 f"must be one of {BASIS_KINDS}, got {self.gn_basis_kind!r}")
+                f"must be one of {BASIS_KINDS}, got {self.gn_basis_kind!r}")
         for m in self.gn_methods:
             require(m in GN_METHODS, "evaluate.gn_methods", f"unknown method {m!r}; choose from {GN_METHODS}")
         require(self.frontier or self.coefficient_dtypes == ("fp32",), "evaluate.coefficient_dtypes",
-                 "other dtypes than fp32 are scored only on the frontier; set evaluate.frontier: true")
+                "other dtypes than fp32 are scored only on the frontier; set evaluate.frontier: true")
 
 
 def _candidates(value: Any, key: str, base: TrainConfig) -> tuple:
@@ -227,7 +228,7 @@ def _candidates(value: Any, key: str, base: TrainConfig) -> tuple:
     for i, candidate in enumerate(candidates):
         where = f"{key}[{i}]"
         require(isinstance(candidate, Mapping) and len(candidate) > 0, where,
-                 f"must be a non-empty mapping of training keys (e.g. {{optimizer: adam, lr: 0.01}}), got {candidate!r}")
+                f"must be a non-empty mapping of training keys (e.g. {{optimizer: adam, lr: 0.01}}), got {candidate!r}")
         check_known_keys(candidate, TrainConfig.field_names(), where)
         try:
             base.replace(**candidate)
@@ -237,7 +238,7 @@ def _candidates(value: Any, key: str, base: TrainConfig) -> tuple:
     # results name a candidate by optimizer and lr (impresslearn.validation.candidate_name)
     names = [candidate_name(base.replace(**c)) for c in plain]
     require(len(set(names)) == len(names), key,
-             f"candidates must differ in optimizer or lr (how results name them), got {names}")
+            f"candidates must differ in optimizer or lr (how results name them), got {names}")
     return tuple(plain)
 
 
@@ -294,22 +295,21 @@ class ExperimentConfig:
         require(len(self.densities) > 0, "densities", "must not be empty")
         for s in self.densities:
             require(isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 < s <= 1.0, "densities",
-                     f"each density is the fraction of weights kept, in (0, 1]; got {s!r}")
+                    f"each density is the fraction of weights kept, in (0, 1]; got {s!r}")
         require(len(set(self.densities)) == len(self.densities), "densities", "has duplicates")
         require(len(self.seeds) > 0, "seeds", "must not be empty")
         for s in self.seeds:
-            require(is_count(s), "seeds",
-                     f"each seed is a non-negative integer; got {s!r}")
+            require(is_count(s), "seeds", f"each seed is a non-negative integer; got {s!r}")
         require(len(set(self.seeds)) == len(self.seeds), "seeds", "has duplicates")
         require(is_count(self.num_new_tasks), "num_new_tasks",
-                 f"must be a non-negative integer, got {self.num_new_tasks!r}")
+                f"must be a non-negative integer, got {self.num_new_tasks!r}")
         # New tasks follow every basis task of every impression set, so all sets are scored on
         # the same new tasks and a basis task is never also a "new" one.
         needed = self.first_new_task + self.num_new_tasks
         require(needed <= self.scenario.num_tasks, "scenario.num_tasks",
-                 f"{self.scenario.num_tasks} tasks cannot hold {self.first_new_task} heterogeneous basis tasks "
-                 f"(largest count in basis.counts) plus num_new_tasks={self.num_new_tasks} new tasks; "
-                 f"need at least {needed}")
+                f"{self.scenario.num_tasks} tasks cannot hold {self.first_new_task} heterogeneous basis tasks "
+                f"(largest count in basis.counts) plus num_new_tasks={self.num_new_tasks} new tasks; "
+                f"need at least {needed}")
         if self.validation is not None:
             require(isinstance(self.validation, ValidationSpec), "validation", "must be a mapping")
             # Candidates are checked against the phases they override (a bad lr names its place).
@@ -321,8 +321,8 @@ class ExperimentConfig:
                                             self.mask_train)))
             if self.scenario.train_subset is not None:
                 require(self.validation.images < self.scenario.train_subset, "validation.images",
-                         f"{self.validation.images} validation images leave none of scenario.train_subset="
-                         f"{self.scenario.train_subset} to train on")
+                        f"{self.validation.images} validation images leave none of scenario.train_subset="
+                        f"{self.scenario.train_subset} to train on")
         ev = self.evaluate
         from ..tasks import check_granularity
 
@@ -337,17 +337,17 @@ class ExperimentConfig:
                                ("gn", "GN task inference reads one column per layer"),
                                ("basis_gn", "basis-GN fits alpha per layer")):  # fmt: skip
                 require(not getattr(ev, name), f"evaluate.{name}",
-                         f"must be false with alpha_granularity {self.alpha_granularity!r} ({what})")
+                        f"must be false with alpha_granularity {self.alpha_granularity!r} ({what})")
         if ev.frontier:
             require(ev.new_tasks or ev.supsup, "evaluate.frontier", "needs evaluate.new_tasks or evaluate.supsup")
         if ev.gn:
             gn_basis = self.basis.heterogeneous_tasks(ev.gn_basis_kind, ev.gn_basis_count)
             require(ev.gn_num_tasks + gn_basis <= self.scenario.num_tasks, "evaluate.gn_num_tasks",
-                     f"GN needs {gn_basis} basis tasks + {ev.gn_num_tasks} alpha tasks but the scenario has "
-                     f"only scenario.num_tasks={self.scenario.num_tasks}")
+                    f"GN needs {gn_basis} basis tasks + {ev.gn_num_tasks} alpha tasks but the scenario has "
+                    f"only scenario.num_tasks={self.scenario.num_tasks}")
         if ev.new_tasks or ev.supsup or ev.incorrect_mask:
             require(self.num_new_tasks > 0, "num_new_tasks",
-                     "must be > 0 when evaluate.new_tasks, supsup or incorrect_mask is on")
+                    "must be > 0 when evaluate.new_tasks, supsup or incorrect_mask is on")
 
     @property
     def first_new_task(self) -> int:
