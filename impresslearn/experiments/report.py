@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..tasks import granularity_words
 from ._plots import KIND_MARK, basis_gn_groups, category, frontier_points, grouped_accuracies, plot_experiment
+from ._sweep import record_checksum, recorded_task_bytes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +90,6 @@ def _mean_bytes(values: list) -> str:
 
 
 def new_task_table(records: list[dict]) -> str:
-    from ._sweep import recorded_task_bytes
-
     groups: dict[str, dict[str, list]] = {}
     for rec in records:
         cat = category(rec["spec"])
@@ -207,8 +206,6 @@ class ResultsEdited(ValueError):
 
 def check_records(path: Path, records: list) -> None:
     """Refuse a results file whose run records were changed after their runs wrote them."""
-    from ._sweep import record_checksum
-
     for record in records:
         # a record without its checksum is refused too: dropping the field must not pass a hand edit
         if not isinstance(record, dict) or record.get("checksum") != record_checksum(record):
