@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from ._callers import caller_outside_package
 from ._integers import is_count
 from .layers import ImpressConv2d, ImpressLinear, set_bn_slot
 
@@ -797,7 +798,7 @@ def _auto_method(learner, names, fingerprints) -> str:
             f"so {method!r} scores all of them instead of the fingerprints (measured less reliable, GN misses most "
             "alpha tasks' batches: docs/results.md); add theirs with learner.add_fingerprint, or pass candidates or "
             "method explicitly",
-            stacklevel=3,  # the caller of infer_task
+            stacklevel=caller_outside_package(),  # the user's infer_task or learner.infer_task line
         )  # fmt: skip
     return method
 

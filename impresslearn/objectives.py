@@ -30,7 +30,6 @@ supersedes it. :func:`fit` is the convenience loop the learner's ``learn_*`` use
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._callers import caller_outside_package
 from .config import TrainConfig
 from .inference import task_entropy
 from .layers import (bind_coefficients, bind_scores, coefficient_columns, edge_popup_scores, one_hot_coefficients,
@@ -318,15 +318,6 @@ def accuracy(logits_fn, loader, device) -> float:
     return correct / total
 
 
-def _caller_outside_package() -> int:
-    """The ``stacklevel`` that points a warning at the first caller outside impresslearn (the user's
-    ``fit`` or ``learn_*`` line), however many of the package's frames lie between."""
-    frame, level = sys._getframe(1), 1  # the function that warns
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("impresslearn."):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 def fit(objective: TaskObjective, loader, cfg: TrainConfig, *, val_loader=None, progress: bool = False,
         desc: str = "") -> TrainingHistory:  # fmt: skip
     """Minimise ``objective`` over ``loader`` for ``cfg.epochs`` with ``cfg``'s optimiser.
@@ -371,7 +362,7 @@ def fit(objective: TaskObjective, loader, cfg: TrainConfig, *, val_loader=None, 
                 f"{desc}: {batches} batches x {cfg.epochs} epochs = {batches * cfg.epochs} optimiser steps; "
                 f"fewer than {MIN_TRAINING_STEPS} rarely train a mask or alpha (more data, a smaller batch "
                 "or more epochs)",
-                stacklevel=_caller_outside_package(),
+                stacklevel=caller_outside_package(),
             )
         losses.append(total / batches)
         if val is not None:

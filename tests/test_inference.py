@@ -307,6 +307,22 @@ def test_auto_warns_when_only_some_candidates_have_a_fingerprint(mixed):
         assert infer_task(learner, batches[0], "binary", fingerprints=partial).method == "binary"
 
 
+def test_auto_s_warning_points_at_the_callers_line(mixed):
+    """The fallback warning names the user's line, through infer_task or learner.infer_task (Python's
+    filter shows it once per line and message: a line inside the package would stand for every caller)."""
+    sc, learner, batches, fps = mixed
+    partial = {n: fp for n, fp in fps.items() if n != "t4"}
+    with pytest.warns(UserWarning, match="have no fingerprint") as direct:
+        infer_task(learner, batches[0], fingerprints=partial)
+    own, learner.fingerprints = learner.fingerprints, partial
+    try:
+        with pytest.warns(UserWarning, match="have no fingerprint") as through_learner:
+            learner.infer_task(batches[0])
+    finally:
+        learner.fingerprints = own
+    assert [w.filename for w in direct] == [w.filename for w in through_learner] == [__file__]
+
+
 def test_a_batch_mixing_two_tasks_gets_one_pick_and_a_coin_flip_confidence(mixed):
     """Documented: a batch is taken to come from one task; an even mix of two is flagged by its confidence."""
     sc, learner, batches, fps = mixed
