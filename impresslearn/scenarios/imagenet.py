@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
+from .._integers import is_count
 from ._base import DataNotFoundError, Scenario, check_num_tasks, check_subsets, derive_seed
 from ._readers import search_roots
 from ._registry import register_scenario
@@ -80,8 +81,8 @@ class SplitImageNet(Scenario):
         check_subsets(self.name, train_subset, test_subset, subset_mode)
         self.root = self._find_root(root, download)
         self.wnids = sorted(e.name for e in os.scandir(self.root / "train") if e.is_dir())
-        if classes_per_task < 2:
-            raise ValueError(f"{self.name}: classes_per_task must be >= 2, got {classes_per_task}")
+        if not is_count(classes_per_task, 2):  # the split scenarios' rule (_base.check_class_split)
+            raise ValueError(f"{self.name}: classes_per_task must be an int >= 2, got {classes_per_task!r}")
         if num_tasks is None:
             num_tasks = len(self.wnids) // classes_per_task
         self.num_tasks = check_num_tasks(self.name, num_tasks, len(self.wnids) // classes_per_task)

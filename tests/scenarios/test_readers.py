@@ -131,6 +131,10 @@ def test_split_scenarios_share_one_class_split_check(tmp_path):
         for bad in (2.0, True, 1):  # a float or bool was accepted (and truncated) before; 1 is too few
             with pytest.raises(ValueError, match=f"{name}: classes_per_task must be an int >= 2, got {bad!r}"):
                 create_scenario(name, root=tmp_path, num_tasks=1, classes_per_task=bad)
+    make_imagenet(tmp_path / "imagenet")
+    for bad in (2.5, True, 1):  # 2.5 was reported as num_tasks 1.0 (4 // 2.5)
+        with pytest.raises(ValueError, match=f"split_imagenet: classes_per_task must be an int >= 2, got {bad!r}"):
+            create_scenario("split_imagenet", root=tmp_path, classes_per_task=bad)
     sc = create_scenario("split_cifar100", root=tmp_path, num_tasks=2, classes_per_task=np.int64(3),
                          class_order=list(range(99, -1, -1)))
     assert sc.classes(1) == [96, 95, 94] and sc.spec["classes_per_task"] == 3
