@@ -150,7 +150,9 @@ class CombineMasksFunction : public torch::autograd::Function<CombineMasksFuncti
   }
 };
 
-void check_group_len(int64_t group_len) { expect(group_len >= 1, "combine_masks_rows_cpp needs group_len >= 1"); }
+void check_group_len(int64_t group_len, const char* op) {
+  TORCH_CHECK(group_len >= 1, "impresslearn: ", op, " needs group_len >= 1");
+}
 
 at::Tensor combine_masks_cpp_autograd(const at::Tensor& weight, const at::Tensor& bank, const at::Tensor& alpha) {
   return CombineMasksFunction::apply(weight, bank, alpha, CombineMasksFunction::kPerLayer);
@@ -158,7 +160,7 @@ at::Tensor combine_masks_cpp_autograd(const at::Tensor& weight, const at::Tensor
 
 at::Tensor combine_masks_rows_cpp_autograd(const at::Tensor& weight, const at::Tensor& bank, const at::Tensor& alpha,
                                            int64_t group_len) {
-  check_group_len(group_len);  // before autograd too: group_len = 0 would mean the per-layer op
+  check_group_len(group_len, "combine_masks_rows_cpp");  // before autograd too: 0 would mean the per-layer op
   return CombineMasksFunction::apply(weight, bank, alpha, group_len);
 }
 
@@ -169,7 +171,7 @@ at::Tensor combine_masks_rows_cpp(const at::Tensor& weight, const at::Tensor& ba
   const cpu::Dtype dtype = element_type(weight, "combine_masks_rows_cpp");
   const int64_t n = weight.size(0);
   expect(is_bank_for(bank, n), "combine_masks_rows_cpp takes a contiguous CPU uint8[G, n] bank covering the weight");
-  check_group_len(group_len);
+  check_group_len(group_len, "combine_masks_rows_cpp");
   expect(alpha.dim() == 2 && alpha.is_contiguous() && alpha.is_cpu() && alpha.scalar_type() == at::kFloat &&
              alpha.size(1) == cpu::num_groups(n, group_len),
          "combine_masks_rows_cpp takes a contiguous fp32 alpha[K, ceil(n / group_len)]");
@@ -185,7 +187,7 @@ at::Tensor combine_masks_rows_alpha_grad_cpp(const at::Tensor& grad, const at::T
                                              int64_t num_masks, int64_t group_len) {
   const auto [grad_dtype, weight_dtype] = check_alpha_grad_args(grad, weight, bank, num_masks, "combine_masks_rows_alpha_grad_cpp");
   const int64_t n = weight.size(0);
-  expect(group_len >= 1, "combine_masks_rows_alpha_grad_cpp needs group_len >= 1");
+  check_group_len(group_len, "combine_masks_rows_alpha_grad_cpp");
   auto out = at::empty({num_masks, cpu::num_groups(n, group_len)}, weight.options().dtype(at::kFloat));
   cpu::combine_masks_rows_alpha_grad(grad.data_ptr(), grad_dtype, weight.data_ptr(), weight_dtype,
                                      bank.data_ptr<uint8_t>(), num_masks, n, group_len, out.data_ptr<float>(),

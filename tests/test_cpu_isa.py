@@ -89,9 +89,10 @@ def test_combine_cpp_autograd_runs_in_cpp_and_matches_the_reference():
     from impresslearn.ops import pack_masks
     from impresslearn.ops.combine import combine_masks_reference
 
-    dump = torch._C._dispatch_dump("impresslearn::combine_masks_cpp")
-    autograd = [line for line in dump.splitlines() if line.startswith("Autograd[alias]:")]
-    assert len(autograd) == 1 and "bindings.cpp" in autograd[0], dump
+    for op in ("combine_masks_cpp", "combine_masks_rows_cpp"):  # both combine ops' autograd is C++
+        dump = torch._C._dispatch_dump(f"impresslearn::{op}")
+        autograd = [line for line in dump.splitlines() if line.startswith("Autograd[alias]:")]
+        assert len(autograd) == 1 and "bindings.cpp" in autograd[0], dump
     g = torch.Generator().manual_seed(3)
     n, k = 3000, 13
     bank = pack_masks(torch.rand(k, n, generator=g) < 0.4)
