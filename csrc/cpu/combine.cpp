@@ -349,13 +349,8 @@ namespace {
 using detail::kFwdBlock;
 using detail::kGradBlock;
 using detail::PlaneTables;
-using detail::plane_value;
-
-}  // namespace
-
-namespace {
-
 using detail::plane_tables;
+using detail::plane_value;
 
 // The gradient's and weight's pointers, bound for load_products.
 struct Products {
@@ -369,8 +364,8 @@ struct Products {
   }
 };
 
-// One block's sums of every plane into out[8 * plane + bit].
-void block_bit_sums(const Products& products, const uint8_t* bank, int64_t n, int64_t num_masks, int64_t blk, Isa isa,
+// Block blk's products, then the sums of every plane into out[8 * plane + bit].
+void block_products_bit_sums(const Products& products, const uint8_t* bank, int64_t n, int64_t num_masks, int64_t blk, Isa isa,
                     double* out) {
   alignas(64) float u[kGradBlock];
   const int64_t j0 = blk * kGradBlock, len = std::min(kGradBlock, n - j0);
@@ -447,7 +442,7 @@ void combine_masks_alpha_grad(const void* grad, Dtype grad_dtype, const void* we
     }
     const Isa block_isa = isa == Isa::portable ? Isa::portable : Isa::avx2;
     for (int64_t blk = a; blk < std::min(a + step, blocks); ++blk)
-      block_bit_sums(products, bank, n, num_masks, blk, block_isa, partial.data() + blk * slots);
+      block_products_bit_sums(products, bank, n, num_masks, blk, block_isa, partial.data() + blk * slots);
   }
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (blocks * num_masks > (1 << 16))
   for (int64_t k = 0; k < num_masks; ++k) {

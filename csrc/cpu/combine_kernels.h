@@ -12,7 +12,7 @@
 namespace impresslearn::cpu::detail {
 
 // Forward blocks: an fp32 accumulator of kFwdBlock floats (64 KB, in L2) that every
-// plane of the block's weights is added to, plane pair by plane pair. Longer blocks
+// plane of the block's weights is added to, a few planes per pass. Longer blocks
 // mean longer runs of each plane's bytes: n = 4M, K = 256, 2 threads on Zen 1 (quiet)
 // took 31.1 ms with 2048 weights, 29.8 ms with 8192, 29.1-29.6 ms with 16384. The
 // per-weight sum does not depend on it (each weight is one thread's, in plane order).
@@ -50,7 +50,7 @@ void accumulate_planes_avx512(const uint8_t* bank, int64_t n, int64_t planes, co
                               int64_t len, float* acc);
 
 // The same sums from 256-entry tables, table256[256 g + v] = plane_value(tables[g], v):
-// plain C++ (scalar look-ups), the portable loop.
+// plain C++ (scalar look-ups), the per-layer forward's loop on the portable and AVX2 ISAs.
 void accumulate_planes_table(const uint8_t* bank, int64_t n, int64_t planes, const float* table256, int64_t j0,
                              int64_t len, float* acc);
 
