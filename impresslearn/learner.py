@@ -70,12 +70,18 @@ class TrainedTaskNotStoredError(RuntimeError):
     def __init__(self, name: str, objective, history, fingerprint, cause: Exception):
         self.name, self.objective, self.history, self.fingerprint = name, objective, history, fingerprint
         super().__init__(
-            f"task {name!r} was trained ({history.steps} steps) but its output entropy on its training inputs "
+            f"{self._subject()} was trained ({history.steps} steps) but its output entropy on its training inputs "
             f"could not be measured ({type(cause).__name__}: {cause}); nothing was stored. The trained task is "
-            f"kept in this error: error.objective.commit({name!r}, fingerprint_inputs=error.fingerprint) stores it "
-            "with its input fingerprint and no entropy baseline, fingerprint_inputs=None without a fingerprint, "
-            "error.objective.discard() drops it"
+            f"kept in this error: {self._how_to_keep()}"
         )
+
+    def _subject(self) -> str:
+        return f"task {self.name!r}"
+
+    def _how_to_keep(self) -> str:
+        return (f"error.objective.commit({self.name!r}, fingerprint_inputs=error.fingerprint) stores it with its "
+                "input fingerprint and no entropy baseline, fingerprint_inputs=None without a fingerprint, "
+                "error.objective.discard() drops it")  # fmt: skip
 
 
 @contextlib.contextmanager

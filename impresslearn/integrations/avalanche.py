@@ -87,13 +87,14 @@ class TrainedExperienceNotStoredError(TrainedTaskNotStoredError):
                  cause: Exception, *, config: TrainConfig, task_labels: Iterable[int]):  # fmt: skip
         super().__init__(name, objective, history, fingerprint, cause)
         self.config, self.task_labels = config, frozenset(task_labels)
-        # the learner's message points at error.objective.commit, which would bypass the strategy's task map
-        self.args = (
-            f"{name} was trained ({history.steps} steps) but its output entropy on its training inputs could "
-            f"not be measured ({type(cause).__name__}: {cause}); nothing was stored. The trained task is kept in "
-            "this error: strategy.store_trained(error) stores it with its input fingerprint and no entropy "
-            "baseline (fingerprint=False: without a fingerprint), error.objective.discard() drops it",
-        )
+
+    def _subject(self) -> str:
+        return self.name
+
+    def _how_to_keep(self) -> str:
+        # not the learner's error.objective.commit, which would bypass the strategy's task map
+        return ("strategy.store_trained(error) stores it with its input fingerprint and no entropy baseline "
+                "(fingerprint=False: without a fingerprint), error.objective.discard() drops it")
 
 
 class ImpressLearnModule(MultiTaskModule):
