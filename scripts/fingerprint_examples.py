@@ -6,10 +6,11 @@ how the ``fingerprint`` method's identification (``infer_task``'s default whenev
 has a fingerprint) depends on that number.
 
 Scenario: Permuted Fashion-MNIST, ``--tasks`` tasks (default 10), a LeNet-300-100 learner
-(density 0.1, 8 random masks) with each task stored through ``register_task`` and its fingerprint
-through ``learner.add_fingerprint(name, loader, max_examples=n)``, the learner's own path. The
-fingerprint's sketch reads the inputs only, so the tasks need no training for this measurement
-(the network enters only the entropy baseline, which the ``fingerprint`` method does not read).
+(density 0.1, 8 random masks) with each task stored through ``register_task`` and its fingerprint's
+sketch measured by ``learner.measure_fingerprint(loader, max_examples=n)`` (the learner's own pass
+before ``learn_*``'s training) and kept with ``learner.add_fingerprint``. The sketch reads the
+inputs only, so the tasks need no training for this measurement, and the entropy baseline (a
+forward per input, which the ``fingerprint`` method does not read) is not measured.
 
 Every task's 60,000 training images are split into the first 50,000 (the fingerprint reads its
 first ``n`` in the order of a loader shuffled with the seed) and the last 10,000 (validation:
@@ -26,7 +27,7 @@ order: Permuted and Rotated tasks are the same images transformed, so their fing
 share their sampling noise, which cancels when they are compared, and far fewer inputs suffice
 (an upper bound that only such benchmarks reach).
 
-    OMP_NUM_THREADS=1 nice -n 19 python scripts/fingerprint_examples.py            # ~6 minutes
+    OMP_NUM_THREADS=1 nice -n 19 python scripts/fingerprint_examples.py            # under 6 minutes
     OMP_NUM_THREADS=1 nice -n 19 python scripts/fingerprint_examples.py --quick    # a smoke run, 30 s
     ... --scenario rotated_fmnist --spacing 3                                      # a harder case
     ... --scenario rotated_fmnist --spacing 3 --same-images --examples 256 1024 4096
@@ -105,7 +106,9 @@ def main() -> int:
         for t, name in enumerate(names):
             order = 1000 * seed + (0 if args.same_images else t)
             loader = BatchLoader(fit_sets[t], batch_size=128, shuffle=True, seed=order)
-            learner.add_fingerprint(name, loader, max_examples=n or len(fit_sets[t]))
+            # the sketch only (learner.measure_fingerprint without a task): no forward for the entropy baseline
+            sketch = learner.measure_fingerprint(loader, max_examples=n or len(fit_sets[t]))
+            learner.add_fingerprint(name, sketch)
         return [learner.fingerprints[name] for name in names]
 
     # the moments of every training image of the split, to say how far the n-example ones are
