@@ -501,9 +501,12 @@ def summarise(rows: list[dict], group_keys=("method", "K", "density", "trained")
     """One entry per group (and coefficient dtype): the candidate chosen on validation (first
     seed) and the test accuracy of its runs, mean and sd over seeds; test is read only here."""
     order = {m: i for i, m in enumerate(BANK_LABELS)}
+
+    def rank(i, v):  # a column may mix numbers and words (granularity: 4, "channel", "layer"): numbers first
+        return (0, order.get(v, 0)) if i == 0 else (1, v) if isinstance(v, str) else (0, -1 if v is None else v)
+
     groups = sorted({tuple(r.get(key) for key in group_keys) for r in rows},
-                    key=lambda g: tuple((order.get(v, 0) if i == 0 else (v if v is not None else -1))
-                                        for i, v in enumerate(g)))  # fmt: skip
+                    key=lambda g: tuple(rank(i, v) for i, v in enumerate(g)))
     table = []
     for values in groups:
         group = dict(zip(group_keys, values))
@@ -603,12 +606,10 @@ def report_rotated(config: FrontierConfig, figure: Path | None) -> list[dict]:
     rows = load_rows(ROOT / config.out)
     if not rows:
         raise SystemExit(f"{config.out}: no rows yet; run without --report first")
-    # summarise sorts the groups, so it sees granularities as strings ("4", "channel", "layer")
-    rows = [dict(r, granularity=str(r.get("granularity", "layer"))) for r in rows]
+    rows = [dict(r, granularity=r.get("granularity", "layer")) for r in rows]
     table = [e for e in summarise(rows, ("spacing", "method", "K", "trained", "granularity"))
              if e["dtype"] == ROTATED_DTYPES[e["method"]]]  # fmt: skip
     for e in table:
-        e["granularity"] = int(e["granularity"]) if e["granularity"].isdigit() else e["granularity"]
         e.update(task_bytes(e["method"], e["K"], e["dtype"], e.get("trained") or 0, e["granularity"]))
     order = list(METHODS["rotated"])
     table.sort(key=lambda e: (e["spacing"], order.index(e["method"]), e["K"], e["task"]))

@@ -69,10 +69,8 @@ def report(ks, dtypes, out: Path = OUT, layer_rows: Path = LAYER_ROWS) -> list[d
 
     layer = [dict(r, granularity="layer") for r in frontier.load_rows(layer_rows)
              if r["method"] == "random" and r["density"] == DENSITY and wanted(r["K"])]  # fmt: skip
-    finer = [dict(r, granularity=str(r["granularity"])) for r in frontier.load_rows(out) if wanted(r["K"])]
+    finer = [r for r in frontier.load_rows(out) if wanted(r["K"])]
     table = frontier.summarise(layer + finer, group_keys=("method", "K", "density", "granularity"))
-    for e in table:  # back to the granularity value (summarise sorts, so it saw strings only)
-        e["granularity"] = int(e["granularity"]) if e["granularity"].isdigit() else e["granularity"]
     # per K: per layer, then blocks from coarse to fine, then per channel
     table.sort(key=lambda e: (e["K"], (1, -e["granularity"]) if isinstance(e["granularity"], int)
                               else (0 if e["granularity"] == "layer" else 2, 0)))  # fmt: skip
