@@ -8,7 +8,6 @@
 """
 
 import ast
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 import impresslearn.experiments
 from impresslearn.config import ConfigError, check_positive_int, require
 from impresslearn.experiments._runner import RunContext, factory_kwargs
-from impresslearn.models import list_models, model_builder
+from impresslearn.models import list_models
 
 EXPERIMENTS = Path(impresslearn.experiments.__file__).parent
 
@@ -57,8 +56,10 @@ def test_require_raises_with_the_key_in_front():
 
 
 def test_factory_kwargs_are_the_registered_builders_parameters():
+    # every builder takes the keywords the runner always passes (a restatement of
+    # inspect.signature here could not fail; these are what the runner relies on)
     for name in list_models():
-        assert factory_kwargs(name) == set(inspect.signature(model_builder(name)).parameters)
+        assert {"num_classes", "seed", "init"} <= factory_kwargs(name), name
     # what the runner reads them for: sizing the input to the data set
     assert {"in_features", "num_classes", "seed", "init"} <= factory_kwargs("lenet300")
     assert "in_channels" in factory_kwargs("resnet18_cifar") and "in_features" not in factory_kwargs("resnet18_cifar")
