@@ -327,15 +327,15 @@ class ImpressLearner:
         entropy baseline after it; a failure there keeps the trained task
         (:class:`TrainedTaskNotStoredError`), any other gives the BN slot back."""
         try:
-            input_sketch = self._input_sketch(loader)
+            sketch = self.input_sketch(loader)
             history = fit(objective, loader, cfg, val_loader=val_loader, progress=self.progress, desc=desc)
             fingerprint = None
-            if input_sketch is not None:
+            if sketch is not None:
                 try:
                     entropy = objective.output_entropy(loader, max_examples=self.fingerprint_examples)
                 except Exception as exc:
-                    raise TrainedTaskNotStoredError(name, objective, history, input_sketch, exc) from exc
-                fingerprint = replace(input_sketch, entropy=entropy)
+                    raise TrainedTaskNotStoredError(name, objective, history, sketch, exc) from exc
+                fingerprint = replace(sketch, entropy=entropy)
             rec = objective.commit(name, config=cfg, fingerprint_inputs=fingerprint)
         except TrainedTaskNotStoredError:
             raise  # the objective stays open: the error holds the trained task
@@ -436,8 +436,9 @@ class ImpressLearner:
             max_examples = self.fingerprint_examples or FINGERPRINT_EXAMPLES
         return check_integer(max_examples, "max_examples", minimum=2)
 
-    def _input_sketch(self, loader) -> inference.TaskFingerprint | None:
-        """What ``learn_*`` measure before training: the sketch of the loader's first
+    def input_sketch(self, loader) -> inference.TaskFingerprint | None:
+        """What ``learn_*`` measure before training (and a loop of your own, or the Avalanche
+        strategy, can too): the sketch of the loader's first
         ``fingerprint_examples`` inputs (entropy NaN), checked against the stored fingerprints, so
         that every failure that depends on the inputs alone (too few, NaN, moments beyond fp16, an
         input size or sketch other than the stored ones') refuses the task before an hour of training

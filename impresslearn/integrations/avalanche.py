@@ -326,7 +326,7 @@ class ImpressLearnStrategy(SupervisedTemplate):
         ``learner.measure_fingerprint`` raises), or None when the learner keeps no fingerprints: the
         learner's own pass before ``learn_*``'s training, which puts back the global RNGs (torch's
         CPU one, numpy's, Python's) a data set's transforms may draw from."""
-        return self.learner._input_sketch(self._fingerprint_inputs(cfg))
+        return self.learner.input_sketch(self._fingerprint_inputs(cfg))
 
     # -- Avalanche checkpointing (save_checkpoint pickles the strategy with dill) ----------------
     def __getstate__(self):
